@@ -1,0 +1,145 @@
+//! Settings from environment variables (SPEC 2.3). A bad value is an error that
+//! names the variable; nothing falls back silently.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::histogram::DEFAULT_DURATION_BUCKETS;
+
+pub const DEFAULT_PORT: u16 = 9091;
+pub const DEFAULT_BIND_ADDRESS: &str = "127.0.0.1";
+pub const DEFAULT_PREFIX: &str = "gunicorn";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `None`: a private directory is made for this master.
+    pub directory: Option<PathBuf>,
+    /// 0 disables the built-in server.
+    pub port: u16,
+    pub bind_address: IpAddr,
+    pub duration_buckets: Vec<f64>,
+    pub prefix: String,
+}
+
+impl Settings {
+    /// Reads the settings through `lookup` (the environment, or flags).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let directory = get("PROMETHEUS_MULTIPROC_DIR").map(PathBuf::from);
+        let port = match get("PROMETHEUS_METRICS_PORT") {
+            None => DEFAULT_PORT,
+            Some(v) => v.trim().parse::<u16>().map_err(|_| {
+                format!("PROMETHEUS_METRICS_PORT={v:?} is not a port number (0-65535)")
+            })?,
+        };
+        let bind_address = match get("PROMETHEUS_BIND_ADDRESS") {
+            None => DEFAULT_BIND_ADDRESS.parse().unwrap(),
+            Some(v) => v.trim().trim_matches(['[', ']']).parse().map_err(|_| {
+                format!("PROMETHEUS_BIND_ADDRESS={v:?} is not an IPv4 or IPv6 address")
+            })?,
+        };
+        if let Some(v) = get("PROMETHEUS_WEB_CONFIG_FILE") {
+            return Err(format!(
+                "PROMETHEUS_WEB_CONFIG_FILE={v:?}: TLS and basic auth are not supported by this version; unset it"
+            ));
+        }
+        let duration_buckets = match get("PROMETHEUS_DURATION_BUCKETS") {
+            None => DEFAULT_DURATION_BUCKETS.to_vec(),
+            Some(v) => parse_buckets(&v)
+                .map_err(|why| format!("PROMETHEUS_DURATION_BUCKETS={v:?} {why}"))?,
+        };
+        let prefix = match get("PROMETHEUS_METRICS_PREFIX") {
+            None => DEFAULT_PREFIX.to_owned(),
+            Some(v) if is_metric_name(v.trim()) => v.trim().to_owned(),
+            Some(v) => {
+                return Err(format!("PROMETHEUS_METRICS_PREFIX={v:?} is not a valid metric name prefix ([a-zA-Z_:][a-zA-Z0-9_:]*)"))
+            }
+        };
+        Ok(Settings {
+            directory,
+            port,
+            bind_address,
+            duration_buckets,
+            prefix,
+        })
+    }
+}
+
+fn parse_buckets(v: &str) -> Result<Vec<f64>, String> {
+    let mut out = Vec::new();
+    for part in v.split(',') {
+        let b: f64 = part
+            .trim()
+            .parse()
+            .map_err(|_| format!("has {:?}, which is not a number", part.trim()))?;
+        if !b.is_finite() {
+            return Err("must list finite bounds (+Inf is always added)".into());
+        }
+        if out.last().is_some_and(|&last| b <= last) {
+            return Err("is not strictly increasing".into());
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
+fn is_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn defaults() {
+        let s = from(&[]).unwrap();
+        assert_eq!(
+            (s.port, s.bind_address.to_string(), s.prefix.as_str()),
+            (9091, "127.0.0.1".into(), "gunicorn")
+        );
+        assert_eq!(s.duration_buckets.len(), 14);
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        for (k, v) in [
+            ("PROMETHEUS_METRICS_PORT", "abc"),
+            ("PROMETHEUS_METRICS_PORT", "70000"),
+            ("PROMETHEUS_BIND_ADDRESS", "not-an-ip"),
+            ("PROMETHEUS_DURATION_BUCKETS", "0.1,0.05"),
+            ("PROMETHEUS_DURATION_BUCKETS", "0.1,x"),
+            ("PROMETHEUS_METRICS_PREFIX", "9bad"),
+        ] {
+            let err = from(&[(k, v)]).unwrap_err();
+            assert!(err.starts_with(k), "{err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn custom_values() {
+        let s = from(&[
+            ("PROMETHEUS_DURATION_BUCKETS", "0.1, 1,10"),
+            ("PROMETHEUS_BIND_ADDRESS", "::1"),
+        ])
+        .unwrap();
+        assert_eq!(s.duration_buckets, vec![0.1, 1.0, 10.0]);
+        assert!(s.bind_address.is_ipv6());
+    }
+}

@@ -1,0 +1,4 @@
+//! Encoding families into bytes: knows nothing of where values are stored.
+
+pub mod float;
+pub mod text;

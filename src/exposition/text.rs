@@ -1,0 +1,77 @@
+//! The Prometheus text format 0.0.4, written as prometheus_client's
+//! `generate_latest` writes it.
+
+use super::float::push_go_float;
+use crate::model::{Family, Kind};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn push_escaped(out: &mut String, s: &str, quote: bool) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quote => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends the families to `out`.
+pub fn encode(families: &[Family], out: &mut String) {
+    for family in families {
+        let total;
+        let name = if family.kind == Kind::Counter {
+            total = format!("{}_total", family.name);
+            &total
+        } else {
+            &family.name
+        };
+        out.push_str("# HELP ");
+        out.push_str(name);
+        out.push(' ');
+        push_escaped(out, &family.help, false);
+        out.push_str("\n# TYPE ");
+        out.push_str(name);
+        out.push(' ');
+        out.push_str(family.kind.as_str());
+        out.push('\n');
+        for sample in &family.samples {
+            out.push_str(&sample.name);
+            if !sample.labels.is_empty() {
+                out.push('{');
+                for (i, (k, v)) in sample.labels.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(k);
+                    out.push_str("=\"");
+                    push_escaped(out, v, true);
+                    out.push('"');
+                }
+                out.push('}');
+            }
+            out.push(' ');
+            push_go_float(out, sample.value);
+            out.push('\n');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_counter_with_total_suffix_and_escapes() {
+        let mut f = Family::new("req", "Requests \\ seen\nok", Kind::Counter);
+        f.push("_total", vec![("path".into(), "a\"b\\c\nd".into())], 3.0);
+        let mut out = String::new();
+        encode(&[f], &mut out);
+        assert_eq!(
+            out,
+            "# HELP req_total Requests \\\\ seen\\nok\n# TYPE req_total counter\n\
+             req_total{path=\"a\\\"b\\\\c\\nd\"} 3.0\n"
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! A histogram stored as prometheus_client stores one: a non-cumulative
+//! count per bucket (`le` label) and a `_sum`.
+
+use std::io;
+
+use crate::exposition::float::go_float;
+use crate::storage::{key, MmapWriter, ValueSlot};
+
+/// Prometheus's default duration buckets.
+pub const DEFAULT_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Buckets of the request and response size histograms.
+pub const SIZE_BUCKETS: [f64; 7] = [
+    100.0,
+    1000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+    10_000_000.0,
+    100_000_000.0,
+];
+
+pub struct HistogramSlots {
+    /// One per bound, then `+Inf`.
+    buckets: Box<[ValueSlot]>,
+    sum: ValueSlot,
+}
+
+impl HistogramSlots {
+    /// Creates (or finds) the entries of one labelled histogram in `file`.
+    pub fn open(
+        file: &mut MmapWriter,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        bounds: &[f64],
+    ) -> io::Result<Self> {
+        let bucket_name = format!("{name}_bucket");
+        let mut buckets = Vec::with_capacity(bounds.len() + 1);
+        for bound in bounds.iter().copied().chain([f64::INFINITY]) {
+            let le = go_float(bound);
+            let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+            with_le.push(("le", &le));
+            buckets.push(file.slot(&key::encode(name, &bucket_name, &with_le, help))?);
+        }
+        let sum = file.slot(&key::encode(name, &format!("{name}_sum"), labels, help))?;
+        Ok(HistogramSlots {
+            buckets: buckets.into_boxed_slice(),
+            sum,
+        })
+    }
+
+    /// `bounds` must be the ones the slots were opened with.
+    #[inline]
+    pub fn observe(&self, bounds: &[f64], value: f64) {
+        let i = bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(bounds.len());
+        self.buckets[i].add(1.0);
+        self.sum.add(value);
+    }
+}

@@ -1,0 +1,18 @@
+//! Rust core of gunicorn-prometheus-exporter. This file only assembles the
+//! modules; `python` is the compiled module's face.
+
+pub mod aggregate;
+pub mod clock;
+pub mod config;
+pub mod directory;
+pub mod exposition;
+pub mod histogram;
+pub mod labels;
+pub mod meter;
+pub mod model;
+pub mod process_stats;
+pub mod scrape;
+pub mod server;
+pub mod storage;
+
+mod python;

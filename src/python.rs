@@ -1,0 +1,276 @@
+//! The Python face of the core: `gunicorn_prometheus_exporter._core`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::{ffi, intern};
+
+use crate::config;
+use crate::directory;
+use crate::labels::{parse_status, Method};
+use crate::meter::{MeterConfig, WorkerMeter as Meter};
+use crate::scrape::ScrapeSource;
+use crate::server;
+
+/// Attribute of Gunicorn's request object that carries the start time.
+const STARTED: &str = "_prometheus_started_ns";
+
+/// Copies up to `N` leading ASCII characters of a `str` without allocating
+/// (the limited API of Python 3.9 has no borrowed UTF-8 view).
+fn ascii_prefix<'b, const N: usize>(
+    obj: &Bound<'_, PyAny>,
+    buf: &'b mut [u8; N],
+) -> Option<&'b [u8]> {
+    let s = obj.cast::<PyString>().ok()?;
+    let len = unsafe { ffi::PyUnicode_GetLength(s.as_ptr()) };
+    if len < 0 {
+        return None;
+    }
+    let n = (len as usize).min(N);
+    for (i, slot) in buf.iter_mut().enumerate().take(n) {
+        let c = unsafe { ffi::PyUnicode_ReadChar(s.as_ptr(), i as ffi::Py_ssize_t) };
+        *slot = if c < 128 { c as u8 } else { 0 };
+    }
+    Some(&buf[..n])
+}
+
+fn method_of(req: &Bound<'_, PyAny>) -> Method {
+    let mut buf = [0u8; 8];
+    match req.getattr(intern!(req.py(), "method")) {
+        Ok(m) => ascii_prefix(&m, &mut buf)
+            .map(Method::parse)
+            .unwrap_or(Method::Other),
+        Err(_) => Method::Other,
+    }
+}
+
+fn status_of(status: &Bound<'_, PyAny>) -> Option<u16> {
+    let mut buf = [0u8; 4];
+    if let Some(prefix) = ascii_prefix(status, &mut buf) {
+        return Some(parse_status(prefix));
+    }
+    status.extract::<u16>().ok()
+}
+
+fn content_length(environ: &Bound<'_, PyAny>) -> u64 {
+    let mut buf = [0u8; 20];
+    let Ok(environ) = environ.cast::<PyDict>() else {
+        return 0;
+    };
+    match environ.get_item(intern!(environ.py(), "CONTENT_LENGTH")) {
+        Ok(Some(v)) => ascii_prefix(&v, &mut buf)
+            .map(|d| {
+                d.iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .fold(0u64, |a, b| {
+                        a.saturating_mul(10).saturating_add((b - b'0') as u64)
+                    })
+            })
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The instrumentation of one worker process. Its methods never raise: a
+/// metrics problem must not break a request.
+#[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
+struct WorkerMeter {
+    meter: Arc<Meter>,
+}
+
+#[pymethods]
+impl WorkerMeter {
+    #[new]
+    fn new(
+        directory: PathBuf,
+        pid: u32,
+        worker_id: u32,
+        prefix: String,
+        duration_buckets: Vec<f64>,
+        sample_interval: f64,
+    ) -> PyResult<Self> {
+        let config = MeterConfig {
+            directory,
+            pid,
+            worker_id,
+            prefix,
+            duration_buckets,
+        };
+        let meter = Arc::new(Meter::open(&config).map_err(|e| PyOSError::new_err(e.to_string()))?);
+        meter
+            .start_sampler(Duration::from_secs_f64(sample_interval))
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        Ok(WorkerMeter { meter })
+    }
+
+    /// A request starts: counts it in flight and notes its start on `req`.
+    fn begin(&self, req: &Bound<'_, PyAny>) {
+        let started = self.meter.begin();
+        let _ = req.setattr(intern!(req.py(), STARTED), started);
+    }
+
+    /// The request left the worker's hands (answered or not).
+    fn end(&self) {
+        self.meter.end();
+    }
+
+    /// Gunicorn logged the response of `req`: count it once.
+    fn access(&self, resp: &Bound<'_, PyAny>, req: &Bound<'_, PyAny>, environ: &Bound<'_, PyAny>) {
+        let py = req.py();
+        let Ok(started) = req
+            .getattr(intern!(py, STARTED))
+            .and_then(|v| v.extract::<u64>())
+        else {
+            return;
+        };
+        if started == 0 {
+            return;
+        }
+        let Some(status) = resp
+            .getattr(intern!(py, "status"))
+            .ok()
+            .and_then(|s| status_of(&s))
+        else {
+            return;
+        };
+        let _ = req.setattr(intern!(py, STARTED), 0);
+        let sent = resp
+            .getattr(intern!(py, "sent"))
+            .and_then(|v| v.extract::<u64>())
+            .unwrap_or(0);
+        self.meter.record(
+            started,
+            method_of(req),
+            status,
+            content_length(environ),
+            sent,
+        );
+    }
+
+    /// The application raised `exc` while handling `req`.
+    fn fail(&self, req: &Bound<'_, PyAny>, exc: &Bound<'_, PyAny>) {
+        let py = exc.py();
+        let mut exc = exc.clone();
+        // Gunicorn turns an error after the headers were sent into StopIteration.
+        if exc.is_instance_of::<pyo3::exceptions::PyStopIteration>() {
+            if let Ok(context) = exc.getattr(intern!(py, "__context__")) {
+                if !context.is_none() {
+                    exc = context;
+                }
+            }
+        }
+        let name = exc
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "Exception".into());
+        self.meter.fail(method_of(req), &name);
+    }
+}
+
+/// Settings from the environment (or flags), validated.
+#[pyclass(frozen, get_all, module = "gunicorn_prometheus_exporter._core")]
+struct Settings {
+    directory: Option<PathBuf>,
+    port: u16,
+    bind_address: String,
+    duration_buckets: Vec<f64>,
+    prefix: String,
+}
+
+#[pymethods]
+impl Settings {
+    /// Reads `mapping` (os.environ by default); raises ValueError with one
+    /// line naming the variable.
+    #[staticmethod]
+    #[pyo3(signature = (mapping))]
+    fn from_mapping(mapping: &Bound<'_, PyAny>) -> PyResult<Settings> {
+        let s = config::Settings::from_lookup(|name| {
+            mapping
+                .get_item(name)
+                .ok()
+                .and_then(|v| v.extract::<String>().ok())
+        })
+        .map_err(PyValueError::new_err)?;
+        Ok(Settings {
+            directory: s.directory,
+            port: s.port,
+            bind_address: s.bind_address.to_string(),
+            duration_buckets: s.duration_buckets,
+            prefix: s.prefix,
+        })
+    }
+}
+
+/// A running metrics server.
+#[pyclass(frozen, get_all, module = "gunicorn_prometheus_exporter._core")]
+struct Exporter {
+    host: String,
+    port: u16,
+}
+
+/// Starts the metrics server for `directory` on a thread of the core.
+#[pyfunction]
+fn start_exporter(
+    directory: PathBuf,
+    bind_address: &str,
+    port: u16,
+    prefix: String,
+    build_info: Vec<(String, String)>,
+) -> PyResult<Exporter> {
+    let ip = bind_address
+        .parse()
+        .map_err(|_| PyValueError::new_err(format!("bad bind address {bind_address:?}")))?;
+    let source = Arc::new(ScrapeSource::new(directory, prefix, build_info));
+    let server = server::start(SocketAddr::new(ip, port), source).map_err(|e| {
+        PyOSError::new_err(format!(
+            "cannot serve metrics on {bind_address}:{port}: {e} (PROMETHEUS_METRICS_PORT)"
+        ))
+    })?;
+    Ok(Exporter {
+        host: server.local_addr.ip().to_string(),
+        port: server.local_addr.port(),
+    })
+}
+
+/// The text exposition of `directory`, as the server would answer.
+#[pyfunction]
+fn render_text<'py>(py: Python<'py>, directory: PathBuf, prefix: String) -> Bound<'py, PyBytes> {
+    let text = py.detach(|| ScrapeSource::new(directory, prefix, Vec::new()).render_text());
+    PyBytes::new(py, text.as_bytes())
+}
+
+/// Makes the directory and clears files of an earlier run.
+#[pyfunction]
+fn prepare_directory(directory: PathBuf) -> PyResult<()> {
+    directory::prepare(&directory).map_err(|e| {
+        PyOSError::new_err(format!(
+            "PROMETHEUS_MULTIPROC_DIR={:?} is not usable: {e}",
+            directory.display().to_string()
+        ))
+    })
+}
+
+/// Bookkeeping for a worker that exited.
+#[pyfunction]
+fn mark_process_dead(directory: PathBuf, pid: u32) -> PyResult<()> {
+    directory::mark_process_dead(&directory, pid).map_err(|e| PyOSError::new_err(e.to_string()))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<WorkerMeter>()?;
+    m.add_class::<Settings>()?;
+    m.add_class::<Exporter>()?;
+    m.add_function(wrap_pyfunction!(start_exporter, m)?)?;
+    m.add_function(wrap_pyfunction!(render_text, m)?)?;
+    m.add_function(wrap_pyfunction!(prepare_directory, m)?)?;
+    m.add_function(wrap_pyfunction!(mark_process_dead, m)?)?;
+    Ok(())
+}

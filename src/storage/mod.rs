@@ -1,0 +1,17 @@
+//! Per-process files in prometheus_client's multiprocess format (`mmap_dict.py`).
+
+pub mod key;
+pub mod reader;
+pub mod writer;
+
+pub use reader::{read_entries, Entry, ReadError};
+pub use writer::{MmapWriter, ValueSlot};
+
+/// Bytes of the header: a 4-byte used length and 4 bytes of padding.
+pub const HEADER_BYTES: usize = 8;
+
+/// Padding after a key so that the value that follows is 8-byte aligned,
+/// exactly as `mmap_dict._init_value` computes it (always 1 to 8 bytes).
+pub fn key_padding(key_len: usize) -> usize {
+    8 - (key_len + 4) % 8
+}
