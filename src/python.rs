@@ -157,6 +157,9 @@ impl WorkerMeter {
         let py = exc.py();
         let mut exc = exc.clone();
         // Gunicorn turns an error after the headers were sent into StopIteration.
+        if exc.is_instance_of::<pyo3::exceptions::PyConnectionError>() {
+            return; // the client went away: not the application's failure
+        }
         if exc.is_instance_of::<pyo3::exceptions::PyStopIteration>() {
             if let Ok(context) = exc.getattr(intern!(py, "__context__")) {
                 if !context.is_none() {

@@ -15,3 +15,6 @@ pub const HEADER_BYTES: usize = 8;
 pub fn key_padding(key_len: usize) -> usize {
     8 - (key_len + 4) % 8
 }
+
+#[cfg(test)]
+mod interop_tests;

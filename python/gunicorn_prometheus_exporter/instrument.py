@@ -1,0 +1,68 @@
+"""The instrumentation every Prometheus worker class shares.
+
+A worker class combines `MeteredWorker` with one of Gunicorn's workers and
+wraps its `handle_request`; the response is counted where Gunicorn logs it
+(`log.access`), so no Gunicorn code is copied.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import _core
+from .master import DIRECTORY_VARIABLE, master
+
+RESOURCE_SAMPLE_SECONDS = 1.0
+
+
+class MeteredLog:
+    """Gunicorn's logger, with `access` also counting the response."""
+
+    __slots__ = ("_log", "_meter")
+
+    def __init__(self, log: Any, meter: _core.WorkerMeter) -> None:
+        self._log = log
+        self._meter = meter
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        self._meter.access(resp, req, environ)
+        self._log.access(resp, req, environ, request_time)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+
+class MeteredWorker:
+    """Mixin for a Gunicorn worker class; list it before Gunicorn's class."""
+
+    worker_id: int
+    meter: _core.WorkerMeter
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        # Runs in the master at start-up: zero-configuration setup.
+        master().setup(cfg)
+        super_check = getattr(super(), "check_config", None)
+        if super_check is not None:
+            super_check(cfg, log)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Built in the master before the fork: take a slot there.
+        state = master()
+        state.setup(self.cfg)
+        self.worker_id = state.assign_slot(self)
+
+    def init_process(self) -> None:
+        settings = _core.Settings.from_mapping(os.environ)
+        self.meter = _core.WorkerMeter(
+            os.environ[DIRECTORY_VARIABLE],
+            os.getpid(),
+            self.worker_id,
+            settings.prefix,
+            settings.duration_buckets,
+            RESOURCE_SAMPLE_SECONDS,
+        )
+        self.log = MeteredLog(self.log, self.meter)
+        super().init_process()

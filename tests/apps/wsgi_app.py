@@ -1,0 +1,32 @@
+"""A WSGI application for the tests and the demo.
+
+Paths: /           200 "hello"
+       /status/N   answers status N
+       /raise      the application raises ValueError
+       /sleep/S    sleeps S seconds, then 200
+       /echo       200 with the request body
+"""
+
+import time
+
+
+class AppFailure(ValueError):
+    pass
+
+
+def app(environ, start_response):
+    path = environ.get("PATH_INFO", "/")
+    if path.startswith("/status/"):
+        code = int(path.rsplit("/", 1)[1])
+        start_response(f"{code} Status", [("Content-Type", "text/plain")])
+        return [b"status\n"]
+    if path == "/raise":
+        raise AppFailure("the application failed")
+    if path.startswith("/sleep/"):
+        time.sleep(float(path.rsplit("/", 1)[1]))
+    body = b"hello\n"
+    if path == "/echo":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -1,0 +1,141 @@
+"""Real Gunicorn masters for the tests, always cleaned up."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+APPS = Path(__file__).parent / "apps"
+WORKER = "gunicorn_prometheus_exporter.PrometheusWorker"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port: int, method: str = "GET", path: str = "/", body: bytes | None = None,
+            timeout: float = 10.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class Samples:
+    """A parsed scrape: sum of sample values matching a name and some labels."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def get(self, name: str, **labels: str) -> float:
+        return sum(s.value for s in self.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    def matching(self, name: str, **labels: str) -> list:
+        return [s for s in self.samples
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+
+
+class Gunicorn:
+    """One Gunicorn master started by a test, in its own process group."""
+
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str], app: str) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(self.metrics_port), **env}
+        self.log_path = tmp / f"gunicorn-{self.port}.log"
+        self.log = open(self.log_path, "wb")
+        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+               "--worker-class", WORKER, *args, app]
+        self.proc = subprocess.Popen(cmd, cwd=APPS, env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, workers: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited early:\n{self.output()}")
+            try:
+                started = self.scrape().matching("gunicorn_worker_start_time_seconds")
+                if len(started) >= workers and len(self.worker_pids()) >= workers:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"gunicorn not ready:\n{self.output()}")
+
+    def worker_pids(self) -> list[int]:
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        try:
+            return [int(p) for p in path.read_text().split()]
+        except OSError:
+            return []
+
+    def scrape_text(self, accept: str | None = None) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=10)
+        try:
+            conn.request("GET", "/metrics", headers={"Accept": accept} if accept else {})
+            resp = conn.getresponse()
+            assert resp.status == 200, resp.status
+            return resp.read().decode()
+        finally:
+            conn.close()
+
+    def scrape(self) -> Samples:
+        return Samples(self.scrape_text())
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # leftovers of this test's own group
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    """Start Gunicorn masters: `gunicorn(args, env=..., app=...)`; all stopped at the end."""
+    started: list[Gunicorn] = []
+
+    def start(args: list[str] | None = None, env: dict[str, str] | None = None,
+              app: str = "wsgi_app:app", workers: int = 2, ready: bool = True) -> Gunicorn:
+        g = Gunicorn(tmp_path, ["--workers", str(workers), *(args or [])], env or {}, app)
+        started.append(g)
+        if ready:
+            g.wait_ready(workers)
+        return g
+
+    yield start
+    for g in started:
+        g.stop()

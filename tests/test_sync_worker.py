@@ -1,0 +1,251 @@
+"""The sync worker end to end: real Gunicorn, real HTTP, exact counts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import APPS, WORKER, free_port, request
+from prometheus_client.mmap_dict import MmapedDict
+
+# (method, path, body, expected status)
+MIX = [
+    ("GET", "/", None, 200),
+    ("POST", "/echo", b"x" * 1500, 200),
+    ("GET", "/status/404", None, 404),
+    ("PUT", "/status/201", b"abc", 201),
+    ("GET", "/raise", None, 500),
+    ("PROPFIND", "/", None, 200),
+    ("DELETE", "/status/204", None, 204),
+    ("HEAD", "/", None, 200),
+]
+
+
+def send_mix(port: int, rounds: int) -> Counter:
+    sent: Counter = Counter()
+    for _ in range(rounds):
+        for method, path, body, want in MIX:
+            status, _ = request(port, method, path, body)
+            assert status == want, (method, path, status)
+            sent[(method if method != "PROPFIND" else "other", str(status))] += 1
+    return sent
+
+
+def test_exact_counts_per_method_and_status(gunicorn):
+    g = gunicorn()
+    rounds = 25
+    sent = send_mix(g.port, rounds)
+    m = g.scrape()
+    total = sum(sent.values())
+    assert total == rounds * len(MIX)
+    for (method, status), n in sent.items():
+        assert m.get("gunicorn_worker_requests_total", method=method, status=status) == n
+        assert m.get("gunicorn_worker_request_duration_seconds_count",
+                     method=method, status=status) == n
+    assert m.get("gunicorn_worker_requests_total") == total
+    assert m.get("gunicorn_worker_request_duration_seconds_count") == total
+    assert m.get("gunicorn_worker_request_duration_seconds_bucket", le="+Inf") == total
+    assert m.get("gunicorn_worker_failed_requests_total",
+                 method="GET", error_type="AppFailure") == rounds
+    assert m.get("gunicorn_worker_failed_requests_total") == rounds
+    assert m.get("gunicorn_worker_request_size_bytes_sum") == rounds * (1500 + 3)
+    assert m.get("gunicorn_worker_request_size_bytes_count") == total
+    assert m.get("gunicorn_worker_requests_in_flight") == 0
+    worker_ids = {s.labels["worker_id"] for s in m.matching("gunicorn_worker_requests_total")}
+    assert worker_ids <= {"1", "2"}
+
+
+def test_unknown_methods_share_one_series(gunicorn):
+    g = gunicorn(workers=1)
+    for i in range(20):
+        request(g.port, f"X{i}METHOD", "/")
+    m = g.scrape()
+    assert m.get("gunicorn_worker_requests_total", method="other") == 20
+    assert {s.labels["method"] for s in m.matching("gunicorn_worker_requests_total")} == {"other"}
+
+
+def test_memory_gauge_is_each_workers_own_rss(gunicorn, tmp_path):
+    directory = tmp_path / "multiproc"
+    g = gunicorn(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    time.sleep(1.5)  # one resource sample after start-up settled
+    m = g.scrape()
+    master_rss = rss_bytes(g.pid)
+    workers = g.worker_pids()
+    assert len(workers) == 2
+    seen = set()
+    for pid in workers:
+        entries = MmapedDict.read_all_values_from_file(str(directory / f"gauge_livesum_{pid}.db"))
+        by_name = {k: v for k, v, _, _ in entries}
+        key = next(k for k in by_name if '"gunicorn_worker_memory_bytes"' in k)
+        worker_id = key.split('"worker_id": "')[1].split('"')[0]
+        seen.add(worker_id)
+        served = m.get("gunicorn_worker_memory_bytes", worker_id=worker_id)
+        assert served == by_name[key]
+        assert abs(served - rss_bytes(pid)) <= 0.1 * rss_bytes(pid), (served, rss_bytes(pid))
+        assert served != master_rss
+    assert seen == {"1", "2"}
+
+
+def rss_bytes(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_promtool_accepts_a_real_scrape(gunicorn):
+    g = gunicorn()
+    send_mix(g.port, 3)
+    text = g.scrape_text()
+    assert "gunicorn_worker_requests_total" in text
+    result = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                            capture_output=True)
+    assert result.returncode == 0, result
+    assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
+
+
+def test_busy_seconds_grow_by_the_time_spent_in_requests(gunicorn):
+    g = gunicorn(workers=1)
+    before = g.scrape().get("gunicorn_worker_busy_seconds_total")
+    started = time.monotonic()
+    for _ in range(3):
+        assert request(g.port, "GET", "/sleep/0.2")[0] == 200
+    wall = time.monotonic() - started
+    after = g.scrape().get("gunicorn_worker_busy_seconds_total")
+    assert 0.6 <= after - before <= wall
+
+
+def test_busy_seconds_grow_during_a_long_request(gunicorn):
+    g = gunicorn(workers=1)
+    conn_pid = subprocess.Popen([sys.executable, "-c",
+                                 f"import http.client as h; c=h.HTTPConnection('127.0.0.1',{g.port});"
+                                 "c.request('GET','/sleep/2'); c.getresponse().read()"])
+    try:
+        time.sleep(0.5)
+        first = g.scrape()
+        time.sleep(0.5)
+        second = g.scrape()
+        assert first.get("gunicorn_worker_requests_in_flight") == 1
+        assert second.get("gunicorn_worker_busy_seconds_total") \
+            > first.get("gunicorn_worker_busy_seconds_total") + 0.3
+    finally:
+        conn_pid.wait(timeout=10)
+
+
+def test_metrics_are_served_while_every_worker_is_busy(gunicorn):
+    g = gunicorn(workers=2)
+    clients = [subprocess.Popen([sys.executable, "-c",
+                                 f"import http.client as h; c=h.HTTPConnection('127.0.0.1',{g.port});"
+                                 "c.request('GET','/sleep/4'); c.getresponse().read()"])
+               for _ in range(2)]
+    try:
+        time.sleep(1.0)
+        m = g.scrape()
+        assert m.get("gunicorn_worker_requests_in_flight") == 2
+    finally:
+        for c in clients:
+            c.wait(timeout=15)
+
+
+def test_replacement_worker_takes_the_killed_workers_slot(gunicorn):
+    g = gunicorn(workers=2)
+    for _ in range(10):
+        request(g.port)
+    before = g.scrape().get("gunicorn_worker_requests_total")
+    victim = g.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pids = g.worker_pids()
+        if victim not in pids and len(pids) == 2:
+            break
+        time.sleep(0.1)
+    g.wait_ready(2)
+    for _ in range(10):
+        request(g.port)
+    m = g.scrape()
+    assert m.get("gunicorn_worker_requests_total") == before + 10
+    assert {s.labels["worker_id"] for s in m.matching("gunicorn_worker_memory_bytes")} == {"1", "2"}
+
+
+def test_zero_config_makes_a_private_directory_and_removes_it(gunicorn):
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    g = gunicorn(env=env)
+    maps = Path(f"/proc/{g.worker_pids()[0]}/maps").read_text().split()
+    directory = Path(next(p for p in maps if p.endswith(".db"))).parent
+    assert directory.is_dir()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert list(directory.glob("counter_*.db"))
+    assert g.stop() == 0
+    assert not directory.exists()
+
+
+def test_files_of_an_earlier_run_are_cleared_at_start(gunicorn, tmp_path):
+    directory = tmp_path / "multiproc"
+    directory.mkdir()
+    shutil.copy(Path(__file__), directory / "unrelated.txt")
+    (directory / "counter_999999.db").write_bytes(b"\x10\x00\x00\x00" + b"\x00" * 60)
+    g = gunicorn(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    assert not (directory / "counter_999999.db").exists()
+    assert (directory / "unrelated.txt").exists()
+    assert g.scrape().get("gunicorn_exporter_read_errors_total") == 0
+
+
+def test_hooks_and_zero_config_together_start_one_server(gunicorn, tmp_path):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("from gunicorn_prometheus_exporter.hooks import when_ready, child_exit\n")
+    g = gunicorn(["--config", str(conf)])
+    request(g.port)
+    assert g.scrape().get("gunicorn_worker_requests_total") >= 1
+    assert g.output().count("Traceback") == 0
+
+
+@pytest.mark.parametrize("variable,value", [
+    ("PROMETHEUS_METRICS_PORT", "not-a-port"),
+    ("PROMETHEUS_METRICS_PORT", "99999"),
+    ("PROMETHEUS_DURATION_BUCKETS", "1,0.5"),
+    ("PROMETHEUS_BIND_ADDRESS", "nowhere"),
+    ("PROMETHEUS_METRICS_PREFIX", "bad-prefix"),
+])
+def test_bad_setting_stops_startup_with_one_line_naming_it(tmp_path, variable, value):
+    env = {**os.environ, variable: value}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{free_port()}",
+         "--worker-class", WORKER, "wsgi_app:app"],
+        cwd=APPS, env=env, capture_output=True, timeout=60, start_new_session=True)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.decode().splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and variable in errors[0], result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
+
+
+def test_taken_metrics_port_stops_startup(tmp_path):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(port)}
+        result = subprocess.run(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{free_port()}",
+             "--worker-class", WORKER, "wsgi_app:app"],
+            cwd=APPS, env=env, capture_output=True, timeout=60, start_new_session=True)
+    assert result.returncode != 0
+    assert "PROMETHEUS_METRICS_PORT" in result.stderr.decode()
+
+
+def test_index_page_404_and_405(gunicorn):
+    g = gunicorn(workers=1)
+    status, body = request(g.metrics_port, "GET", "/")
+    assert status == 200 and b'href="metrics"' in body
+    assert request(g.metrics_port, "GET", "/nope")[0] == 404
+    assert request(g.metrics_port, "POST", "/metrics", b"x")[0] == 405
