@@ -50,6 +50,9 @@ fn method_of(req: &Bound<'_, PyAny>) -> Method {
 }
 
 fn status_of(status: &Bound<'_, PyAny>) -> Option<u16> {
+    if status.is_none() {
+        return None; // no start_response yet: Gunicorn logs again once it answers
+    }
     let mut buf = [0u8; 4];
     if let Some(prefix) = ascii_prefix(status, &mut buf) {
         return Some(parse_status(prefix));

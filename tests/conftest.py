@@ -35,6 +35,13 @@ def request(port: int, method: str = "GET", path: str = "/", body: bytes | None 
         conn.close()
 
 
+def request_in_background(port: int, path: str) -> subprocess.Popen:
+    """A client in another process, e.g. to keep a worker busy; wait() on it."""
+    code = ("import http.client as h, sys; c = h.HTTPConnection('127.0.0.1', int(sys.argv[1]));"
+            "c.request('GET', sys.argv[2]); c.getresponse().read()")
+    return subprocess.Popen([sys.executable, "-c", code, str(port), path])
+
+
 class Samples:
     """A parsed scrape: sum of sample values matching a name and some labels."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import APPS, WORKER, free_port, request
+from conftest import APPS, WORKER, free_port, request, request_in_background
 from prometheus_client.mmap_dict import MmapedDict
 
 # (method, path, body, expected status)
@@ -125,9 +126,7 @@ def test_busy_seconds_grow_by_the_time_spent_in_requests(gunicorn):
 
 def test_busy_seconds_grow_during_a_long_request(gunicorn):
     g = gunicorn(workers=1)
-    conn_pid = subprocess.Popen([sys.executable, "-c",
-                                 f"import http.client as h; c=h.HTTPConnection('127.0.0.1',{g.port});"
-                                 "c.request('GET','/sleep/2'); c.getresponse().read()"])
+    client = request_in_background(g.port, "/sleep/2")
     try:
         time.sleep(0.5)
         first = g.scrape()
@@ -137,15 +136,12 @@ def test_busy_seconds_grow_during_a_long_request(gunicorn):
         assert second.get("gunicorn_worker_busy_seconds_total") \
             > first.get("gunicorn_worker_busy_seconds_total") + 0.3
     finally:
-        conn_pid.wait(timeout=10)
+        client.wait(timeout=10)
 
 
 def test_metrics_are_served_while_every_worker_is_busy(gunicorn):
     g = gunicorn(workers=2)
-    clients = [subprocess.Popen([sys.executable, "-c",
-                                 f"import http.client as h; c=h.HTTPConnection('127.0.0.1',{g.port});"
-                                 "c.request('GET','/sleep/4'); c.getresponse().read()"])
-               for _ in range(2)]
+    clients = [request_in_background(g.port, "/sleep/4") for _ in range(2)]
     try:
         time.sleep(1.0)
         m = g.scrape()
@@ -229,7 +225,6 @@ def test_bad_setting_stops_startup_with_one_line_naming_it(tmp_path, variable, v
 
 
 def test_taken_metrics_port_stops_startup(tmp_path):
-    import socket
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

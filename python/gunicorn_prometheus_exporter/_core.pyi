@@ -1,11 +1,12 @@
 """Types of the compiled core (src/python.rs)."""
 
+from collections.abc import Mapping, Sequence
 from os import PathLike
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 
 __version__: str
 
-_Path = Union[str, PathLike[str]]
+_Path = str | PathLike[str]
 
 class WorkerMeter:
     def __init__(
@@ -23,7 +24,7 @@ class WorkerMeter:
     def fail(self, req: Any, exc: BaseException) -> None: ...
 
 class Settings:
-    directory: Optional[str]
+    directory: str | None
     port: int
     bind_address: str
     duration_buckets: list[float]
@@ -40,7 +41,7 @@ def start_exporter(
     bind_address: str,
     port: int,
     prefix: str,
-    build_info: Sequence[Tuple[str, str]],
+    build_info: Sequence[tuple[str, str]],
 ) -> Exporter: ...
 def render_text(directory: _Path, prefix: str) -> bytes: ...
 def prepare_directory(directory: _Path) -> None: ...

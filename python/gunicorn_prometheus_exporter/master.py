@@ -62,7 +62,7 @@ class MasterExporter:
 
     def assign_slot(self, worker: Any) -> int:
         """The lowest free worker_id: a replacement takes its predecessor's."""
-        for worker_id, holder in list(self.slots.items()):
+        for holder in list(self.slots.values()):
             if isinstance(holder.pid, int) and not _alive(holder.pid):
                 self.child_exit(None, holder)
         worker_id = 1

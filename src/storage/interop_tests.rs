@@ -12,11 +12,19 @@ fn python(script: &str, arg: &str) -> String {
         .args(["-c", script, arg])
         .output()
         .expect("python3 runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
-const LABELS: &[(&str, &str)] = &[("worker_id", "1"), ("path", "/caf\u{e9} \"q\"\n\\"), ("emoji", "\u{1F600}")];
+const LABELS: &[(&str, &str)] = &[
+    ("worker_id", "1"),
+    ("path", "/caf\u{e9} \"q\"\n\\"),
+    ("emoji", "\u{1F600}"),
+];
 
 #[test]
 fn a_file_written_by_the_core_reads_back_identically_in_prometheus_client() {
@@ -25,7 +33,12 @@ fn a_file_written_by_the_core_reads_back_identically_in_prometheus_client() {
     let mut w = MmapWriter::open(&path).unwrap();
     let mut expected = Vec::new();
     for i in 0..300 {
-        let key = encode("m", "m_total", &[LABELS, &[("i", &i.to_string())]].concat(), "help \u{e9}");
+        let key = encode(
+            "m",
+            "m_total",
+            &[LABELS, &[("i", &i.to_string())]].concat(),
+            "help \u{e9}",
+        );
         let slot = w.slot(&key).unwrap();
         slot.set(i as f64 * 1.5);
         slot.set_timestamp(-(i as f64));
@@ -42,7 +55,12 @@ fn a_file_written_by_the_core_reads_back_identically_in_prometheus_client() {
 
 #[test]
 fn keys_are_byte_for_byte_those_of_prometheus_client() {
-    let ours = encode("m", "m_bucket", &[LABELS, &[("le", "+Inf")]].concat(), "h\u{e9}lp");
+    let ours = encode(
+        "m",
+        "m_bucket",
+        &[LABELS, &[("le", "+Inf")]].concat(),
+        "h\u{e9}lp",
+    );
     let theirs = python(
         "import sys; from prometheus_client.mmap_dict import mmap_key\n\
          sys.stdout.write(mmap_key('m', 'm_bucket', ['worker_id', 'path', 'emoji', 'le'],\n\
@@ -70,8 +88,10 @@ fn a_file_written_by_prometheus_client_reads_back_identically_in_the_core() {
     read_used(&path, &mut buf).unwrap();
     let (entries, error) = read_entries(&buf);
     assert!(error.is_none());
-    let got: Vec<serde_json::Value> =
-        entries.iter().map(|e| serde_json::json!([e.key, e.value, e.timestamp])).collect();
+    let got: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| serde_json::json!([e.key, e.value, e.timestamp]))
+        .collect();
     assert_eq!(serde_json::Value::Array(got), expected);
     // And the core can go on writing to it, as a restarted process would.
     let mut w = MmapWriter::open(&path).unwrap();

@@ -1,0 +1,101 @@
+"""Hello-world throughput with wrk on 127.0.0.1, 2 sync workers: plain Gunicorn,
+this project, and the Python package gunicorn-prometheus-exporter 0.2.4, in
+alternating rounds of the same run. Prints requests/s and ratios to plain."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("gunicorn exited during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("gunicorn did not start")
+
+
+def run_variant(name: str, python: str, duration: int) -> float:
+    port, metrics_port = free_port(), free_port()
+    multiproc = tempfile.mkdtemp(prefix="gpe-bench-")
+    env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(metrics_port),
+           "PROMETHEUS_MULTIPROC_DIR": multiproc, "PROMETHEUS_BIND_ADDRESS": "127.0.0.1",
+           "GUNICORN_WORKERS": "2"}
+    args = [python, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
+            "--log-level", "warning"]
+    if name == "this":
+        args += ["--worker-class", "gunicorn_prometheus_exporter.PrometheusWorker"]
+    elif name == "pypi-0.2.4":
+        args += ["--worker-class", "gunicorn_prometheus_exporter.PrometheusWorker",
+                 "--config", str(HERE / "conf_pypi_024.py")]
+    args.append("hello:app")
+    proc = subprocess.Popen(args, cwd=HERE, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_listening(port, proc)
+        time.sleep(1.0)
+        subprocess.run(["wrk", "-t1", "-c8", "-d1s", f"http://127.0.0.1:{port}/"],
+                       capture_output=True, check=True)  # warm-up
+        out = subprocess.run(["wrk", "-t1", "-c8", f"-d{duration}s",
+                              f"http://127.0.0.1:{port}/"],
+                             capture_output=True, text=True, check=True).stdout
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        if errors:
+            raise RuntimeError(f"{name}: {errors.group(1)} failed responses")
+        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--this", required=True)
+    ap.add_argument("--pypi024", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=8)
+    a = ap.parse_args()
+    variants = [("plain", a.this), ("this", a.this), ("pypi-0.2.4", a.pypi024)]
+    results: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for r in range(a.rounds):
+        order = variants if r % 2 == 0 else list(reversed(variants))
+        for name, python in order:
+            results[name].append(run_variant(name, python, a.duration))
+    plain = statistics.median(results["plain"])
+    print(f"hello-world throughput, 2 sync workers, wrk -t1 -c8 -d{a.duration}s, "
+          f"median of {a.rounds} alternating rounds")
+    print(f"{'variant':<14}{'req/s':>10}{'ratio to plain':>16}   rounds")
+    for name, _ in variants:
+        med = statistics.median(results[name])
+        rounds = " ".join(f"{v:.0f}" for v in results[name])
+        print(f"{name:<14}{med:>10.0f}{med / plain:>16.3f}   {rounds}")
+
+
+if __name__ == "__main__":
+    main()
