@@ -79,6 +79,8 @@ pub struct Collected {
     pub families: Vec<Family>,
     /// Files (or parts of files) that could not be read.
     pub read_errors: u64,
+    /// Names of the `*.db` files read.
+    pub files: Vec<String>,
 }
 
 /// Reads every `*.db` file of `dir`. `now_monotonic` (seconds, CLOCK_MONOTONIC)
@@ -95,6 +97,7 @@ pub fn collect(dir: &Path, now_monotonic: f64) -> Collected {
             return Collected {
                 families: Vec::new(),
                 read_errors: 1,
+                files: Vec::new(),
             }
         }
     };
@@ -147,10 +150,7 @@ pub fn collect(dir: &Path, now_monotonic: f64) -> Collected {
         }
     }
     let families = acc.into_iter().map(|(name, f)| finish(name, f)).collect();
-    Collected {
-        families,
-        read_errors,
-    }
+    Collected { families, read_errors, files: names }
 }
 
 fn add_sample(

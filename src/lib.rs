@@ -2,12 +2,15 @@
 //! modules; `python` is the compiled module's face.
 
 pub mod aggregate;
+pub mod archive;
+pub mod backlog;
 pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod exposition;
 pub mod histogram;
 pub mod labels;
+pub mod master_meter;
 pub mod meter;
 pub mod model;
 pub mod process_stats;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::archive::{exit_note_path, worker_file_id};
 use crate::clock::{monotonic_ns, monotonic_seconds, unix_seconds};
 use crate::histogram::{HistogramSlots, SIZE_BUCKETS};
 use crate::labels::{status_label, status_slot, Method, STATUS_SLOTS};
@@ -53,6 +54,8 @@ struct WorkerSeries {
 }
 
 pub struct WorkerMeter {
+    directory: PathBuf,
+    pid: u32,
     prefix: String,
     worker_id: String,
     duration_bounds: Box<[f64]>,
@@ -73,9 +76,10 @@ impl WorkerMeter {
     pub fn open(config: &MeterConfig) -> io::Result<WorkerMeter> {
         let dir = &config.directory;
         let pid = config.pid;
-        let mut counters = MmapWriter::open(&dir.join(format!("counter_{pid}.db")))?;
-        let mut histograms = MmapWriter::open(&dir.join(format!("histogram_{pid}.db")))?;
-        let mut gauges = MmapWriter::open(&dir.join(format!("gauge_livesum_{pid}.db")))?;
+        let id = worker_file_id(pid);
+        let mut counters = MmapWriter::open(&dir.join(format!("counter_{id}.db")))?;
+        let mut histograms = MmapWriter::open(&dir.join(format!("histogram_{id}.db")))?;
+        let mut gauges = MmapWriter::open(&dir.join(format!("gauge_livesum_{id}.db")))?;
         let p = &config.prefix;
         let worker_id = config.worker_id.to_string();
         let wl: &[(&str, &str)] = &[("worker_id", &worker_id)];
@@ -148,6 +152,8 @@ impl WorkerMeter {
             .map(|_| AtomicPtr::new(std::ptr::null_mut()))
             .collect();
         let meter = WorkerMeter {
+            directory: dir.clone(),
+            pid,
             prefix: config.prefix.clone(),
             worker_id,
             duration_bounds: config.duration_buckets.clone().into_boxed_slice(),
@@ -313,6 +319,11 @@ impl WorkerMeter {
                 .set(100.0 * (stats.cpu_seconds - last.1).max(0.0) / elapsed);
         }
         *last = (now, stats.cpu_seconds);
+    }
+
+    /// Leaves the reason this process is exiting for the master to read.
+    pub fn note_exit(&self, reason: &str) -> io::Result<()> {
+        std::fs::write(exit_note_path(&self.directory, self.pid), reason)
     }
 
     /// Samples resources every `interval` on a thread of its own.

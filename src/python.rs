@@ -10,7 +10,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use pyo3::{ffi, intern};
 
+use crate::archive;
 use crate::config;
+use crate::master_meter;
 use crate::directory;
 use crate::labels::{parse_status, Method};
 use crate::meter::{MeterConfig, WorkerMeter as Meter};
@@ -155,6 +157,11 @@ impl WorkerMeter {
         );
     }
 
+    /// Leaves the reason this worker exits (`max_requests`, `graceful`, `crashed`).
+    fn note_exit(&self, reason: &str) -> PyResult<()> {
+        self.meter.note_exit(reason).map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
     /// The application raised `exc` while handling `req`.
     fn fail(&self, req: &Bound<'_, PyAny>, exc: &Bound<'_, PyAny>) {
         let py = exc.py();
@@ -214,10 +221,74 @@ impl Settings {
 }
 
 /// A running metrics server.
-#[pyclass(frozen, get_all, module = "gunicorn_prometheus_exporter._core")]
+#[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
 struct Exporter {
+    #[pyo3(get)]
     host: String,
+    #[pyo3(get)]
     port: u16,
+    source: Arc<ScrapeSource>,
+}
+
+#[pymethods]
+impl Exporter {
+    /// The master's listeners as (name, file descriptor), for the listen backlog.
+    fn set_listeners(&self, listeners: Vec<(String, i32)>) {
+        self.source.set_listeners(listeners);
+    }
+}
+
+/// The master's own series: restarts by reason, signals, desired workers.
+#[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
+struct MasterMeter {
+    meter: master_meter::MasterMeter,
+}
+
+#[pymethods]
+impl MasterMeter {
+    #[new]
+    fn new(directory: PathBuf, pid: u32, prefix: &str) -> PyResult<Self> {
+        let meter = master_meter::MasterMeter::open(&directory, pid, prefix).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        Ok(MasterMeter { meter })
+    }
+
+    fn restart(&self, reason: &str) -> PyResult<()> {
+        if self.meter.restart(reason) {
+            Ok(())
+        } else {
+            Err(PyValueError::new_err(format!("unknown restart reason {reason:?}")))
+        }
+    }
+
+    /// Counts a signal by name (`hup`, `ttin`, ...); others are ignored.
+    fn signal(&self, name: &str) -> bool {
+        self.meter.signal(name)
+    }
+
+    fn set_desired(&self, workers: u32) {
+        self.meter.set_desired(workers);
+    }
+}
+
+/// Folds the files of exited processes into archives (keeps them open).
+#[pyclass(module = "gunicorn_prometheus_exporter._core")]
+#[derive(Default)]
+struct ArchiveCompactor {
+    inner: archive::ArchiveCompactor,
+}
+
+#[pymethods]
+impl ArchiveCompactor {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    /// Retires `pid`: returns the exit note it left, if any.
+    fn retire(&mut self, py: Python<'_>, directory: PathBuf, pid: u32) -> PyResult<Option<String>> {
+        let inner = &mut self.inner;
+        py.detach(|| inner.retire(&directory, pid)).map_err(|e| PyOSError::new_err(e.to_string()))
+    }
 }
 
 /// Starts the metrics server for `directory` on a thread of the core.
@@ -233,7 +304,7 @@ fn start_exporter(
         .parse()
         .map_err(|_| PyValueError::new_err(format!("bad bind address {bind_address:?}")))?;
     let source = Arc::new(ScrapeSource::new(directory, prefix, build_info));
-    let server = server::start(SocketAddr::new(ip, port), source).map_err(|e| {
+    let server = server::start(SocketAddr::new(ip, port), Arc::clone(&source)).map_err(|e| {
         PyOSError::new_err(format!(
             "cannot serve metrics on {bind_address}:{port}: {e} (PROMETHEUS_METRICS_PORT)"
         ))
@@ -241,6 +312,7 @@ fn start_exporter(
     Ok(Exporter {
         host: server.local_addr.ip().to_string(),
         port: server.local_addr.port(),
+        source,
     })
 }
 
@@ -262,11 +334,6 @@ fn prepare_directory(directory: PathBuf) -> PyResult<()> {
     })
 }
 
-/// Bookkeeping for a worker that exited.
-#[pyfunction]
-fn mark_process_dead(directory: PathBuf, pid: u32) -> PyResult<()> {
-    directory::mark_process_dead(&directory, pid).map_err(|e| PyOSError::new_err(e.to_string()))
-}
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -277,6 +344,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start_exporter, m)?)?;
     m.add_function(wrap_pyfunction!(render_text, m)?)?;
     m.add_function(wrap_pyfunction!(prepare_directory, m)?)?;
-    m.add_function(wrap_pyfunction!(mark_process_dead, m)?)?;
+    m.add_class::<MasterMeter>()?;
+    m.add_class::<ArchiveCompactor>()?;
     Ok(())
 }

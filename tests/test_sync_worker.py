@@ -83,7 +83,7 @@ def test_memory_gauge_is_each_workers_own_rss(gunicorn, tmp_path):
     assert len(workers) == 2
     seen = set()
     for pid in workers:
-        entries = MmapedDict.read_all_values_from_file(str(directory / f"gauge_livesum_{pid}.db"))
+        entries = MmapedDict.read_all_values_from_file(str(directory / f"gauge_livesum_worker{pid}.db"))
         by_name = {k: v for k, v, _, _ in entries}
         key = next(k for k in by_name if '"gunicorn_worker_memory_bytes"' in k)
         worker_id = key.split('"worker_id": "')[1].split('"')[0]

@@ -15,11 +15,13 @@ from .master import master
 
 def when_ready(server: Any) -> None:
     """Start the exporter in the master (idempotent)."""
-    master().setup(server.cfg)
+    state = master()
+    state.setup(server.cfg)
+    state.when_ready(server)
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """A worker was reaped: free its worker_id and drop its live gauges."""
+    """A worker was reaped: free its worker_id, fold its files, count the restart."""
     master().child_exit(server, worker)
 
 

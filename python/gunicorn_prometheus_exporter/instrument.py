@@ -65,4 +65,13 @@ class MeteredWorker:
             RESOURCE_SAMPLE_SECONDS,
         )
         self.log = MeteredLog(self.log, self.meter)
-        super().init_process()
+        note = "crashed"
+        try:
+            super().init_process()
+            note = "max_requests" if self.nr >= self.max_requests else "graceful"
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                note = "graceful"
+            raise
+        finally:
+            self.meter.note_exit(note)

@@ -1,12 +1,21 @@
 """The exporter's side of the Gunicorn master: settings, the multiprocess
-directory, worker slots and the metrics server. Runs only in the master."""
+directory, worker slots, restarts, signals and the metrics server.
+
+Everything here uses Gunicorn's public extension points: the worker class's
+`check_config`, server hooks (chained in front of the configured ones), the
+attributes hooks receive, and `signal.signal` to count signals before handing
+them to the arbiter's own handler.
+"""
 
 from __future__ import annotations
 
 import atexit
+import inspect
+import logging
 import os
 import platform
 import shutil
+import signal
 import tempfile
 from typing import Any, Callable
 
@@ -15,6 +24,10 @@ import gunicorn
 from . import _core
 
 DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+COUNTED_SIGNALS = ("hup", "ttin", "ttou", "usr1", "usr2", "winch", "int", "term", "quit")
+STOPPING_SIGNALS = ("int", "term", "quit")
+
+log = logging.getLogger("gunicorn.error")
 
 
 class MasterExporter:
@@ -25,46 +38,86 @@ class MasterExporter:
         self.settings: _core.Settings | None = None
         self.directory: str | None = None
         self.exporter: _core.Exporter | None = None
+        self.meter: _core.MasterMeter | None = None
+        self.compactor = _core.ArchiveCompactor()
+        self.server: Any = None  # the arbiter, once when_ready ran
         # worker_id -> worker object (built in the master, then forked)
         self.slots: dict[int, Any] = {}
-        self.exited: set[int] = set()
+        # pids the master is about to stop on purpose, and why
+        self.reloading: set[int] = set()
+        self.scaling_down: set[int] = set()
+        self.stopping = False
 
     def setup(self, cfg: Any) -> None:
-        """Validate settings, prepare the directory, start the server (once)."""
+        """Validate settings, prepare the directory, start the server (once),
+        and put our hooks in front of the configured ones (again after a reload
+        replaced the configuration)."""
         if self.settings is None:
+            self._start(cfg)
+        _chain_hook(cfg, "when_ready", self.when_ready)
+        _chain_hook(cfg, "nworkers_changed", self.nworkers_changed)
+        _chain_hook(cfg, "child_exit", self.child_exit)
+        self._publish_listeners()
+
+    def _start(self, cfg: Any) -> None:
+        try:
+            settings = _core.Settings.from_mapping(os.environ)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+        directory = settings.directory
+        if directory is None:
+            directory = tempfile.mkdtemp(prefix="gunicorn-prometheus-")
+            atexit.register(_remove_private_directory, directory, self.pid)
+        try:
+            _core.prepare_directory(directory)
+            self.meter = _core.MasterMeter(directory, self.pid, settings.prefix)
+        except OSError as exc:
+            raise RuntimeError(str(exc)) from None
+        os.environ[DIRECTORY_VARIABLE] = str(directory)
+        self.directory = str(directory)
+        self.settings = settings
+        if settings.port != 0:
             try:
-                settings = _core.Settings.from_mapping(os.environ)
-            except ValueError as exc:
-                raise RuntimeError(str(exc)) from None
-            directory = settings.directory
-            if directory is None:
-                directory = tempfile.mkdtemp(prefix="gunicorn-prometheus-")
-                atexit.register(_remove_private_directory, directory, self.pid)
-            try:
-                _core.prepare_directory(directory)
+                self.exporter = _core.start_exporter(
+                    self.directory,
+                    settings.bind_address,
+                    settings.port,
+                    settings.prefix,
+                    _build_info(cfg),
+                )
             except OSError as exc:
                 raise RuntimeError(str(exc)) from None
-            os.environ[DIRECTORY_VARIABLE] = str(directory)
-            self.directory = str(directory)
-            self.settings = settings
-            if settings.port != 0:
-                try:
-                    self.exporter = _core.start_exporter(
-                        self.directory,
-                        settings.bind_address,
-                        settings.port,
-                        settings.prefix,
-                        _build_info(cfg),
-                    )
-                except OSError as exc:
-                    raise RuntimeError(str(exc)) from None
-        _chain_hook(cfg, "child_exit", self.child_exit)
+
+    def when_ready(self, server: Any) -> None:
+        self.server = server
+        if self.meter is not None:
+            self.meter.set_desired(server.num_workers)
+        self._publish_listeners()
+        _count_signals(self.on_signal)
+
+    def on_signal(self, name: str) -> None:
+        """Runs in the master's signal handler, before the arbiter queues it."""
+        if self.meter is not None:
+            self.meter.signal(name)
+        if name in STOPPING_SIGNALS:
+            self.stopping = True
+        elif name == "hup" and self.server is not None:
+            self.reloading.update(self.server.WORKERS)
+
+    def nworkers_changed(self, server: Any, new_value: int, old_value: int | None) -> None:
+        if self.meter is not None:
+            self.meter.set_desired(new_value)
+        # The arbiter stops the oldest workers beyond the new number.
+        by_age = sorted(server.WORKERS.items(), key=lambda item: item[1].age)
+        excess = len(by_age) - new_value
+        if excess > 0:
+            self.scaling_down.update(pid for pid, _ in by_age[:excess])
 
     def assign_slot(self, worker: Any) -> int:
         """The lowest free worker_id: a replacement takes its predecessor's."""
         for holder in list(self.slots.values()):
             if isinstance(holder.pid, int) and not _alive(holder.pid):
-                self.child_exit(None, holder)
+                self.child_exit(self.server, holder)
         worker_id = 1
         while worker_id in self.slots:
             worker_id += 1
@@ -72,16 +125,46 @@ class MasterExporter:
         return worker_id
 
     def child_exit(self, server: Any, worker: Any) -> None:
-        """A worker was reaped: free its slot, drop its live gauges."""
+        """A worker was reaped: free its slot, fold its files, count the restart."""
         pid = worker.pid
-        if not isinstance(pid, int) or pid in self.exited:
+        if not isinstance(pid, int) or getattr(worker, "_prometheus_retired", False):
             return
-        self.exited.add(pid)
+        worker._prometheus_retired = True
         worker_id = getattr(worker, "worker_id", None)
         if self.slots.get(worker_id) is worker:
             del self.slots[worker_id]
-        if self.directory is not None:
-            _core.mark_process_dead(self.directory, pid)
+        if self.directory is None or self.meter is None:
+            return
+        note = self.compactor.retire(self.directory, pid)
+        reason = self._restart_reason(worker, pid, note)
+        self.reloading.discard(pid)
+        self.scaling_down.discard(pid)
+        if reason is not None:
+            self.meter.restart(reason)
+
+    def _restart_reason(self, worker: Any, pid: int, note: str | None) -> str | None:
+        if getattr(worker, "aborted", False):
+            return "timeout"  # the arbiter aborts a worker that missed its timeout
+        if note == "max_requests":
+            return "max_requests"
+        if note == "crashed":
+            return "crashed"
+        if note == "graceful":
+            if pid in self.reloading:
+                return "reload"
+            if pid in self.scaling_down:
+                return "scale_down"
+            if self.stopping:
+                return None  # shutting down: not a restart
+        # No note: ended by a signal it could not handle (SIGKILL, the OOM
+        # killer) or by one nobody in the master sent.
+        return "killed"
+
+    def _publish_listeners(self) -> None:
+        if self.exporter is not None and self.server is not None:
+            self.exporter.set_listeners(
+                [(str(lnr), lnr.fileno()) for lnr in getattr(self.server, "LISTENERS", [])]
+            )
 
 
 _master: MasterExporter | None = None
@@ -114,18 +197,43 @@ def _build_info(cfg: Any) -> list[tuple[str, str]]:
     ]
 
 
-def _chain_hook(cfg: Any, name: str, ours: Callable[[Any, Any], None]) -> None:
-    """Run `ours` before the configured two-argument hook `name`, once."""
+def _chain_hook(cfg: Any, name: str, ours: Callable[..., None]) -> None:
+    """Run `ours` before the configured hook `name` (same arity), once per config.
+    A failure of ours is logged, never raised into the arbiter."""
     current = cfg.settings[name].get()
     if getattr(current, "_prometheus_chained", False):
         return
 
-    def chained(server: Any, worker: Any) -> None:
-        ours(server, worker)
-        current(server, worker)
+    def call(*args: Any) -> Any:
+        try:
+            ours(*args)
+        except Exception:
+            log.exception("gunicorn_prometheus_exporter: %s hook failed", name)
+        return current(*args)
 
+    # Gunicorn checks a hook's arity, so the wrapper spells its arguments out.
+    arity = len(inspect.signature(ours).parameters)
+    chained = {1: lambda a: call(a), 2: lambda a, b: call(a, b), 3: lambda a, b, c: call(a, b, c)}[
+        arity
+    ]
     chained._prometheus_chained = True  # type: ignore[attr-defined]
     cfg.set(name, chained)
+
+
+def _count_signals(count: Callable[[str], None]) -> None:
+    """Count each master signal, then hand it to the handler the arbiter installed."""
+    for name in COUNTED_SIGNALS:
+        signum = getattr(signal, "SIG" + name.upper())
+        current = signal.getsignal(signum)
+        if not callable(current) or getattr(current, "_prometheus_counted", False):
+            continue
+
+        def handler(sig: int, frame: Any, _current: Any = current, _name: str = name) -> Any:
+            count(_name)
+            return _current(sig, frame)
+
+        handler._prometheus_counted = True  # type: ignore[attr-defined]
+        signal.signal(signum, handler)
 
 
 def _remove_private_directory(directory: str, owner_pid: int) -> None:

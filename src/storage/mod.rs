@@ -1,6 +1,7 @@
 //! Per-process files in prometheus_client's multiprocess format (`mmap_dict.py`).
 
 pub mod key;
+pub mod lock;
 pub mod reader;
 pub mod writer;
 

@@ -18,6 +18,7 @@ const INITIAL_FILE_BYTES: usize = 1 << 16;
 const RESERVED_BYTES: usize = 64 << 20;
 
 /// A pointer to the value double of one entry (the timestamp double follows it).
+/// It must not outlive the `MmapWriter` that handed it out.
 #[derive(Clone, Copy, Debug)]
 pub struct ValueSlot(NonNull<AtomicU64>);
 
@@ -139,6 +140,11 @@ impl MmapWriter {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether `key` already has an entry.
+    pub fn contains(&self, key: &str) -> bool {
+        self.positions.contains_key(key)
     }
 
     fn used_cell(&self) -> &AtomicU32 {

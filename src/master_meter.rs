@@ -1,0 +1,67 @@
+//! The master's own series, kept in its own files like a worker's, so that a
+//! sidecar exporter over the same directory serves them too.
+
+use std::io;
+use std::path::Path;
+
+use crate::storage::{key, MmapWriter, ValueSlot};
+
+/// Why a worker was replaced (SPEC 3.2).
+pub const RESTART_REASONS: [&str; 6] = ["max_requests", "timeout", "killed", "crashed", "reload", "scale_down"];
+/// Signals of the master that are counted.
+pub const MASTER_SIGNALS: [&str; 9] = ["hup", "ttin", "ttou", "usr1", "usr2", "winch", "int", "term", "quit"];
+
+pub struct MasterMeter {
+    restarts: Vec<ValueSlot>,
+    signals: Vec<ValueSlot>,
+    desired: ValueSlot,
+    // Kept open for the life of the process: the slots point into them.
+    _files: (MmapWriter, MmapWriter),
+}
+
+impl MasterMeter {
+    pub fn open(dir: &Path, pid: u32, prefix: &str) -> io::Result<MasterMeter> {
+        let mut counters = MmapWriter::open(&dir.join(format!("counter_master{pid}.db")))?;
+        let mut gauges = MmapWriter::open(&dir.join(format!("gauge_livesum_master{pid}.db")))?;
+        let mut counter = |name: &str, label: &str, value: &str, help: &str| {
+            let metric = format!("{prefix}_{name}");
+            counters.slot(&key::encode(&metric, &format!("{metric}_total"), &[(label, value)], help))
+        };
+        let restarts = RESTART_REASONS
+            .iter()
+            .map(|r| counter("worker_restarts", "reason", r, "Workers replaced, by reason."))
+            .collect::<io::Result<_>>()?;
+        let signals = MASTER_SIGNALS
+            .iter()
+            .map(|s| counter("master_signals", "signal", s, "Signals the master received."))
+            .collect::<io::Result<_>>()?;
+        let desired_name = format!("{prefix}_workers_desired");
+        let desired =
+            gauges.slot(&key::encode(&desired_name, &desired_name, &[], "Workers the master is configured to run."))?;
+        Ok(MasterMeter { restarts, signals, desired, _files: (counters, gauges) })
+    }
+
+    /// Counts a restart; `false` for an unknown reason.
+    pub fn restart(&self, reason: &str) -> bool {
+        Self::count(&self.restarts, &RESTART_REASONS, reason)
+    }
+
+    /// Counts a signal by its lower-case name without `SIG`; `false` if not counted.
+    pub fn signal(&self, name: &str) -> bool {
+        Self::count(&self.signals, &MASTER_SIGNALS, name)
+    }
+
+    pub fn set_desired(&self, workers: u32) {
+        self.desired.set(workers as f64);
+    }
+
+    fn count(slots: &[ValueSlot], names: &[&str], name: &str) -> bool {
+        match names.iter().position(|n| *n == name) {
+            Some(i) => {
+                slots[i].add(1.0);
+                true
+            }
+            None => false,
+        }
+    }
+}
