@@ -150,7 +150,11 @@ pub fn collect(dir: &Path, now_monotonic: f64) -> Collected {
         }
     }
     let families = acc.into_iter().map(|(name, f)| finish(name, f)).collect();
-    Collected { families, read_errors, files: names }
+    Collected {
+        families,
+        read_errors,
+        files: names,
+    }
 }
 
 fn add_sample(

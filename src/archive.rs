@@ -74,11 +74,18 @@ impl ArchiveCompactor {
         let mut buf = Vec::new();
         for entry in fs::read_dir(dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".db") else { continue };
-            if !ids.iter().any(|id| stem.rsplit('_').next() == Some(id.as_str())) {
+            let Some(stem) = name.strip_suffix(".db") else {
+                continue;
+            };
+            if !ids
+                .iter()
+                .any(|id| stem.rsplit('_').next() == Some(id.as_str()))
+            {
                 continue;
             }
-            let Some((fate, archive)) = fate(&name) else { continue };
+            let Some((fate, archive)) = fate(&name) else {
+                continue;
+            };
             let path = dir.join(&name);
             if fate == Fate::Keep {
                 continue;
@@ -94,7 +101,9 @@ impl ArchiveCompactor {
             remove_if_present(&path)?;
         }
         let note_path = exit_note_path(dir, pid);
-        let note = fs::read_to_string(&note_path).ok().map(|s| s.trim().to_owned());
+        let note = fs::read_to_string(&note_path)
+            .ok()
+            .map(|s| s.trim().to_owned());
         remove_if_present(&note_path)?;
         Ok(note)
     }
@@ -109,7 +118,14 @@ impl ArchiveCompactor {
     }
 }
 
-fn fold(w: &mut MmapWriter, fate: &Fate, key: &str, value: f64, ts: f64, now: f64) -> io::Result<()> {
+fn fold(
+    w: &mut MmapWriter,
+    fate: &Fate,
+    key: &str,
+    value: f64,
+    ts: f64,
+    now: f64,
+) -> io::Result<()> {
     let is_new = !w.contains(key);
     let slot = w.slot(key)?;
     match fate {
@@ -148,7 +164,13 @@ mod tests {
     }
 
     fn total(dir: &Path, name: &str) -> f64 {
-        collect(dir, monotonic_seconds()).families.iter().flat_map(|f| &f.samples).filter(|s| s.name == name).map(|s| s.value).sum()
+        collect(dir, monotonic_seconds())
+            .families
+            .iter()
+            .flat_map(|f| &f.samples)
+            .filter(|s| s.name == name)
+            .map(|s| s.value)
+            .sum()
     }
 
     #[test]
@@ -158,21 +180,39 @@ mod tests {
         let c = encode("c", "c_total", &[("worker_id", "1")], "h");
         let g = encode("g", "g", &[], "h");
         put(d, "counter_worker10.db", &c, 3.0, 0.0);
-        put(d, "counter_10.db", &encode("app", "app_total", &[], "h"), 2.0, 0.0);
+        put(
+            d,
+            "counter_10.db",
+            &encode("app", "app_total", &[], "h"),
+            2.0,
+            0.0,
+        );
         put(d, "gauge_livesum_worker10.db", &g, 9.0, 0.0);
         put(d, "gauge_max_10.db", &g, 4.0, 0.0);
         put(d, "gauge_all_10.db", &g, 4.0, 0.0);
         put(d, "counter_worker11.db", &c, 5.0, 0.0);
         fs::write(exit_note_path(d, 10), "max_requests\n").unwrap();
         let mut compactor = ArchiveCompactor::default();
-        assert_eq!(compactor.retire(d, 10).unwrap().as_deref(), Some("max_requests"));
+        assert_eq!(
+            compactor.retire(d, 10).unwrap().as_deref(),
+            Some("max_requests")
+        );
         assert_eq!(total(d, "c_total"), 8.0);
         assert_eq!(total(d, "app_total"), 2.0);
-        let mut names: Vec<String> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         assert_eq!(
             names,
-            [".lock", "counter_archive.db", "counter_worker11.db", "gauge_all_10.db", "gauge_max_archive.db"]
+            [
+                ".lock",
+                "counter_archive.db",
+                "counter_worker11.db",
+                "gauge_all_10.db",
+                "gauge_max_archive.db"
+            ]
         );
         put(d, "counter_worker12.db", &c, 1.0, 0.0);
         assert_eq!(compactor.retire(d, 12).unwrap(), None);
@@ -184,7 +224,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let busy = encode("b", "b_total", &[], "h");
-        put(d, "counter_worker3.db", &busy, 1.0, 1.0 - (monotonic_seconds() - 2.0));
+        put(
+            d,
+            "counter_worker3.db",
+            &busy,
+            1.0,
+            1.0 - (monotonic_seconds() - 2.0),
+        );
         ArchiveCompactor::default().retire(d, 3).unwrap();
         let folded = total(d, "b_total");
         assert!((3.0..4.0).contains(&folded), "{folded}");
@@ -209,6 +255,14 @@ mod tests {
             read_used(&d.join(format!("gauge_{mode}_archive.db")), &mut buf).unwrap();
             read_entries(&buf).0[0].value
         };
-        assert_eq!((value("min"), value("max"), value("sum"), value("mostrecent")), (-3.0, 7.0, 9.0, 5.0));
+        assert_eq!(
+            (
+                value("min"),
+                value("max"),
+                value("sum"),
+                value("mostrecent")
+            ),
+            (-3.0, 7.0, 9.0, 5.0)
+        );
     }
 }

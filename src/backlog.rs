@@ -18,12 +18,21 @@ pub fn of_listener(fd: RawFd) -> Option<Backlog> {
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     let rc = unsafe {
-        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info as *mut _ as *mut libc::c_void, &mut len)
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
     };
     if rc != 0 || info.tcpi_state != TCP_LISTEN {
         return None;
     }
-    Some(Backlog { waiting: info.tcpi_unacked, max: info.tcpi_sacked })
+    Some(Backlog {
+        waiting: info.tcpi_unacked,
+        max: info.tcpi_sacked,
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-
 /// Makes `dir` if needed and removes the files an earlier run left (`*.db`,
 /// exit notes).
 pub fn prepare(dir: &Path) -> io::Result<()> {

@@ -7,9 +7,18 @@ use std::path::Path;
 use crate::storage::{key, MmapWriter, ValueSlot};
 
 /// Why a worker was replaced (SPEC 3.2).
-pub const RESTART_REASONS: [&str; 6] = ["max_requests", "timeout", "killed", "crashed", "reload", "scale_down"];
+pub const RESTART_REASONS: [&str; 6] = [
+    "max_requests",
+    "timeout",
+    "killed",
+    "crashed",
+    "reload",
+    "scale_down",
+];
 /// Signals of the master that are counted.
-pub const MASTER_SIGNALS: [&str; 9] = ["hup", "ttin", "ttou", "usr1", "usr2", "winch", "int", "term", "quit"];
+pub const MASTER_SIGNALS: [&str; 9] = [
+    "hup", "ttin", "ttou", "usr1", "usr2", "winch", "int", "term", "quit",
+];
 
 pub struct MasterMeter {
     restarts: Vec<ValueSlot>,
@@ -25,20 +34,48 @@ impl MasterMeter {
         let mut gauges = MmapWriter::open(&dir.join(format!("gauge_livesum_master{pid}.db")))?;
         let mut counter = |name: &str, label: &str, value: &str, help: &str| {
             let metric = format!("{prefix}_{name}");
-            counters.slot(&key::encode(&metric, &format!("{metric}_total"), &[(label, value)], help))
+            counters.slot(&key::encode(
+                &metric,
+                &format!("{metric}_total"),
+                &[(label, value)],
+                help,
+            ))
         };
         let restarts = RESTART_REASONS
             .iter()
-            .map(|r| counter("worker_restarts", "reason", r, "Workers replaced, by reason."))
+            .map(|r| {
+                counter(
+                    "worker_restarts",
+                    "reason",
+                    r,
+                    "Workers replaced, by reason.",
+                )
+            })
             .collect::<io::Result<_>>()?;
         let signals = MASTER_SIGNALS
             .iter()
-            .map(|s| counter("master_signals", "signal", s, "Signals the master received."))
+            .map(|s| {
+                counter(
+                    "master_signals",
+                    "signal",
+                    s,
+                    "Signals the master received.",
+                )
+            })
             .collect::<io::Result<_>>()?;
         let desired_name = format!("{prefix}_workers_desired");
-        let desired =
-            gauges.slot(&key::encode(&desired_name, &desired_name, &[], "Workers the master is configured to run."))?;
-        Ok(MasterMeter { restarts, signals, desired, _files: (counters, gauges) })
+        let desired = gauges.slot(&key::encode(
+            &desired_name,
+            &desired_name,
+            &[],
+            "Workers the master is configured to run.",
+        ))?;
+        Ok(MasterMeter {
+            restarts,
+            signals,
+            desired,
+            _files: (counters, gauges),
+        })
     }
 
     /// Counts a restart; `false` for an unknown reason.

@@ -12,9 +12,9 @@ use pyo3::{ffi, intern};
 
 use crate::archive;
 use crate::config;
-use crate::master_meter;
 use crate::directory;
 use crate::labels::{parse_status, Method};
+use crate::master_meter;
 use crate::meter::{MeterConfig, WorkerMeter as Meter};
 use crate::scrape::ScrapeSource;
 use crate::server;
@@ -159,7 +159,9 @@ impl WorkerMeter {
 
     /// Leaves the reason this worker exits (`max_requests`, `graceful`, `crashed`).
     fn note_exit(&self, reason: &str) -> PyResult<()> {
-        self.meter.note_exit(reason).map_err(|e| PyOSError::new_err(e.to_string()))
+        self.meter
+            .note_exit(reason)
+            .map_err(|e| PyOSError::new_err(e.to_string()))
     }
 
     /// The application raised `exc` while handling `req`.
@@ -248,7 +250,8 @@ struct MasterMeter {
 impl MasterMeter {
     #[new]
     fn new(directory: PathBuf, pid: u32, prefix: &str) -> PyResult<Self> {
-        let meter = master_meter::MasterMeter::open(&directory, pid, prefix).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let meter = master_meter::MasterMeter::open(&directory, pid, prefix)
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
         Ok(MasterMeter { meter })
     }
 
@@ -256,7 +259,9 @@ impl MasterMeter {
         if self.meter.restart(reason) {
             Ok(())
         } else {
-            Err(PyValueError::new_err(format!("unknown restart reason {reason:?}")))
+            Err(PyValueError::new_err(format!(
+                "unknown restart reason {reason:?}"
+            )))
         }
     }
 
@@ -287,7 +292,8 @@ impl ArchiveCompactor {
     /// Retires `pid`: returns the exit note it left, if any.
     fn retire(&mut self, py: Python<'_>, directory: PathBuf, pid: u32) -> PyResult<Option<String>> {
         let inner = &mut self.inner;
-        py.detach(|| inner.retire(&directory, pid)).map_err(|e| PyOSError::new_err(e.to_string()))
+        py.detach(|| inner.retire(&directory, pid))
+            .map_err(|e| PyOSError::new_err(e.to_string()))
     }
 }
 
@@ -333,7 +339,6 @@ fn prepare_directory(directory: PathBuf) -> PyResult<()> {
         ))
     })
 }
-
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -30,7 +30,13 @@ pub struct ScrapeSource {
 
 impl ScrapeSource {
     pub fn new(directory: PathBuf, prefix: String, build_info: Labels) -> Self {
-        ScrapeSource { directory, prefix, build_info, listeners: Mutex::new(Vec::new()), read_errors: AtomicU64::new(0) }
+        ScrapeSource {
+            directory,
+            prefix,
+            build_info,
+            listeners: Mutex::new(Vec::new()),
+            read_errors: AtomicU64::new(0),
+        }
     }
 
     pub fn set_listeners(&self, listeners: Vec<(String, RawFd)>) {
@@ -43,7 +49,10 @@ impl ScrapeSource {
             let _lock = DirectoryLock::shared(&self.directory);
             collect(&self.directory, monotonic_seconds())
         };
-        let errors = self.read_errors.fetch_add(collected.read_errors, Ordering::Relaxed) + collected.read_errors;
+        let errors = self
+            .read_errors
+            .fetch_add(collected.read_errors, Ordering::Relaxed)
+            + collected.read_errors;
         let mut families = collected.families;
         let p = &self.prefix;
         let gauge = |name: &str, help: &str, value: f64| {
@@ -51,8 +60,16 @@ impl ScrapeSource {
             f.push("", Vec::new(), value);
             f
         };
-        let live_workers = collected.files.iter().filter(|n| n.starts_with(LIVE_WORKER_FILE)).count();
-        families.push(gauge(&format!("{p}_workers"), "Live worker processes.", live_workers as f64));
+        let live_workers = collected
+            .files
+            .iter()
+            .filter(|n| n.starts_with(LIVE_WORKER_FILE))
+            .count();
+        families.push(gauge(
+            &format!("{p}_workers"),
+            "Live worker processes.",
+            live_workers as f64,
+        ));
         let mut read_errors = Family::new(
             format!("{p}_exporter_read_errors"),
             "Files or entries of the multiprocess directory that could not be read.",
@@ -60,8 +77,11 @@ impl ScrapeSource {
         );
         read_errors.push("_total", Vec::new(), errors as f64);
         families.push(read_errors);
-        let mut build_info =
-            Family::new(format!("{p}_exporter_build_info"), "Versions of the exporter and what it runs in.", Kind::Gauge);
+        let mut build_info = Family::new(
+            format!("{p}_exporter_build_info"),
+            "Versions of the exporter and what it runs in.",
+            Kind::Gauge,
+        );
         build_info.push("", self.build_info.clone(), 1.0);
         families.push(build_info);
         families.extend(self.backlog_families());
@@ -76,10 +96,18 @@ impl ScrapeSource {
             "Connections waiting to be accepted by a worker.",
             Kind::Gauge,
         );
-        let mut max = Family::new(format!("{p}_listen_backlog_max"), "Configured listen backlog.", Kind::Gauge);
+        let mut max = Family::new(
+            format!("{p}_listen_backlog_max"),
+            "Configured listen backlog.",
+            Kind::Gauge,
+        );
         for (name, fd) in self.listeners.lock().iter() {
             if let Some(b) = backlog::of_listener(*fd) {
-                waiting.push("", vec![("listener".into(), name.clone())], b.waiting as f64);
+                waiting.push(
+                    "",
+                    vec![("listener".into(), name.clone())],
+                    b.waiting as f64,
+                );
                 max.push("", vec![("listener".into(), name.clone())], b.max as f64);
             }
         }
@@ -101,21 +129,55 @@ fn process_families() -> Vec<Family> {
     let mut out = Vec::new();
     let mut add = |name: &str, help: &str, kind: Kind, value: f64| {
         let mut f = Family::new(name, help, kind);
-        f.push(if kind == Kind::Counter { "_total" } else { "" }, Vec::new(), value);
+        f.push(
+            if kind == Kind::Counter { "_total" } else { "" },
+            Vec::new(),
+            value,
+        );
         out.push(f);
     };
     if let Some(s) = process_stats::own_process() {
-        add("process_cpu_seconds", "Total user and system CPU time spent in seconds.", Kind::Counter, s.cpu_seconds);
-        add("process_resident_memory_bytes", "Resident memory size in bytes.", Kind::Gauge, s.resident_bytes);
-        add("process_virtual_memory_bytes", "Virtual memory size in bytes.", Kind::Gauge, s.virtual_bytes);
+        add(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            Kind::Counter,
+            s.cpu_seconds,
+        );
+        add(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            Kind::Gauge,
+            s.resident_bytes,
+        );
+        add(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            Kind::Gauge,
+            s.virtual_bytes,
+        );
         if let Some(boot) = process_stats::boot_time_seconds() {
             let start = boot + s.start_after_boot_seconds;
-            add("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", Kind::Gauge, start);
+            add(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                Kind::Gauge,
+                start,
+            );
         }
     }
     if let Some((open, max)) = process_stats::fds() {
-        add("process_open_fds", "Number of open file descriptors.", Kind::Gauge, open);
-        add("process_max_fds", "Maximum number of open file descriptors.", Kind::Gauge, max);
+        add(
+            "process_open_fds",
+            "Number of open file descriptors.",
+            Kind::Gauge,
+            open,
+        );
+        add(
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            Kind::Gauge,
+            max,
+        );
     }
     out
 }

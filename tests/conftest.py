@@ -110,6 +110,17 @@ class Gunicorn:
     def scrape(self) -> Samples:
         return Samples(self.scrape_text())
 
+    def scrape_idle(self, timeout: float = 10.0) -> Samples:
+        """A scrape once no request is in flight. Gunicorn logs (and so counts)
+        a request just after its response is sent: a client can see the
+        response a moment before the count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.scrape()
+            if m.get("gunicorn_worker_requests_in_flight") == 0 or time.monotonic() > deadline:
+                return m
+            time.sleep(0.05)
+
     def output(self) -> str:
         self.log.flush()
         return self.log_path.read_text(errors="replace")

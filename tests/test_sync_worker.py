@@ -44,7 +44,7 @@ def test_exact_counts_per_method_and_status(gunicorn):
     g = gunicorn()
     rounds = 25
     sent = send_mix(g.port, rounds)
-    m = g.scrape()
+    m = g.scrape_idle()
     total = sum(sent.values())
     assert total == rounds * len(MIX)
     for (method, status), n in sent.items():
@@ -68,7 +68,7 @@ def test_unknown_methods_share_one_series(gunicorn):
     g = gunicorn(workers=1)
     for i in range(20):
         request(g.port, f"X{i}METHOD", "/")
-    m = g.scrape()
+    m = g.scrape_idle()
     assert m.get("gunicorn_worker_requests_total", method="other") == 20
     assert {s.labels["method"] for s in m.matching("gunicorn_worker_requests_total")} == {"other"}
 
@@ -83,7 +83,8 @@ def test_memory_gauge_is_each_workers_own_rss(gunicorn, tmp_path):
     assert len(workers) == 2
     seen = set()
     for pid in workers:
-        entries = MmapedDict.read_all_values_from_file(str(directory / f"gauge_livesum_worker{pid}.db"))
+        path = directory / f"gauge_livesum_worker{pid}.db"
+        entries = MmapedDict.read_all_values_from_file(str(path))
         by_name = {k: v for k, v, _, _ in entries}
         key = next(k for k in by_name if '"gunicorn_worker_memory_bytes"' in k)
         worker_id = key.split('"worker_id": "')[1].split('"')[0]
@@ -120,7 +121,7 @@ def test_busy_seconds_grow_by_the_time_spent_in_requests(gunicorn):
     for _ in range(3):
         assert request(g.port, "GET", "/sleep/0.2")[0] == 200
     wall = time.monotonic() - started
-    after = g.scrape().get("gunicorn_worker_busy_seconds_total")
+    after = g.scrape_idle().get("gunicorn_worker_busy_seconds_total")
     assert 0.6 <= after - before <= wall
 
 
@@ -155,7 +156,7 @@ def test_replacement_worker_takes_the_killed_workers_slot(gunicorn):
     g = gunicorn(workers=2)
     for _ in range(10):
         request(g.port)
-    before = g.scrape().get("gunicorn_worker_requests_total")
+    before = g.scrape_idle().get("gunicorn_worker_requests_total")
     victim = g.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 20
@@ -167,7 +168,7 @@ def test_replacement_worker_takes_the_killed_workers_slot(gunicorn):
     g.wait_ready(2)
     for _ in range(10):
         request(g.port)
-    m = g.scrape()
+    m = g.scrape_idle()
     assert m.get("gunicorn_worker_requests_total") == before + 10
     assert {s.labels["worker_id"] for s in m.matching("gunicorn_worker_memory_bytes")} == {"1", "2"}
 
@@ -201,7 +202,7 @@ def test_hooks_and_zero_config_together_start_one_server(gunicorn, tmp_path):
     conf.write_text("from gunicorn_prometheus_exporter.hooks import when_ready, child_exit\n")
     g = gunicorn(["--config", str(conf)])
     request(g.port)
-    assert g.scrape().get("gunicorn_worker_requests_total") >= 1
+    assert g.scrape_idle().get("gunicorn_worker_requests_total") >= 1
     assert g.output().count("Traceback") == 0
 
 

@@ -222,6 +222,7 @@ def _chain_hook(cfg: Any, name: str, ours: Callable[..., None]) -> None:
 
 def _count_signals(count: Callable[[str], None]) -> None:
     """Count each master signal, then hand it to the handler the arbiter installed."""
+    master_pid = os.getpid()
     for name in COUNTED_SIGNALS:
         signum = getattr(signal, "SIG" + name.upper())
         current = signal.getsignal(signum)
@@ -229,7 +230,9 @@ def _count_signals(count: Callable[[str], None]) -> None:
             continue
 
         def handler(sig: int, frame: Any, _current: Any = current, _name: str = name) -> Any:
-            count(_name)
+            # A worker runs this inherited handler until it installs its own.
+            if os.getpid() == master_pid:
+                count(_name)
             return _current(sig, frame)
 
         handler._prometheus_counted = True  # type: ignore[attr-defined]
