@@ -27,3 +27,5 @@ python3 "$here/throughput.py" --this "$venvs/this/bin/python" --pypi024 "$venvs/
 echo
 echo "instrumentation cost per request (ns, Python calls included):" \
   "$("$venvs/this/bin/python" "$here/instrumentation_cost.py")"
+echo
+PYTHON="$venvs/this/bin/python" cargo bench --quiet --bench scrape

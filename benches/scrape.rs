@@ -1,0 +1,163 @@
+//! Scrape time of a directory with 32 live workers × 200 series, after 0 and
+//! 10,000 worker deaths folded into archives, against prometheus_client's
+//! MultiProcessCollector over the same files (same run). Also the number of
+//! files left. Run: `cargo bench --bench scrape` (PYTHON= a Python with
+//! prometheus_client; default python3).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use _core::archive::{worker_file_id, ArchiveCompactor};
+use _core::scrape::ScrapeSource;
+use _core::storage::{key::encode, MmapWriter};
+
+const LIVE_WORKERS: u32 = 32;
+const COUNTER_SERIES: usize = 120;
+const HISTOGRAMS: usize = 5;
+const BOUNDS: [&str; 15] = [
+    "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.25", "0.5", "0.75", "1.0", "2.5", "5.0",
+    "7.5", "10.0", "+Inf",
+];
+
+/// Writes the files of one worker: 120 counter series and 5 histograms of
+/// 16 samples each, 200 series in all, in the slot `worker_id`.
+fn write_worker(dir: &Path, pid: u32, worker_id: u32) {
+    let id = worker_file_id(pid);
+    let wid = worker_id.to_string();
+    let mut counters = MmapWriter::open(&dir.join(format!("counter_{id}.db"))).unwrap();
+    for i in 0..COUNTER_SERIES {
+        let status = (200 + i).to_string();
+        let k = encode(
+            "gunicorn_worker_requests",
+            "gunicorn_worker_requests_total",
+            &[("method", "GET"), ("status", &status), ("worker_id", &wid)],
+            "Requests.",
+        );
+        counters.slot(&k).unwrap().add(1.0 + (pid % 7) as f64);
+    }
+    let mut histograms = MmapWriter::open(&dir.join(format!("histogram_{id}.db"))).unwrap();
+    let name = "gunicorn_worker_request_duration_seconds";
+    for h in 0..HISTOGRAMS {
+        let status = (200 + h).to_string();
+        for le in BOUNDS {
+            let labels = [
+                ("le", le),
+                ("method", "GET"),
+                ("status", status.as_str()),
+                ("worker_id", wid.as_str()),
+            ];
+            histograms
+                .slot(&encode(
+                    name,
+                    &format!("{name}_bucket"),
+                    &labels,
+                    "Duration.",
+                ))
+                .unwrap()
+                .add(1.0);
+        }
+        let labels = [
+            ("method", "GET"),
+            ("status", status.as_str()),
+            ("worker_id", wid.as_str()),
+        ];
+        histograms
+            .slot(&encode(name, &format!("{name}_sum"), &labels, "Duration."))
+            .unwrap()
+            .add(0.5);
+    }
+    let mut gauges = MmapWriter::open(&dir.join(format!("gauge_livesum_{id}.db"))).unwrap();
+    let k = encode(
+        "gunicorn_worker_memory_bytes",
+        "gunicorn_worker_memory_bytes",
+        &[("worker_id", &wid)],
+        "RSS.",
+    );
+    gauges.slot(&k).unwrap().set(3e7);
+}
+
+fn median_ms(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn ours_ms(dir: &Path) -> (f64, usize) {
+    let source = ScrapeSource::new(dir.to_owned(), "gunicorn".into(), Vec::new());
+    let mut bytes = 0;
+    let times = (0..21)
+        .map(|_| {
+            let t = Instant::now();
+            bytes = source.render_text().len();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    (median_ms(times), bytes)
+}
+
+fn collector_ms(dir: &Path) -> f64 {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = r#"
+import sys, time
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+r = CollectorRegistry()
+MultiProcessCollector(r, path=sys.argv[1])
+ts = []
+for _ in range(7):
+    t = time.perf_counter()
+    generate_latest(r)
+    ts.append((time.perf_counter() - t) * 1e3)
+print(sorted(ts)[len(ts) // 2])
+"#;
+    let out = Command::new(python)
+        .args(["-c", script, dir.to_str().unwrap()])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn main() {
+    println!("scrape of {LIVE_WORKERS} live workers x 200 series (median of 21 scrapes; MultiProcessCollector median of 7)");
+    println!(
+        "{:<10}{:>12}{:>14}{:>18}{:>10}{:>8}",
+        "deaths", "this (ms)", "MPC (ms)", "MPC / this", "bytes", "files"
+    );
+    for deaths in [0u32, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut compactor = ArchiveCompactor::default();
+        for pid in 0..deaths {
+            let dead = 1_000_000 + pid;
+            write_worker(dir.path(), dead, pid % LIVE_WORKERS + 1);
+            compactor.retire(dir.path(), dead).unwrap();
+        }
+        for slot in 1..=LIVE_WORKERS {
+            write_worker(dir.path(), slot, slot);
+        }
+        let files = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".db")
+            })
+            .count();
+        let (ours, bytes) = ours_ms(dir.path());
+        let theirs = collector_ms(dir.path());
+        println!(
+            "{deaths:<10}{ours:>12.2}{theirs:>14.2}{:>18.1}{bytes:>10}{files:>8}",
+            theirs / ours
+        );
+    }
+}
