@@ -15,7 +15,7 @@ import time
 
 from gunicorn.workers.sync import SyncWorker
 from gunicorn_prometheus_exporter import _core
-from gunicorn_prometheus_exporter.instrument import MeteredLog
+from gunicorn_prometheus_exporter.instrument import MeteredLog, metered
 from gunicorn_prometheus_exporter.sync import PrometheusWorker
 
 
@@ -44,7 +44,9 @@ class GunicornStandIn(SyncWorker):
 
 
 class Metered(PrometheusWorker, GunicornStandIn):
-    """PrometheusWorker's wrapper, with the stand-in next in the MRO."""
+    """PrometheusWorker's wrapper (the same `metered` factory) around the stand-in."""
+
+    handle_request = metered(GunicornStandIn.handle_request)
 
 
 def per_request_ns(worker, n: int) -> float:

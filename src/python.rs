@@ -41,14 +41,46 @@ fn ascii_prefix<'b, const N: usize>(
     Some(&buf[..n])
 }
 
+/// The method of a Gunicorn request (`req.method`) or of an ASGI scope (`scope["method"]`).
 fn method_of(req: &Bound<'_, PyAny>) -> Method {
     let mut buf = [0u8; 8];
-    match req.getattr(intern!(req.py(), "method")) {
-        Ok(m) => ascii_prefix(&m, &mut buf)
-            .map(Method::parse)
-            .unwrap_or(Method::Other),
-        Err(_) => Method::Other,
+    let py = req.py();
+    let method = match req.cast::<PyDict>() {
+        Ok(scope) => scope.get_item(intern!(py, "method")).ok().flatten(),
+        Err(_) => req.getattr(intern!(py, "method")).ok(),
+    };
+    method
+        .and_then(|m| ascii_prefix(&m, &mut buf).map(Method::parse))
+        .unwrap_or(Method::Other)
+}
+
+/// The Content-Length of an ASGI scope's headers (a list of (bytes, bytes)).
+fn scope_content_length(scope: &Bound<'_, PyAny>) -> u64 {
+    let py = scope.py();
+    let Ok(Some(headers)) = scope
+        .cast::<PyDict>()
+        .map(|s| s.get_item(intern!(py, "headers")).ok().flatten())
+    else {
+        return 0;
+    };
+    let Ok(headers) = headers.try_iter() else {
+        return 0;
+    };
+    for header in headers.flatten() {
+        let (Ok(name), Ok(value)) = (header.get_item(0), header.get_item(1)) else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (name.cast::<PyBytes>(), value.cast::<PyBytes>()) else {
+            continue;
+        };
+        if name.as_bytes().eq_ignore_ascii_case(b"content-length") {
+            return std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+        }
     }
+    0
 }
 
 fn status_of(status: &Bound<'_, PyAny>) -> Option<u16> {
@@ -119,6 +151,22 @@ impl WorkerMeter {
         let _ = req.setattr(intern!(req.py(), STARTED), started);
     }
 
+    /// A request starts (ASGI): counts it in flight, returns its start time.
+    fn start(&self) -> u64 {
+        self.meter.begin()
+    }
+
+    /// An ASGI request that started at `started` got a response.
+    fn record(&self, started: u64, scope: &Bound<'_, PyAny>, status: u16, sent: u64) {
+        self.meter.record(
+            started,
+            method_of(scope),
+            status,
+            scope_content_length(scope),
+            sent,
+        );
+    }
+
     /// The request left the worker's hands (answered or not).
     fn end(&self) {
         self.meter.end();
@@ -164,7 +212,8 @@ impl WorkerMeter {
             .map_err(|e| PyOSError::new_err(e.to_string()))
     }
 
-    /// The application raised `exc` while handling `req`.
+    /// The application raised `exc` while handling `req` (a Gunicorn request
+    /// or an ASGI scope).
     fn fail(&self, req: &Bound<'_, PyAny>, exc: &Bound<'_, PyAny>) {
         let py = exc.py();
         let mut exc = exc.clone();

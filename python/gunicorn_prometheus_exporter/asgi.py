@@ -1,0 +1,55 @@
+"""ASGI workers, metered by wrapping the application: Gunicorn's own ASGI
+worker logs responses only when an access log is configured, and uvicorn's
+worker never tells Gunicorn about them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from . import _core
+
+Scope = dict
+Receive = Callable[[], Any]
+Send = Callable[[dict], Any]
+
+
+class MeteredASGI:
+    """Times each HTTP request from its start to the end of its response;
+    lifespan and websocket scopes pass through uncounted."""
+
+    def __init__(self, app: Any, meter: _core.WorkerMeter) -> None:
+        self.app = app
+        self.meter = meter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        meter = self.meter
+        started = meter.start()
+        status = 0
+        sent = 0
+
+        async def metered_send(message: dict) -> None:
+            nonlocal status, sent
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            elif kind == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, metered_send)
+        except asyncio.CancelledError:
+            status = 0  # the client went away: no response
+            raise
+        except BaseException as exc:
+            meter.fail(scope, exc)
+            status = status or 500  # the server answers 500 for it
+            raise
+        finally:
+            if status:
+                meter.record(started, scope, status, sent)
+            meter.end()

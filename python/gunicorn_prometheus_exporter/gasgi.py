@@ -1,0 +1,18 @@
+"""`PrometheusASGIWorker`: Gunicorn's own ASGI worker (newer Gunicorn), metered."""
+
+try:
+    from gunicorn.workers.gasgi import ASGIWorker
+except ImportError as exc:
+    raise ImportError(
+        "PrometheusASGIWorker needs a Gunicorn with its own ASGI worker "
+        "(gunicorn.workers.gasgi): pip install -U gunicorn"
+    ) from exc
+
+from .asgi import MeteredASGI
+from .instrument import MeteredWorker
+
+
+class PrometheusASGIWorker(MeteredWorker, ASGIWorker):
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.asgi = MeteredASGI(self.asgi, self.meter)
