@@ -61,11 +61,13 @@ def test_counters_never_decrease_under_churn(gunicorn, tmp_path):
     max_workers = [3]
 
     def load(i: int) -> None:
-        for _ in range(200_000):  # bounded in count as well as in time
+        # Half the requests take 20 ms, so that a worker lives long enough for
+        # a SIGKILL to land mid-life rather than while it exits for max_requests.
+        for n in range(200_000):  # bounded in count as well as in time
             if stop.is_set():
                 return
             try:
-                if request(g.port, "GET", "/", timeout=10)[0] == 200:
+                if request(g.port, "GET", "/sleep/0.02" if n % 2 else "/", timeout=10)[0] == 200:
                     responses[i] += 1
             except OSError:
                 pass  # the worker serving it was killed: no response, not counted
@@ -113,7 +115,7 @@ def test_counters_never_decrease_under_churn(gunicorn, tmp_path):
     assert kills >= 3
     m = g.scrape_idle()
     assert m.get("gunicorn_worker_requests_total") == sum(responses)
-    assert sum(responses) > 500
+    assert sum(responses) > 300
     live = int(m.get("gunicorn_workers"))
     files = list(directory.glob("*.db"))
     assert len(files) <= 4 * live + 6, sorted(f.name for f in files)
