@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use _core::archive::{worker_file_id, ArchiveCompactor};
+use _core::exposition::negotiate::Format;
 use _core::scrape::ScrapeSource;
 use _core::storage::{key::encode, MmapWriter};
 
@@ -83,12 +84,12 @@ fn median_ms(mut samples: Vec<f64>) -> f64 {
 }
 
 fn ours_ms(dir: &Path) -> (f64, usize) {
-    let source = ScrapeSource::new(dir.to_owned(), "gunicorn".into(), Vec::new());
+    let source = ScrapeSource::new(dir.to_owned(), "gunicorn".into(), Vec::new(), None);
     let mut bytes = 0;
     let times = (0..21)
         .map(|_| {
             let t = Instant::now();
-            bytes = source.render_text().len();
+            bytes = source.render(Format::Text).len();
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();

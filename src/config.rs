@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::histogram::DEFAULT_DURATION_BUCKETS;
+use crate::web_config::WebConfig;
 
 pub const DEFAULT_PORT: u16 = 9091;
 pub const DEFAULT_BIND_ADDRESS: &str = "127.0.0.1";
@@ -17,6 +18,8 @@ pub struct Settings {
     /// 0 disables the built-in server.
     pub port: u16,
     pub bind_address: IpAddr,
+    /// TLS and basic auth (exporter-toolkit format).
+    pub web_config_file: Option<PathBuf>,
     pub duration_buckets: Vec<f64>,
     pub prefix: String,
 }
@@ -38,10 +41,9 @@ impl Settings {
                 format!("PROMETHEUS_BIND_ADDRESS={v:?} is not an IPv4 or IPv6 address")
             })?,
         };
-        if let Some(v) = get("PROMETHEUS_WEB_CONFIG_FILE") {
-            return Err(format!(
-                "PROMETHEUS_WEB_CONFIG_FILE={v:?}: TLS and basic auth are not supported by this version; unset it"
-            ));
+        let web_config_file = get("PROMETHEUS_WEB_CONFIG_FILE").map(PathBuf::from);
+        if let Some(path) = &web_config_file {
+            WebConfig::load(path)?; // read again when the server starts; checked now
         }
         let duration_buckets = match get("PROMETHEUS_DURATION_BUCKETS") {
             None => DEFAULT_DURATION_BUCKETS.to_vec(),
@@ -59,6 +61,7 @@ impl Settings {
             directory,
             port,
             bind_address,
+            web_config_file,
             duration_buckets,
             prefix,
         })
@@ -125,6 +128,7 @@ mod tests {
             ("PROMETHEUS_DURATION_BUCKETS", "0.1,0.05"),
             ("PROMETHEUS_DURATION_BUCKETS", "0.1,x"),
             ("PROMETHEUS_METRICS_PREFIX", "9bad"),
+            ("PROMETHEUS_WEB_CONFIG_FILE", "/nonexistent/web.yml"),
         ] {
             let err = from(&[(k, v)]).unwrap_err();
             assert!(err.starts_with(k), "{err}");

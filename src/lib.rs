@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod archive;
 pub mod backlog;
+pub mod basic_auth;
 pub mod clock;
 pub mod config;
 pub mod directory;
@@ -17,5 +18,6 @@ pub mod process_stats;
 pub mod scrape;
 pub mod server;
 pub mod storage;
+pub mod web_config;
 
 mod python;

@@ -18,6 +18,7 @@ use crate::master_meter;
 use crate::meter::{MeterConfig, WorkerMeter as Meter};
 use crate::scrape::ScrapeSource;
 use crate::server;
+use crate::web_config::WebConfig;
 
 /// Attribute of Gunicorn's request object that carries the start time.
 const STARTED: &str = "_prometheus_started_ns";
@@ -243,6 +244,7 @@ struct Settings {
     directory: Option<PathBuf>,
     port: u16,
     bind_address: String,
+    web_config_file: Option<PathBuf>,
     duration_buckets: Vec<f64>,
     prefix: String,
 }
@@ -265,6 +267,7 @@ impl Settings {
             directory: s.directory,
             port: s.port,
             bind_address: s.bind_address.to_string(),
+            web_config_file: s.web_config_file,
             duration_buckets: s.duration_buckets,
             prefix: s.prefix,
         })
@@ -347,35 +350,37 @@ impl ArchiveCompactor {
 }
 
 /// Starts the metrics server for `directory` on a thread of the core.
+/// `created`: when the directory's counters started (OpenMetrics `_created`).
 #[pyfunction]
+#[pyo3(signature = (directory, bind_address, port, prefix, build_info, web_config_file=None, created=None))]
 fn start_exporter(
     directory: PathBuf,
     bind_address: &str,
     port: u16,
     prefix: String,
     build_info: Vec<(String, String)>,
+    web_config_file: Option<PathBuf>,
+    created: Option<f64>,
 ) -> PyResult<Exporter> {
     let ip = bind_address
         .parse()
         .map_err(|_| PyValueError::new_err(format!("bad bind address {bind_address:?}")))?;
-    let source = Arc::new(ScrapeSource::new(directory, prefix, build_info));
-    let server = server::start(SocketAddr::new(ip, port), Arc::clone(&source)).map_err(|e| {
-        PyOSError::new_err(format!(
-            "cannot serve metrics on {bind_address}:{port}: {e} (PROMETHEUS_METRICS_PORT)"
-        ))
-    })?;
+    let web = match web_config_file {
+        Some(path) => WebConfig::load(&path).map_err(PyValueError::new_err)?,
+        None => WebConfig::open(),
+    };
+    let source = Arc::new(ScrapeSource::new(directory, prefix, build_info, created));
+    let server =
+        server::start(SocketAddr::new(ip, port), web, Arc::clone(&source)).map_err(|e| {
+            PyOSError::new_err(format!(
+                "cannot serve metrics on {bind_address}:{port}: {e} (PROMETHEUS_METRICS_PORT)"
+            ))
+        })?;
     Ok(Exporter {
         host: server.local_addr.ip().to_string(),
         port: server.local_addr.port(),
         source,
     })
-}
-
-/// The text exposition of `directory`, as the server would answer.
-#[pyfunction]
-fn render_text<'py>(py: Python<'py>, directory: PathBuf, prefix: String) -> Bound<'py, PyBytes> {
-    let text = py.detach(|| ScrapeSource::new(directory, prefix, Vec::new()).render_text());
-    PyBytes::new(py, text.as_bytes())
 }
 
 /// Makes the directory and clears files of an earlier run.
@@ -396,7 +401,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Settings>()?;
     m.add_class::<Exporter>()?;
     m.add_function(wrap_pyfunction!(start_exporter, m)?)?;
-    m.add_function(wrap_pyfunction!(render_text, m)?)?;
     m.add_function(wrap_pyfunction!(prepare_directory, m)?)?;
     m.add_class::<MasterMeter>()?;
     m.add_class::<ArchiveCompactor>()?;

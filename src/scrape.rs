@@ -10,7 +10,8 @@ use parking_lot::Mutex;
 use crate::aggregate::collect;
 use crate::backlog;
 use crate::clock::monotonic_seconds;
-use crate::exposition::text;
+use crate::exposition::negotiate::Format;
+use crate::exposition::{openmetrics, text};
 use crate::model::{Family, Kind, Labels};
 use crate::process_stats;
 use crate::storage::lock::DirectoryLock;
@@ -23,17 +24,26 @@ pub struct ScrapeSource {
     pub prefix: String,
     /// Labels of `<prefix>_exporter_build_info`.
     pub build_info: Labels,
+    /// When the directory's counters started from zero (Unix seconds), for
+    /// OpenMetrics `_created`; unknown to a sidecar.
+    pub created: Option<f64>,
     /// The master's listeners: (name, fd), for the listen backlog.
     listeners: Mutex<Vec<(String, RawFd)>>,
     read_errors: AtomicU64,
 }
 
 impl ScrapeSource {
-    pub fn new(directory: PathBuf, prefix: String, build_info: Labels) -> Self {
+    pub fn new(
+        directory: PathBuf,
+        prefix: String,
+        build_info: Labels,
+        created: Option<f64>,
+    ) -> Self {
         ScrapeSource {
             directory,
             prefix,
             build_info,
+            created,
             listeners: Mutex::new(Vec::new()),
             read_errors: AtomicU64::new(0),
         }
@@ -117,9 +127,13 @@ impl ScrapeSource {
         vec![waiting, max]
     }
 
-    pub fn render_text(&self) -> String {
+    /// The body of a scrape in `format`.
+    pub fn render(&self, format: Format) -> String {
         let mut out = String::with_capacity(64 << 10);
-        text::encode(&self.families(), &mut out);
+        match format {
+            Format::Text => text::encode(&self.families(), &mut out),
+            Format::OpenMetrics => openmetrics::encode(&self.families(), self.created, &mut out),
+        }
         out
     }
 }

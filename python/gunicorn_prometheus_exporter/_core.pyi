@@ -27,9 +27,10 @@ class WorkerMeter:
     def note_exit(self, reason: str) -> None: ...
 
 class Settings:
-    directory: str | None
+    directory: PathLike[str] | None
     port: int
     bind_address: str
+    web_config_file: PathLike[str] | None
     duration_buckets: list[float]
     prefix: str
     @staticmethod
@@ -56,6 +57,7 @@ def start_exporter(
     port: int,
     prefix: str,
     build_info: Sequence[tuple[str, str]],
+    web_config_file: _Path | None = None,
+    created: float | None = None,
 ) -> Exporter: ...
-def render_text(directory: _Path, prefix: str) -> bytes: ...
 def prepare_directory(directory: _Path) -> None: ...

@@ -17,6 +17,7 @@ import platform
 import shutil
 import signal
 import tempfile
+import time
 from typing import Any, Callable
 
 import gunicorn
@@ -60,6 +61,7 @@ class MasterExporter:
         self._publish_listeners()
 
     def _start(self, cfg: Any) -> None:
+        started = time.time()
         try:
             settings = _core.Settings.from_mapping(os.environ)
         except ValueError as exc:
@@ -83,9 +85,11 @@ class MasterExporter:
                     settings.bind_address,
                     settings.port,
                     settings.prefix,
-                    _build_info(cfg),
+                    build_info(str(getattr(cfg, "worker_class_str", ""))),
+                    web_config_file=settings.web_config_file,
+                    created=started,  # the directory's counters start from zero now
                 )
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 raise RuntimeError(str(exc)) from None
 
     def when_ready(self, server: Any) -> None:
@@ -188,12 +192,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _build_info(cfg: Any) -> list[tuple[str, str]]:
+def build_info(worker_class: str) -> list[tuple[str, str]]:
     return [
         ("version", _core.__version__),
         ("gunicorn_version", gunicorn.__version__),
         ("python_version", platform.python_version()),
-        ("worker_class", str(getattr(cfg, "worker_class_str", ""))),
+        ("worker_class", worker_class),
     ]
 
 

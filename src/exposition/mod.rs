@@ -1,4 +1,6 @@
 //! Encoding families into bytes: knows nothing of where values are stored.
 
 pub mod float;
+pub mod negotiate;
+pub mod openmetrics;
 pub mod text;

@@ -17,6 +17,24 @@ fn push_escaped(out: &mut String, s: &str, quote: bool) {
     }
 }
 
+/// `{k="v",...}`, nothing for no labels; shared with OpenMetrics.
+pub fn push_labels(out: &mut String, labels: &[(String, String)]) {
+    if labels.is_empty() {
+        return;
+    }
+    out.push('{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        push_escaped(out, v, true);
+        out.push('"');
+    }
+    out.push('}');
+}
+
 /// Appends the families to `out`.
 pub fn encode(families: &[Family], out: &mut String) {
     for family in families {
@@ -38,19 +56,7 @@ pub fn encode(families: &[Family], out: &mut String) {
         out.push('\n');
         for sample in &family.samples {
             out.push_str(&sample.name);
-            if !sample.labels.is_empty() {
-                out.push('{');
-                for (i, (k, v)) in sample.labels.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(k);
-                    out.push_str("=\"");
-                    push_escaped(out, v, true);
-                    out.push('"');
-                }
-                out.push('}');
-            }
+            push_labels(out, &sample.labels);
             out.push(' ');
             push_go_float(out, sample.value);
             out.push('\n');

@@ -1,0 +1,110 @@
+//! OpenMetrics 1.0 text, as prometheus_client's openmetrics exposition writes it.
+
+use super::float::push_go_float;
+use super::text::push_labels;
+use crate::model::{Family, Kind, Sample};
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn push_help(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends the families and `# EOF`. `created` (Unix seconds) is written as
+/// `_created` of every counter, histogram and summary series that started
+/// counting then.
+pub fn encode(families: &[Family], created: Option<f64>, out: &mut String) {
+    for family in families {
+        out.push_str("# HELP ");
+        out.push_str(&family.name);
+        out.push(' ');
+        push_help(out, &family.help);
+        out.push_str("\n# TYPE ");
+        out.push_str(&family.name);
+        out.push(' ');
+        out.push_str(family.kind.as_str());
+        out.push('\n');
+        let created = created.filter(|_| has_created(family));
+        let samples = &family.samples;
+        for (i, sample) in samples.iter().enumerate() {
+            out.push_str(&sample.name);
+            push_labels(out, &sample.labels);
+            out.push(' ');
+            push_go_float(out, sample.value);
+            out.push('\n');
+            // A series' samples are contiguous: `_created` follows its last one.
+            let last_of_series = samples
+                .get(i + 1)
+                .is_none_or(|next| !same_series(next, sample));
+            if let (Some(created), true) = (created, last_of_series) {
+                out.push_str(&family.name);
+                out.push_str("_created");
+                push_labels(out, &series_labels(sample));
+                out.push(' ');
+                push_go_float(out, created);
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str("# EOF\n");
+}
+
+fn series_labels(sample: &Sample) -> Vec<(String, String)> {
+    sample
+        .labels
+        .iter()
+        .filter(|(k, _)| k != "le")
+        .cloned()
+        .collect()
+}
+
+fn same_series(a: &Sample, b: &Sample) -> bool {
+    let key = |s: &Sample| {
+        s.labels
+            .iter()
+            .filter(|(k, _)| k != "le")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    key(a) == key(b)
+}
+
+fn has_created(family: &Family) -> bool {
+    matches!(family.kind, Kind::Counter | Kind::Histogram | Kind::Summary)
+        && !family.name.starts_with("process_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_family_has_no_total_suffix_and_output_ends_with_eof() {
+        let mut c = Family::new("req", "Requests \"seen\"", Kind::Counter);
+        c.push("_total", vec![("a".into(), "1".into())], 2.0);
+        c.push("_total", vec![("a".into(), "2".into())], 3.0);
+        let mut h = Family::new("dur", "d", Kind::Histogram);
+        h.push("_bucket", vec![("le".into(), "1.0".into())], 1.0);
+        h.push("_bucket", vec![("le".into(), "+Inf".into())], 1.0);
+        h.push("_count", vec![], 1.0);
+        h.push("_sum", vec![], 0.5);
+        let mut out = String::new();
+        encode(&[c, h], Some(100.0), &mut out);
+        assert_eq!(
+            out,
+            "# HELP req Requests \\\"seen\\\"\n# TYPE req counter\n\
+             req_total{a=\"1\"} 2.0\nreq_created{a=\"1\"} 100.0\n\
+             req_total{a=\"2\"} 3.0\nreq_created{a=\"2\"} 100.0\n\
+             # HELP dur d\n# TYPE dur histogram\n\
+             dur_bucket{le=\"1.0\"} 1.0\ndur_bucket{le=\"+Inf\"} 1.0\ndur_count 1.0\ndur_sum 0.5\ndur_created 100.0\n\
+             # EOF\n"
+        );
+    }
+}
