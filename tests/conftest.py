@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,64 @@ def gunicorn(tmp_path):
     yield start
     for g in started:
         g.stop()
+
+
+class Prometheus:
+    """A real Prometheus server (Debian's `prometheus`) on 127.0.0.1."""
+
+    def __init__(self, tmp: Path, config: str) -> None:
+        self.port = free_port()
+        config_file = tmp / f"prometheus-{self.port}.yml"
+        config_file.write_text(config)
+        self.proc = subprocess.Popen(
+            ["prometheus", f"--config.file={config_file}",
+             f"--storage.tsdb.path={tmp / f'tsdb-{self.port}'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def api(self, path: str, **params: str) -> dict:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.load(resp)
+
+    def query(self, query: str) -> list:
+        """The result of an instant query; raises on a query that does not parse."""
+        body = self.api("query", query=query)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def wait_for(self, predicate, timeout: float = 60.0, what: str = "data"):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"Prometheus: timed out waiting for {what}"
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    """Start real Prometheus servers: `prometheus(config_text)`; all stopped at the end."""
+    started: list[Prometheus] = []
+
+    def start(config: str) -> Prometheus:
+        p = Prometheus(tmp_path, config)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()

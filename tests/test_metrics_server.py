@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
-import json
 import os
 import random
 import signal
@@ -15,8 +14,6 @@ import ssl
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import bcrypt
@@ -285,13 +282,8 @@ def test_exporter_keeps_its_port_across_reloads(gunicorn):
     assert "Address already in use" not in g.output()
 
 
-def prometheus_query(port: int, query: str) -> list:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.load(resp)["data"]["result"]
-
-
-def test_a_real_prometheus_scrapes_plain_and_https_with_basic_auth(gunicorn, pki, tmp_path):
+def test_a_real_prometheus_scrapes_plain_and_https_with_basic_auth(gunicorn, prometheus, pki,
+                                                                   tmp_path):
     directory = tmp_path / "multiproc"
     g = gunicorn(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)})
     sent = 37
@@ -301,9 +293,7 @@ def test_a_real_prometheus_scrapes_plain_and_https_with_basic_auth(gunicorn, pki
     https_port = free_port()
     sidecar = start_standalone(["--multiproc-dir", str(directory), "--port", str(https_port),
                                 "--web-config-file", str(web_config(pki, tmp_path))])
-    prometheus_port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(f"""
+    server = prometheus(f"""
 global: {{scrape_interval: 1s, scrape_timeout: 1s}}
 scrape_configs:
   - job_name: plain
@@ -314,25 +304,14 @@ scrape_configs:
     basic_auth: {{username: prometheus, password: "{PASSWORD}"}}
     static_configs: [{{targets: ["127.0.0.1:{https_port}"]}}]
 """)
-    prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                up = {r["metric"]["job"]: r["value"][1]
-                      for r in prometheus_query(prometheus_port, "up")}
-                totals = {r["metric"]["job"]: float(r["value"][1]) for r in prometheus_query(
-                    prometheus_port, "sum by (job) (gunicorn_worker_requests_total)")}
-                if up == {"plain": "1", "https": "1"} and len(totals) == 2:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "Prometheus never scraped both targets"
-            time.sleep(0.5)
+        def scraped_both():
+            up = {r["metric"]["job"]: r["value"][1] for r in server.query("up")}
+            totals = {r["metric"]["job"]: float(r["value"][1]) for r in server.query(
+                "sum by (job) (gunicorn_worker_requests_total)")}
+            return totals if up == {"plain": "1", "https": "1"} and len(totals) == 2 else None
+
+        totals = server.wait_for(scraped_both, what="both targets up")
         assert totals == {"plain": sent, "https": sent}
     finally:
-        stop(prometheus)
         stop(sidecar)
