@@ -133,7 +133,10 @@ fn main() {
         "{:<10}{:>12}{:>14}{:>18}{:>10}{:>8}",
         "deaths", "this (ms)", "MPC (ms)", "MPC / this", "bytes", "files"
     );
-    for deaths in [0u32, 10_000] {
+    let deaths_list: Vec<u32> = std::env::var("DEATHS")
+        .map(|d| d.split(',').map(|x| x.parse().unwrap()).collect())
+        .unwrap_or(vec![0, 10_000]);
+    for deaths in deaths_list {
         let dir = tempfile::tempdir().unwrap();
         let mut compactor = ArchiveCompactor::default();
         for pid in 0..deaths {
@@ -155,7 +158,11 @@ fn main() {
             })
             .count();
         let (ours, bytes) = ours_ms(dir.path());
-        let theirs = collector_ms(dir.path());
+        let theirs = if std::env::var("NO_MPC").is_ok() {
+            f64::NAN
+        } else {
+            collector_ms(dir.path())
+        };
         println!(
             "{deaths:<10}{ours:>12.2}{theirs:>14.2}{:>18.1}{bytes:>10}{files:>8}",
             theirs / ours

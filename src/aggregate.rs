@@ -1,12 +1,18 @@
 //! Merging every process's file of a directory into families, with the
 //! semantics of prometheus_client's `MultiProcessCollector`: files in, families out.
+//!
+//! An `Aggregator` lives as long as the server: it parses each distinct key
+//! once and interns label sets, so a scrape only reads values and adds them up
+//! by identity, whatever number of files and processes the directory holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::exposition::float::go_float;
-use crate::model::{Family, Kind, Labels};
-use crate::storage::key::{self, ParsedKey};
+use crate::model::{Family, Kind, Labels, Sample};
+use crate::storage::key;
 use crate::storage::reader::{read_entries, read_used};
 
 /// How a gauge merges across processes (from `gauge_<mode>_<pid>.db`).
@@ -59,19 +65,56 @@ fn parse_file_name(name: &str) -> Option<FileName<'_>> {
     }
 }
 
+/// A label set shared by every key that has it; compared by identity.
+#[derive(Clone)]
+struct LabelSet(Arc<Labels>);
+
+impl PartialEq for LabelSet {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for LabelSet {}
+impl Hash for LabelSet {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as usize).hash(state)
+    }
+}
+
+/// A key of a file, parsed once.
+struct KeyInfo {
+    family: Arc<str>,
+    help: Arc<str>,
+    sample: Arc<str>,
+    /// Sorted labels without `le`.
+    labels: LabelSet,
+    /// For a histogram bucket: its bound.
+    bucket: Option<f64>,
+}
+
+/// One series of a family while a scrape adds up its files.
 #[derive(Default)]
 struct Series {
-    /// Sample name -> (value, timestamp).
-    values: BTreeMap<String, (f64, f64)>,
-    /// Histogram buckets: upper bound -> count in that bucket (not cumulative).
+    /// (sample name, value, timestamp of the value).
+    values: Vec<(Arc<str>, f64, f64)>,
+    /// Histogram buckets: (upper bound, count in that bucket, not cumulative).
     buckets: Vec<(f64, f64)>,
 }
 
+impl Series {
+    fn value(&mut self, sample: &Arc<str>) -> Option<&mut (Arc<str>, f64, f64)> {
+        self.values.iter_mut().find(|v| Arc::ptr_eq(&v.0, sample))
+    }
+}
+
+/// A series: its label set and, for gauges of mode `all`, the pid.
+type SeriesKey = (LabelSet, Option<Arc<str>>);
+
 struct FamilyAcc {
-    help: String,
+    help: Arc<str>,
     kind: Kind,
     mode: Option<GaugeMode>,
-    series: BTreeMap<Labels, Series>,
+    series: HashMap<SeriesKey, Series>,
 }
 
 /// Result of one pass over a directory.
@@ -83,167 +126,222 @@ pub struct Collected {
     pub files: Vec<String>,
 }
 
-/// Reads every `*.db` file of `dir`. `now_monotonic` (seconds, CLOCK_MONOTONIC)
-/// resolves running clocks: a counter entry with a negative timestamp `t` is
-/// a clock that has been running since `-t`, worth `max(value, now + t)`.
-pub fn collect(dir: &Path, now_monotonic: f64) -> Collected {
-    let mut names: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.ends_with(".db"))
-            .collect(),
-        Err(_) => {
-            return Collected {
-                families: Vec::new(),
-                read_errors: 1,
-                files: Vec::new(),
+/// Keys seen before this many distinct ones are forgotten, so that a
+/// directory whose keys churn cannot grow the cache without bound.
+const MAX_CACHED_KEYS: usize = 1 << 20;
+
+/// Reads directories again and again, remembering what it parsed.
+#[derive(Default)]
+pub struct Aggregator {
+    keys: HashMap<Box<str>, Option<Arc<KeyInfo>>>,
+    label_sets: HashSet<Arc<Labels>>,
+    names: HashSet<Arc<str>>,
+    pids: HashSet<Arc<str>>,
+    buf: Vec<u8>,
+}
+
+impl Aggregator {
+    fn intern_str(set: &mut HashSet<Arc<str>>, s: &str) -> Arc<str> {
+        if let Some(found) = set.get(s) {
+            return Arc::clone(found);
+        }
+        let new: Arc<str> = Arc::from(s);
+        set.insert(Arc::clone(&new));
+        new
+    }
+
+    fn key(&mut self, key: &str) -> Option<Arc<KeyInfo>> {
+        if let Some(found) = self.keys.get(key) {
+            return found.clone();
+        }
+        if self.keys.len() >= MAX_CACHED_KEYS {
+            self.keys.clear();
+            self.label_sets.clear();
+        }
+        let info = key::parse(key).and_then(|parsed| {
+            let mut labels = parsed.labels;
+            let bucket = match labels.iter().position(|(k, _)| k == "le") {
+                Some(i) => Some(labels.remove(i).1.parse::<f64>().ok()?),
+                None => None,
+            };
+            let labels = match self.label_sets.get(&labels) {
+                Some(found) => Arc::clone(found),
+                None => {
+                    let new = Arc::new(labels);
+                    self.label_sets.insert(Arc::clone(&new));
+                    new
+                }
+            };
+            Some(Arc::new(KeyInfo {
+                family: Self::intern_str(&mut self.names, &parsed.metric_name),
+                help: Arc::from(parsed.help),
+                sample: Self::intern_str(&mut self.names, &parsed.sample_name),
+                labels: LabelSet(labels),
+                bucket,
+            }))
+        });
+        self.keys.insert(key.into(), info.clone());
+        info
+    }
+
+    /// Reads every `*.db` file of `dir`. `now_monotonic` (seconds,
+    /// CLOCK_MONOTONIC) resolves running clocks: a counter entry with a
+    /// negative timestamp `t` is a clock running since `-t`, worth
+    /// `max(value, now + t)`.
+    pub fn collect(&mut self, dir: &Path, now_monotonic: f64) -> Collected {
+        let mut names: Vec<String> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".db"))
+                .collect(),
+            Err(_) => {
+                return Collected {
+                    families: Vec::new(),
+                    read_errors: 1,
+                    files: Vec::new(),
+                }
             }
-        }
-    };
-    names.sort();
-    let mut read_errors = 0;
-    let mut acc: BTreeMap<String, FamilyAcc> = BTreeMap::new();
-    let mut keys: HashMap<String, Option<ParsedKey>> = HashMap::new();
-    let mut buf = Vec::new();
-    for name in &names {
-        let Some(file) = parse_file_name(name) else {
-            read_errors += 1;
-            continue;
         };
-        let unreadable = match read_used(&dir.join(name), &mut buf) {
-            Ok(()) => false,
-            // A live gauge file may be removed between listing and reading.
-            Err(crate::storage::ReadError::Io(_)) if name.starts_with("gauge_live") => continue,
-            Err(_) => true,
-        };
-        let (entries, error) = read_entries(&buf);
-        if unreadable || error.is_some() {
-            read_errors += 1;
-        }
-        for entry in entries {
-            let parsed = keys
-                .entry(entry.key.to_owned())
-                .or_insert_with(|| key::parse(entry.key));
-            let Some(parsed) = parsed else {
+        names.sort();
+        let mut read_errors = 0;
+        let mut acc: HashMap<Arc<str>, FamilyAcc> = HashMap::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        for name in &names {
+            let Some(file) = parse_file_name(name) else {
                 read_errors += 1;
                 continue;
             };
-            let family = acc
-                .entry(parsed.metric_name.clone())
-                .or_insert_with(|| FamilyAcc {
-                    help: parsed.help.clone(),
-                    kind: file.kind,
-                    mode: file.mode,
-                    series: BTreeMap::new(),
-                });
-            if !add_sample(
-                family,
-                &file,
-                parsed,
-                entry.value,
-                entry.timestamp,
-                now_monotonic,
-            ) {
+            let unreadable = match read_used(&dir.join(name), &mut buf) {
+                Ok(()) => false,
+                // A live gauge file may be removed between listing and reading.
+                Err(crate::storage::ReadError::Io(_)) if name.starts_with("gauge_live") => continue,
+                Err(_) => true,
+            };
+            let (entries, error) = read_entries(&buf);
+            if unreadable || error.is_some() {
                 read_errors += 1;
             }
+            let pid = (file.mode == Some(GaugeMode::All))
+                .then(|| Self::intern_str(&mut self.pids, file.pid));
+            for entry in entries {
+                let Some(key) = self.key(entry.key) else {
+                    read_errors += 1;
+                    continue;
+                };
+                let family = acc
+                    .entry(Arc::clone(&key.family))
+                    .or_insert_with(|| FamilyAcc {
+                        help: Arc::clone(&key.help),
+                        kind: file.kind,
+                        mode: file.mode,
+                        series: HashMap::new(),
+                    });
+                add_sample(
+                    family,
+                    &key,
+                    pid.clone(),
+                    entry.value,
+                    entry.timestamp,
+                    now_monotonic,
+                );
+            }
+        }
+        self.buf = buf;
+        let mut families: Vec<Family> = acc.into_iter().map(|(name, f)| finish(&name, f)).collect();
+        families.sort_by(|a, b| a.name.cmp(&b.name));
+        Collected {
+            families,
+            read_errors,
+            files: names,
         }
     }
-    let families = acc.into_iter().map(|(name, f)| finish(name, f)).collect();
-    Collected {
-        families,
-        read_errors,
-        files: names,
-    }
+}
+
+/// Reads `dir` once, with nothing remembered.
+pub fn collect(dir: &Path, now_monotonic: f64) -> Collected {
+    Aggregator::default().collect(dir, now_monotonic)
 }
 
 fn add_sample(
     f: &mut FamilyAcc,
-    file: &FileName,
-    key: &ParsedKey,
+    key: &KeyInfo,
+    pid: Option<Arc<str>>,
     value: f64,
     ts: f64,
     now: f64,
-) -> bool {
-    match f.kind {
-        Kind::Gauge => {
-            let mode = f.mode.unwrap_or(GaugeMode::All);
-            let mut labels = key.labels.clone();
-            if mode == GaugeMode::All {
-                labels.push(("pid".to_owned(), file.pid.to_owned()));
-            }
-            let series = f.series.entry(labels).or_default();
-            let slot = series.values.get_mut(&key.sample_name);
-            match (mode, slot) {
-                (GaugeMode::MostRecent, Some(cur)) if ts > cur.1 => *cur = (value, ts),
-                (GaugeMode::MostRecent, None) if ts > 0.0 => {
-                    series.values.insert(key.sample_name.clone(), (value, ts));
-                }
-                (GaugeMode::MostRecent, _) => {}
-                (GaugeMode::Min, Some(cur)) => cur.0 = cur.0.min(value),
-                (GaugeMode::Max, Some(cur)) => cur.0 = cur.0.max(value),
-                (GaugeMode::Sum, Some(cur)) => cur.0 += value,
-                (GaugeMode::All, Some(cur)) => cur.0 = value,
-                (_, None) => {
-                    series.values.insert(key.sample_name.clone(), (value, 0.0));
-                }
-            }
-        }
-        Kind::Histogram => {
-            if let Some(i) = key.labels.iter().position(|(k, _)| k == "le") {
-                let Ok(bound) = key.labels[i].1.parse::<f64>() else {
-                    return false;
-                };
-                let mut labels = key.labels.clone();
-                labels.remove(i);
-                f.series
-                    .entry(labels)
-                    .or_default()
-                    .buckets
-                    .push((bound, value));
-            } else {
-                add_value(f, key, value);
-            }
-        }
-        Kind::Counter if ts < 0.0 => add_value(f, key, value.max(now + ts)),
-        Kind::Counter | Kind::Summary => add_value(f, key, value),
+) {
+    let series = f
+        .series
+        .entry((
+            key.labels.clone(),
+            if f.kind == Kind::Gauge { pid } else { None },
+        ))
+        .or_default();
+    if let (Kind::Histogram, Some(bound)) = (f.kind, key.bucket) {
+        series.buckets.push((bound, value));
+        return;
     }
-    true
+    let mode = f.mode.unwrap_or(GaugeMode::All);
+    match (f.kind, series.value(&key.sample)) {
+        (Kind::Gauge, Some(cur)) => match mode {
+            GaugeMode::MostRecent if ts > cur.2 => (cur.1, cur.2) = (value, ts),
+            GaugeMode::MostRecent => {}
+            GaugeMode::Min => cur.1 = cur.1.min(value),
+            GaugeMode::Max => cur.1 = cur.1.max(value),
+            GaugeMode::Sum => cur.1 += value,
+            GaugeMode::All => cur.1 = value,
+        },
+        // prometheus_client shows a mostrecent gauge only once it has a timestamp.
+        (Kind::Gauge, None) if mode == GaugeMode::MostRecent && ts <= 0.0 => {}
+        (Kind::Gauge, None) => series.values.push((Arc::clone(&key.sample), value, ts)),
+        (_, slot) => {
+            // A negative timestamp on a counter marks a running clock.
+            let value = if f.kind == Kind::Counter && ts < 0.0 {
+                value.max(now + ts)
+            } else {
+                value
+            };
+            match slot {
+                Some(cur) => cur.1 += value,
+                None => series.values.push((Arc::clone(&key.sample), value, 0.0)),
+            }
+        }
+    }
 }
 
-fn add_value(f: &mut FamilyAcc, key: &ParsedKey, value: f64) {
-    let series = f.series.entry(key.labels.clone()).or_default();
-    series
-        .values
-        .entry(key.sample_name.clone())
-        .or_insert((0.0, 0.0))
-        .0 += value;
-}
-
-fn finish(name: String, acc: FamilyAcc) -> Family {
-    let mut family = Family::new(name, acc.help, acc.kind);
-    for (labels, mut series) in acc.series {
-        if !series.buckets.is_empty() {
-            series.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+fn finish(name: &str, acc: FamilyAcc) -> Family {
+    let mut family = Family::new(name, acc.help.as_ref(), acc.kind);
+    let mut series: Vec<(SeriesKey, Series)> = acc.series.into_iter().collect();
+    series.sort_by(|a, b| (&*a.0 .0 .0, &a.0 .1).cmp(&(&*b.0 .0 .0, &b.0 .1)));
+    let count_name: Arc<str> = Arc::from(format!("{name}_count"));
+    for ((LabelSet(labels), pid), mut s) in series {
+        let mut labels: Labels = (*labels).clone();
+        if let Some(pid) = pid {
+            labels.push(("pid".to_owned(), pid.to_string()));
+        }
+        if !s.buckets.is_empty() {
+            s.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
             let mut cumulative = 0.0;
             let mut i = 0;
-            while i < series.buckets.len() {
-                let bound = series.buckets[i].0;
-                while i < series.buckets.len() && series.buckets[i].0 == bound {
-                    cumulative += series.buckets[i].1;
+            while i < s.buckets.len() {
+                let bound = s.buckets[i].0;
+                while i < s.buckets.len() && s.buckets[i].0 == bound {
+                    cumulative += s.buckets[i].1;
                     i += 1;
                 }
                 let mut with_le = labels.clone();
                 with_le.push(("le".to_owned(), go_float(bound)));
                 family.push("_bucket", with_le, cumulative);
             }
-            series
-                .values
-                .insert(format!("{}_count", family.name), (cumulative, 0.0));
+            // The count is the buckets' total, as MultiProcessCollector derives it.
+            s.values.retain(|v| *v.0 != *count_name);
+            s.values.push((Arc::clone(&count_name), cumulative, 0.0));
         }
-        for (sample_name, (value, _)) in series.values {
-            family.samples.push(crate::model::Sample {
-                name: sample_name,
+        s.values.sort_by(|a, b| a.0.cmp(&b.0));
+        for (sample, value, _) in s.values {
+            family.samples.push(Sample {
+                name: sample.to_string(),
                 labels: labels.clone(),
                 value,
             });

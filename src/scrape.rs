@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::aggregate::collect;
+use crate::aggregate::Aggregator;
 use crate::backlog;
 use crate::clock::monotonic_seconds;
 use crate::exposition::negotiate::Format;
@@ -29,6 +29,7 @@ pub struct ScrapeSource {
     pub created: Option<f64>,
     /// The master's listeners: (name, fd), for the listen backlog.
     listeners: Mutex<Vec<(String, RawFd)>>,
+    aggregator: Mutex<Aggregator>,
     read_errors: AtomicU64,
 }
 
@@ -45,6 +46,7 @@ impl ScrapeSource {
             build_info,
             created,
             listeners: Mutex::new(Vec::new()),
+            aggregator: Mutex::new(Aggregator::default()),
             read_errors: AtomicU64::new(0),
         }
     }
@@ -57,7 +59,9 @@ impl ScrapeSource {
     pub fn families(&self) -> Vec<Family> {
         let collected = {
             let _lock = DirectoryLock::shared(&self.directory);
-            collect(&self.directory, monotonic_seconds())
+            self.aggregator
+                .lock()
+                .collect(&self.directory, monotonic_seconds())
         };
         let errors = self
             .read_errors

@@ -45,6 +45,34 @@ def request_in_background(port: int, path: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code, str(port), path])
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM a process this test started, then SIGKILL its whole group (it was
+    started in a session of its own) if anything is left."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def failed_start(env: dict[str, str]) -> tuple[int, list[str], str]:
+    """Start Gunicorn with the exporter and settings that must stop it:
+    (exit code, its `Error:` lines, all it wrote to stderr)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{free_port()}",
+         "--worker-class", WORKER, "wsgi_app:app"],
+        cwd=APPS, env={**os.environ, **env}, capture_output=True, timeout=60,
+        start_new_session=True)
+    stderr = result.stderr.decode()
+    return result.returncode, [ln for ln in stderr.splitlines() if ln.startswith("Error:")], stderr
+
+
 class Samples:
     """A parsed scrape: sum of sample values matching a name and some labels."""
 
@@ -129,17 +157,7 @@ class Gunicorn:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)  # leftovers of this test's own group
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         return self.proc.returncode
 
@@ -199,13 +217,7 @@ class Prometheus:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture

@@ -179,6 +179,8 @@ scrape_configs:
     workers = server.query("sum(gunicorn_workers)")
     assert float(workers[0]["value"][1]) == 3
     # rate() across hosts: one series per host, none negative.
-    rates = server.wait_for(lambda: server.query(
-        "sum by (instance) (rate(gunicorn_worker_requests_total[10s]))"), what="rates")
-    assert len(rates) == 2 and all(float(r["value"][1]) >= 0 for r in rates)
+    def rates():
+        result = server.query("sum by (instance) (rate(gunicorn_worker_requests_total[10s]))")
+        return result if len(result) == 2 else None
+
+    assert all(float(r["value"][1]) >= 0 for r in server.wait_for(rates, what="rates"))

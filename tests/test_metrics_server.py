@@ -12,13 +12,12 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import bcrypt
 import pytest
-from conftest import APPS, WORKER, Samples, free_port, request
+from conftest import Samples, failed_start, free_port, request, stop_process
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -162,15 +161,10 @@ def test_client_ca_requires_a_client_certificate(gunicorn, pki, tmp_path):
 def test_invalid_web_config_stops_startup(tmp_path):
     bad = tmp_path / "web.yml"
     bad.write_text("tls_server_config:\n  cert_file: /nonexistent.pem\n  key_file: /x.key\n")
-    env = {**os.environ, "PROMETHEUS_WEB_CONFIG_FILE": str(bad),
-           "PROMETHEUS_METRICS_PORT": str(free_port())}
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{free_port()}",
-         "--worker-class", WORKER, "wsgi_app:app"],
-        cwd=APPS, env=env, capture_output=True, timeout=60, start_new_session=True)
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.decode().splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "PROMETHEUS_WEB_CONFIG_FILE" in errors[0], result.stderr
+    code, errors, stderr = failed_start({"PROMETHEUS_WEB_CONFIG_FILE": str(bad),
+                                         "PROMETHEUS_METRICS_PORT": str(free_port())})
+    assert code != 0
+    assert len(errors) == 1 and "PROMETHEUS_WEB_CONFIG_FILE" in errors[0], stderr
 
 
 def test_hostile_clients_do_not_stop_scrapes_or_touch_workers(gunicorn):
@@ -217,16 +211,6 @@ def start_standalone(args: list[str], env: dict[str, str] | None = None) -> subp
                             stderr=subprocess.STDOUT, start_new_session=True, text=True)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def test_standalone_exporter_serves_the_same_samples(gunicorn, tmp_path):
     directory = tmp_path / "multiproc"
     g = gunicorn(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)})
@@ -246,7 +230,7 @@ def test_standalone_exporter_serves_the_same_samples(gunicorn, tmp_path):
         assert standalone.get("gunicorn_worker_restarts_total") == 0  # the master's own files
         assert standalone.get("gunicorn_workers") == 2
     finally:
-        stop(sidecar)
+        stop_process(sidecar)
     assert sidecar.returncode == 0
 
 
@@ -314,4 +298,4 @@ scrape_configs:
         totals = server.wait_for(scraped_both, what="both targets up")
         assert totals == {"plain": sent, "https": sent}
     finally:
-        stop(sidecar)
+        stop_process(sidecar)

@@ -8,13 +8,12 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import APPS, WORKER, free_port, request, request_in_background
+from conftest import failed_start, request, request_in_background
 from prometheus_client.mmap_dict import MmapedDict
 
 # (method, path, body, expected status)
@@ -213,30 +212,21 @@ def test_hooks_and_zero_config_together_start_one_server(gunicorn, tmp_path):
     ("PROMETHEUS_BIND_ADDRESS", "nowhere"),
     ("PROMETHEUS_METRICS_PREFIX", "bad-prefix"),
 ])
-def test_bad_setting_stops_startup_with_one_line_naming_it(tmp_path, variable, value):
-    env = {**os.environ, variable: value}
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{free_port()}",
-         "--worker-class", WORKER, "wsgi_app:app"],
-        cwd=APPS, env=env, capture_output=True, timeout=60, start_new_session=True)
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.decode().splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and variable in errors[0], result.stderr.decode()
-    assert "Traceback" not in result.stderr.decode()
+def test_bad_setting_stops_startup_with_one_line_naming_it(variable, value):
+    code, errors, stderr = failed_start({variable: value})
+    assert code != 0
+    assert len(errors) == 1 and variable in errors[0], stderr
+    assert "Traceback" not in stderr
 
 
-def test_taken_metrics_port_stops_startup(tmp_path):
+def test_taken_metrics_port_stops_startup():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(port)}
-        result = subprocess.run(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{free_port()}",
-             "--worker-class", WORKER, "wsgi_app:app"],
-            cwd=APPS, env=env, capture_output=True, timeout=60, start_new_session=True)
-    assert result.returncode != 0
-    assert "PROMETHEUS_METRICS_PORT" in result.stderr.decode()
+        port = str(taken.getsockname()[1])
+        code, errors, stderr = failed_start({"PROMETHEUS_METRICS_PORT": port})
+    assert code != 0
+    assert len(errors) == 1 and "PROMETHEUS_METRICS_PORT" in errors[0], stderr
 
 
 def test_index_page_404_and_405(gunicorn):

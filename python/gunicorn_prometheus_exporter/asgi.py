@@ -8,6 +8,7 @@ import asyncio
 from typing import Any, Callable
 
 from . import _core
+from .instrument import MeteredWorker
 
 Scope = dict
 Receive = Callable[[], Any]
@@ -53,3 +54,15 @@ class MeteredASGI:
             if status:
                 meter.record(started, scope, status, sent)
             meter.end()
+
+
+class MeteredASGIWorker(MeteredWorker):
+    """Mixin for an ASGI worker class: wraps the application it loaded."""
+
+    #: The worker's attribute that holds the loaded application.
+    app_attribute = "wsgi"
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        app = getattr(self, self.app_attribute)
+        setattr(self, self.app_attribute, MeteredASGI(app, self.meter))

@@ -8,11 +8,8 @@ except ImportError as exc:
         "(gunicorn.workers.gasgi): pip install -U gunicorn"
     ) from exc
 
-from .asgi import MeteredASGI
-from .instrument import MeteredWorker
+from .asgi import MeteredASGIWorker
 
 
-class PrometheusASGIWorker(MeteredWorker, ASGIWorker):
-    def load_wsgi(self) -> None:
-        super().load_wsgi()
-        self.asgi = MeteredASGI(self.asgi, self.meter)
+class PrometheusASGIWorker(MeteredASGIWorker, ASGIWorker):
+    app_attribute = "asgi"

@@ -3,15 +3,10 @@
 try:
     from uvicorn.workers import UvicornWorker
 except ImportError as exc:
-    raise ImportError(
-        "PrometheusUvicornWorker needs uvicorn: pip install uvicorn"
-    ) from exc
+    raise ImportError("PrometheusUvicornWorker needs uvicorn: pip install uvicorn") from exc
 
-from .asgi import MeteredASGI
-from .instrument import MeteredWorker
+from .asgi import MeteredASGIWorker
 
 
-class PrometheusUvicornWorker(MeteredWorker, UvicornWorker):
-    def load_wsgi(self) -> None:
-        super().load_wsgi()
-        self.wsgi = MeteredASGI(self.wsgi, self.meter)
+class PrometheusUvicornWorker(MeteredASGIWorker, UvicornWorker):
+    pass
