@@ -86,7 +86,11 @@ fn median_ms(mut samples: Vec<f64>) -> f64 {
 fn ours_ms(dir: &Path) -> (f64, usize) {
     let source = ScrapeSource::new(dir.to_owned(), "gunicorn".into(), Vec::new(), None);
     let mut bytes = 0;
-    let times = (0..21)
+    let scrapes: usize = std::env::var("SCRAPES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(21);
+    let times = (0..scrapes)
         .map(|_| {
             let t = Instant::now();
             bytes = source.render(Format::Text).len();

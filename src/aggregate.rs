@@ -5,7 +5,7 @@
 //! once and interns label sets, so a scrape only reads values and adds them up
 //! by identity, whatever number of files and processes the directory holds.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
@@ -88,8 +88,9 @@ struct KeyInfo {
     sample: Arc<str>,
     /// Sorted labels without `le`.
     labels: LabelSet,
-    /// For a histogram bucket: its bound.
-    bucket: Option<f64>,
+    /// For a histogram bucket: its bound, and its `le` as prometheus_client
+    /// writes it (`floatToGoString`).
+    bucket: Option<(f64, Arc<str>)>,
 }
 
 /// One series of a family while a scrape adds up its files.
@@ -97,8 +98,8 @@ struct KeyInfo {
 struct Series {
     /// (sample name, value, timestamp of the value).
     values: Vec<(Arc<str>, f64, f64)>,
-    /// Histogram buckets: (upper bound, count in that bucket, not cumulative).
-    buckets: Vec<(f64, f64)>,
+    /// Histogram buckets: (upper bound, its `le`, count in that bucket, not cumulative).
+    buckets: Vec<(f64, Arc<str>, f64)>,
 }
 
 impl Series {
@@ -138,6 +139,11 @@ pub struct Aggregator {
     names: HashSet<Arc<str>>,
     pids: HashSet<Arc<str>>,
     buf: Vec<u8>,
+    /// Sorted order of the label sets, rebuilt only when a new one appears.
+    ranks: HashMap<usize, u32>,
+    /// Families and series of the last scrape: the next one sizes its maps so.
+    last_families: usize,
+    last_series: HashMap<Arc<str>, usize>,
 }
 
 impl Aggregator {
@@ -157,11 +163,15 @@ impl Aggregator {
         if self.keys.len() >= MAX_CACHED_KEYS {
             self.keys.clear();
             self.label_sets.clear();
+            self.ranks.clear();
         }
         let info = key::parse(key).and_then(|parsed| {
             let mut labels = parsed.labels;
             let bucket = match labels.iter().position(|(k, _)| k == "le") {
-                Some(i) => Some(labels.remove(i).1.parse::<f64>().ok()?),
+                Some(i) => {
+                    let bound = labels.remove(i).1.parse::<f64>().ok()?;
+                    Some((bound, Arc::from(go_float(bound))))
+                }
                 None => None,
             };
             let labels = match self.label_sets.get(&labels) {
@@ -205,7 +215,8 @@ impl Aggregator {
         };
         names.sort();
         let mut read_errors = 0;
-        let mut acc: HashMap<Arc<str>, FamilyAcc> = HashMap::new();
+        let mut acc: HashMap<Arc<str>, FamilyAcc> = HashMap::default();
+        acc.reserve(self.last_families);
         let mut buf = std::mem::take(&mut self.buf);
         for name in &names {
             let Some(file) = parse_file_name(name) else {
@@ -229,14 +240,17 @@ impl Aggregator {
                     read_errors += 1;
                     continue;
                 };
-                let family = acc
-                    .entry(Arc::clone(&key.family))
-                    .or_insert_with(|| FamilyAcc {
+                let last_series = &self.last_series;
+                let family = acc.entry(Arc::clone(&key.family)).or_insert_with(|| {
+                    let mut series = HashMap::default();
+                    series.reserve(last_series.get(&key.family).copied().unwrap_or(0));
+                    FamilyAcc {
                         help: Arc::clone(&key.help),
                         kind: file.kind,
                         mode: file.mode,
-                        series: HashMap::new(),
-                    });
+                        series,
+                    }
+                });
                 add_sample(
                     family,
                     &key,
@@ -248,7 +262,25 @@ impl Aggregator {
             }
         }
         self.buf = buf;
-        let mut families: Vec<Family> = acc.into_iter().map(|(name, f)| finish(&name, f)).collect();
+        self.last_families = acc.len();
+        self.last_series = acc
+            .iter()
+            .map(|(name, f)| (Arc::clone(name), f.series.len()))
+            .collect();
+        if self.ranks.len() != self.label_sets.len() {
+            let mut sets: Vec<&Arc<Labels>> = self.label_sets.iter().collect();
+            sets.sort();
+            self.ranks = sets
+                .iter()
+                .enumerate()
+                .map(|(i, set)| (Arc::as_ptr(set) as usize, i as u32))
+                .collect();
+        }
+        let ranks = &self.ranks;
+        let mut families: Vec<Family> = acc
+            .into_iter()
+            .map(|(name, f)| finish(&name, f, ranks))
+            .collect();
         families.sort_by(|a, b| a.name.cmp(&b.name));
         Collected {
             families,
@@ -278,8 +310,8 @@ fn add_sample(
             if f.kind == Kind::Gauge { pid } else { None },
         ))
         .or_default();
-    if let (Kind::Histogram, Some(bound)) = (f.kind, key.bucket) {
-        series.buckets.push((bound, value));
+    if let (Kind::Histogram, Some((bound, le))) = (f.kind, &key.bucket) {
+        series.buckets.push((*bound, Arc::clone(le), value));
         return;
     }
     let mode = f.mode.unwrap_or(GaugeMode::All);
@@ -310,44 +342,64 @@ fn add_sample(
     }
 }
 
-fn finish(name: &str, acc: FamilyAcc) -> Family {
+/// `ranks`: the sorted position of every label set, so that series sort by
+/// their labels without comparing them.
+fn finish(name: &str, acc: FamilyAcc, ranks: &HashMap<usize, u32>) -> Family {
     let mut family = Family::new(name, acc.help.as_ref(), acc.kind);
     let mut series: Vec<(SeriesKey, Series)> = acc.series.into_iter().collect();
-    series.sort_by(|a, b| (&*a.0 .0 .0, &a.0 .1).cmp(&(&*b.0 .0 .0, &b.0 .1)));
+    let rank = |set: &LabelSet| {
+        ranks
+            .get(&(Arc::as_ptr(&set.0) as usize))
+            .copied()
+            .unwrap_or(u32::MAX)
+    };
+    series.sort_by(|a, b| (rank(&a.0 .0), &a.0 .1).cmp(&(rank(&b.0 .0), &b.0 .1)));
+    let bucket_name: Arc<str> = Arc::from(format!("{name}_bucket"));
     let count_name: Arc<str> = Arc::from(format!("{name}_count"));
     for ((LabelSet(labels), pid), mut s) in series {
-        let mut labels: Labels = (*labels).clone();
-        if let Some(pid) = pid {
-            labels.push(("pid".to_owned(), pid.to_string()));
-        }
         if !s.buckets.is_empty() {
             s.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
             let mut cumulative = 0.0;
             let mut i = 0;
             while i < s.buckets.len() {
-                let bound = s.buckets[i].0;
+                let (bound, le) = (s.buckets[i].0, Arc::clone(&s.buckets[i].1));
                 while i < s.buckets.len() && s.buckets[i].0 == bound {
-                    cumulative += s.buckets[i].1;
+                    cumulative += s.buckets[i].2;
                     i += 1;
                 }
-                let mut with_le = labels.clone();
-                with_le.push(("le".to_owned(), go_float(bound)));
-                family.push("_bucket", with_le, cumulative);
+                family.samples.push(Sample {
+                    name: Arc::clone(&bucket_name),
+                    labels: Arc::clone(&labels),
+                    extra: Some(("le", le)),
+                    value: cumulative,
+                });
             }
             // The count is the buckets' total, as MultiProcessCollector derives it.
             s.values.retain(|v| *v.0 != *count_name);
             s.values.push((Arc::clone(&count_name), cumulative, 0.0));
         }
         s.values.sort_by(|a, b| a.0.cmp(&b.0));
+        let extra = pid.map(|pid| ("pid", pid));
         for (sample, value, _) in s.values {
             family.samples.push(Sample {
-                name: sample.to_string(),
-                labels: labels.clone(),
+                name: sample,
+                labels: Arc::clone(&labels),
+                extra: extra.clone(),
                 value,
             });
         }
     }
     family
+}
+
+/// The value of the sample `name` with exactly `labels` (test support).
+#[cfg(test)]
+pub(crate) fn find(c: &Collected, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    c.families
+        .iter()
+        .flat_map(|f| &f.samples)
+        .find(|s| &*s.name == name && s.label_pairs().eq(labels.iter().copied()))
+        .map(|s| s.value)
 }
 
 #[cfg(test)]
@@ -365,18 +417,6 @@ mod tests {
             slot.set(*value);
             slot.set_timestamp(*ts);
         }
-    }
-
-    fn sample(c: &Collected, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let labels: Labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        c.families
-            .iter()
-            .flat_map(|f| &f.samples)
-            .find(|s| s.name == name && s.labels == labels)
-            .map(|s| s.value)
     }
 
     #[test]
@@ -398,8 +438,8 @@ mod tests {
             &[("b", "b_total", &[], 1.0, -95.0)],
         );
         let c = collect(dir.path(), 100.0);
-        assert_eq!(sample(&c, "c_total", &[("a", "x")]), Some(5.0));
-        assert_eq!(sample(&c, "b_total", &[]), Some(5.0));
+        assert_eq!(find(&c, "c_total", &[("a", "x")]), Some(5.0));
+        assert_eq!(find(&c, "b_total", &[]), Some(5.0));
         assert_eq!(c.read_errors, 0);
     }
 
@@ -416,11 +456,11 @@ mod tests {
             }
         }
         let c = collect(dir.path(), 0.0);
-        assert_eq!(sample(&c, "livesum", &[]), Some(11.0));
-        assert_eq!(sample(&c, "max", &[]), Some(7.0));
-        assert_eq!(sample(&c, "min", &[]), Some(4.0));
-        assert_eq!(sample(&c, "all", &[("pid", "2")]), Some(7.0));
-        assert_eq!(sample(&c, "mostrecent", &[]), Some(4.0));
+        assert_eq!(find(&c, "livesum", &[]), Some(11.0));
+        assert_eq!(find(&c, "max", &[]), Some(7.0));
+        assert_eq!(find(&c, "min", &[]), Some(4.0));
+        assert_eq!(find(&c, "all", &[("pid", "2")]), Some(7.0));
+        assert_eq!(find(&c, "mostrecent", &[]), Some(4.0));
     }
 
     #[test]
@@ -434,10 +474,10 @@ mod tests {
         write(dir.path(), "histogram_1.db", h);
         write(dir.path(), "histogram_2.db", h);
         let c = collect(dir.path(), 0.0);
-        assert_eq!(sample(&c, "h_bucket", &[("le", "0.5")]), Some(2.0));
-        assert_eq!(sample(&c, "h_bucket", &[("le", "+Inf")]), Some(6.0));
-        assert_eq!(sample(&c, "h_count", &[]), Some(6.0));
-        assert_eq!(sample(&c, "h_sum", &[]), Some(18.0));
+        assert_eq!(find(&c, "h_bucket", &[("le", "0.5")]), Some(2.0));
+        assert_eq!(find(&c, "h_bucket", &[("le", "+Inf")]), Some(6.0));
+        assert_eq!(find(&c, "h_count", &[]), Some(6.0));
+        assert_eq!(find(&c, "h_sum", &[]), Some(18.0));
     }
 
     #[test]
@@ -451,7 +491,7 @@ mod tests {
         std::fs::write(dir.path().join("counter_2.db"), b"\xff\xff\xff\x7fgarbage").unwrap();
         std::fs::write(dir.path().join("weird.db"), b"").unwrap();
         let c = collect(dir.path(), 0.0);
-        assert_eq!(sample(&c, "c_total", &[]), Some(1.0));
+        assert_eq!(find(&c, "c_total", &[]), Some(1.0));
         assert_eq!(c.read_errors, 2);
     }
 }

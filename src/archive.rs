@@ -168,7 +168,7 @@ mod tests {
             .families
             .iter()
             .flat_map(|f| &f.samples)
-            .filter(|s| s.name == name)
+            .filter(|s| &*s.name == name)
             .map(|s| s.value)
             .sum()
     }

@@ -346,16 +346,7 @@ mod tests {
     use crate::aggregate::collect;
 
     fn value(dir: &std::path::Path, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let c = collect(dir, monotonic_seconds());
-        let labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        c.families
-            .iter()
-            .flat_map(|f| &f.samples)
-            .find(|s| s.name == name && s.labels == labels)
-            .map(|s| s.value)
+        crate::aggregate::find(&collect(dir, monotonic_seconds()), name, labels)
     }
 
     fn meter(dir: &std::path::Path) -> WorkerMeter {

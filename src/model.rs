@@ -30,15 +30,32 @@ impl Kind {
     }
 }
 
+use std::sync::Arc;
+
 /// Label pairs in exposition order.
 pub type Labels = Vec<(String, String)>;
 
+/// A sample. Samples of one series share its label set; a histogram bucket
+/// adds `le`, a gauge of mode `all` adds `pid` (written last, as
+/// prometheus_client writes them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     /// Full sample name, suffix included (`x_total`, `x_bucket`, ...).
-    pub name: String,
-    pub labels: Labels,
+    pub name: Arc<str>,
+    pub labels: Arc<Labels>,
+    pub extra: Option<(&'static str, Arc<str>)>,
     pub value: f64,
+}
+
+impl Sample {
+    /// Every label, the extra one last.
+    pub fn label_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let extra = self.extra.as_ref().map(|(k, v)| (*k, v.as_ref()));
+        self.labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(extra)
+    }
 }
 
 /// A family: for counters `name` has no `_total`, as in prometheus_client.
@@ -62,9 +79,11 @@ impl Family {
 
     /// Adds a sample named `name + suffix`.
     pub fn push(&mut self, suffix: &str, labels: Labels, value: f64) {
+        let name = Arc::from(format!("{}{}", self.name, suffix));
         self.samples.push(Sample {
-            name: format!("{}{}", self.name, suffix),
-            labels,
+            name,
+            labels: Arc::new(labels),
+            extra: None,
             value,
         });
     }

@@ -3,6 +3,37 @@
 
 use std::fmt::Write;
 
+/// A small buffer on the stack to format into without allocating.
+struct StackText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl StackText {
+    fn new() -> Self {
+        StackText {
+            buf: [0; 64],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("only ASCII is written")
+    }
+}
+
+impl Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// Python's `repr(float)`: shortest round-trip digits, exponent form when the
 /// decimal exponent is below -4 or at least 16.
 pub fn push_python_repr(out: &mut String, v: f64) {
@@ -14,7 +45,42 @@ pub fn push_python_repr(out: &mut String, v: f64) {
         out.push_str(if v > 0.0 { "inf" } else { "-inf" });
         return;
     }
-    let (negative, digits, exp) = shortest_digits(v);
+    if v == v.trunc() && v.abs() < 1e15 {
+        // Integral: the common case of counters and buckets.
+        if v == 0.0 && v.is_sign_negative() {
+            out.push('-');
+        }
+        let _ = write!(out, "{}.0", v as i64);
+        return;
+    }
+    // How many digits the shortest round-trip form needs...
+    let mut shortest = StackText::new();
+    let _ = write!(shortest, "{:e}", v);
+    let significant = shortest
+        .as_str()
+        .split('e')
+        .next()
+        .unwrap_or("")
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .count();
+    // ...then the nearest decimal of that many digits, ties to even, which is
+    // Python's choice where two shortest forms are equally near.
+    let mut sci = StackText::new();
+    let _ = write!(sci, "{:.*e}", significant.max(1) - 1, v);
+    let (mantissa, exp) = sci
+        .as_str()
+        .split_once('e')
+        .expect("{:e} always has an exponent");
+    let exp: i32 = exp.parse().expect("exponent is an integer");
+    let negative = mantissa.starts_with('-');
+    let mut digits = [0u8; 32];
+    let mut n = 0;
+    for b in mantissa.bytes().filter(u8::is_ascii_digit) {
+        digits[n] = b;
+        n += 1;
+    }
+    let digits = std::str::from_utf8(&digits[..n]).expect("ASCII digits");
     if negative {
         out.push('-');
     }
@@ -23,9 +89,9 @@ pub fn push_python_repr(out: &mut String, v: f64) {
         if point <= 0 {
             out.push_str("0.");
             out.extend(std::iter::repeat_n('0', (-point) as usize));
-            out.push_str(&digits);
+            out.push_str(digits);
         } else if point as usize >= digits.len() {
-            out.push_str(&digits);
+            out.push_str(digits);
             out.extend(std::iter::repeat_n('0', point as usize - digits.len()));
             out.push_str(".0");
         } else {
@@ -43,19 +109,6 @@ pub fn push_python_repr(out: &mut String, v: f64) {
     }
 }
 
-/// Sign, shortest decimal digits and decimal exponent of `v` (`d.ddd × 10^exp`).
-fn shortest_digits(v: f64) -> (bool, String, i32) {
-    let s = format!("{:e}", v);
-    let (mantissa, exp) = s.split_once('e').expect("{:e} always has an exponent");
-    let negative = mantissa.starts_with('-');
-    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
-    (
-        negative,
-        digits,
-        exp.parse().expect("exponent is an integer"),
-    )
-}
-
 /// prometheus_client's `floatToGoString`.
 pub fn push_go_float(out: &mut String, v: f64) {
     if v == f64::INFINITY {
@@ -67,14 +120,20 @@ pub fn push_go_float(out: &mut String, v: f64) {
     } else {
         let start = out.len();
         push_python_repr(out, v);
-        let repr = &out[start..];
-        let dot = repr.find('.');
+        let dot = out[start..].find('.');
         if let Some(dot) = dot.filter(|&d| v > 0.0 && d > 6) {
-            // Go switches to exponents sooner than Python.
-            let mantissa = format!("{}.{}{}", &repr[..1], &repr[1..dot], &repr[dot + 1..]);
-            let mantissa = mantissa.trim_end_matches(['0', '.']).to_owned();
+            // Go switches to exponents sooner than Python: d.ddd…e+NN.
+            let mut repr = StackText::new();
+            let _ = repr.write_str(&out[start..]);
+            let repr = repr.as_str();
             out.truncate(start);
-            let _ = write!(out, "{}e+0{}", mantissa, dot - 1);
+            out.push_str(&repr[..1]);
+            out.push('.');
+            out.push_str(&repr[1..dot]);
+            out.push_str(&repr[dot + 1..]);
+            let trimmed = out[start..].trim_end_matches(['0', '.']).len();
+            out.truncate(start + trimmed);
+            let _ = write!(out, "e+{:02}", dot - 1);
         }
     }
 }
@@ -108,6 +167,9 @@ mod tests {
             (123456789.0, "123456789.0"),
             (1e16, "1e+16"),
             (1.2345678901234568e17, "1.2345678901234568e+17"),
+            (-0.0, "-0.0"),
+            (123456789012345.0, "123456789012345.0"),
+            (1234567890123456.0, "1234567890123456.0"),
             (0.1 + 0.2, "0.30000000000000004"),
             (1e300, "1e+300"),
         ] {
@@ -126,8 +188,69 @@ mod tests {
             (123456.0, "123456.0"),
             (1234567.0, "1.234567e+06"),
             (-1234567.0, "-1234567.0"),
+            (1e15, "1e+15"),
+            (1234567890123456.0, "1.234567890123456e+15"),
+            (12345678.5, "1.23456785e+07"),
         ] {
             assert_eq!(go_float(v), want, "{v}");
         }
+    }
+
+    #[test]
+    fn matches_prometheus_client_on_values_of_every_magnitude() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            0.1,
+            1e-300,
+            5e-324,
+            f64::MAX,
+            1e15,
+            1e16,
+            999999.0,
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mantissa = (x % 1_000_000) as f64 / 997.0;
+            let v = mantissa * 10f64.powi((i % 40) - 20);
+            values.push(if i % 3 == 0 {
+                v.trunc()
+            } else if i % 7 == 0 {
+                -v
+            } else {
+                v
+            });
+        }
+        let input: String = values.iter().map(|v| format!("{:?}\n", v)).collect();
+        let mut child = std::process::Command::new(
+            std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()),
+        )
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.utils import floatToGoString as f\n\
+                for line in sys.stdin: print(f(float(line)))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let theirs = String::from_utf8(out.stdout).unwrap();
+        for (v, want) in values.iter().zip(theirs.lines()) {
+            assert_eq!(go_float(*v), want, "{v:?}");
+        }
+        assert_eq!(theirs.lines().count(), values.len());
     }
 }

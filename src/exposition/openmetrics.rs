@@ -35,7 +35,7 @@ pub fn encode(families: &[Family], created: Option<f64>, out: &mut String) {
         let samples = &family.samples;
         for (i, sample) in samples.iter().enumerate() {
             out.push_str(&sample.name);
-            push_labels(out, &sample.labels);
+            push_labels(out, sample.label_pairs());
             out.push(' ');
             push_go_float(out, sample.value);
             out.push('\n');
@@ -46,7 +46,7 @@ pub fn encode(families: &[Family], created: Option<f64>, out: &mut String) {
             if let (Some(created), true) = (created, last_of_series) {
                 out.push_str(&family.name);
                 out.push_str("_created");
-                push_labels(out, &series_labels(sample));
+                push_labels(out, series_labels(sample));
                 out.push(' ');
                 push_go_float(out, created);
                 out.push('\n');
@@ -56,24 +56,13 @@ pub fn encode(families: &[Family], created: Option<f64>, out: &mut String) {
     out.push_str("# EOF\n");
 }
 
-fn series_labels(sample: &Sample) -> Vec<(String, String)> {
-    sample
-        .labels
-        .iter()
-        .filter(|(k, _)| k != "le")
-        .cloned()
-        .collect()
+/// The labels of a sample's series: all but `le`.
+fn series_labels(sample: &Sample) -> impl Iterator<Item = (&str, &str)> {
+    sample.label_pairs().filter(|(k, _)| *k != "le")
 }
 
 fn same_series(a: &Sample, b: &Sample) -> bool {
-    let key = |s: &Sample| {
-        s.labels
-            .iter()
-            .filter(|(k, _)| k != "le")
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    key(a) == key(b)
+    series_labels(a).eq(series_labels(b))
 }
 
 fn has_created(family: &Family) -> bool {

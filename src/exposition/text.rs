@@ -7,6 +7,13 @@ use crate::model::{Family, Kind};
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn push_escaped(out: &mut String, s: &str, quote: bool) {
+    if !s
+        .bytes()
+        .any(|b| b == b'\\' || b == b'\n' || (quote && b == b'"'))
+    {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -18,12 +25,13 @@ fn push_escaped(out: &mut String, s: &str, quote: bool) {
 }
 
 /// `{k="v",...}`, nothing for no labels; shared with OpenMetrics.
-pub fn push_labels(out: &mut String, labels: &[(String, String)]) {
-    if labels.is_empty() {
+pub fn push_labels<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, &'a str)>) {
+    let mut labels = labels.peekable();
+    if labels.peek().is_none() {
         return;
     }
     out.push('{');
-    for (i, (k, v)) in labels.iter().enumerate() {
+    for (i, (k, v)) in labels.enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -56,7 +64,7 @@ pub fn encode(families: &[Family], out: &mut String) {
         out.push('\n');
         for sample in &family.samples {
             out.push_str(&sample.name);
-            push_labels(out, &sample.labels);
+            push_labels(out, sample.label_pairs());
             out.push(' ');
             push_go_float(out, sample.value);
             out.push('\n');

@@ -29,10 +29,21 @@ pub fn read_used(path: &Path, buf: &mut Vec<u8>) -> Result<(), ReadError> {
     buf.clear();
     let mut file = File::open(path).map_err(|e| ReadError::Io(e.to_string()))?;
     let mut header = [0u8; HEADER_BYTES];
-    file.read_exact(&mut header)
-        .map_err(|_| ReadError::BadHeader)?;
+    let mut got = 0;
+    while got < HEADER_BYTES {
+        match file.read(&mut header[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(ReadError::Io(e.to_string())),
+        }
+    }
     let used = i32::from_le_bytes(header[..4].try_into().unwrap());
-    if used < HEADER_BYTES as i32 {
+    // A file being created: no size yet, or no used length published yet.
+    if got == 0 || (got == HEADER_BYTES && used == 0) {
+        buf.extend_from_slice(&[0; HEADER_BYTES]);
+        return Ok(());
+    }
+    if got < HEADER_BYTES || used < HEADER_BYTES as i32 {
         return Err(ReadError::BadHeader);
     }
     buf.extend_from_slice(&header);
@@ -55,6 +66,9 @@ pub fn read_entries(data: &[u8]) -> (Vec<Entry<'_>>, Option<ReadError>) {
         return (entries, Some(ReadError::BadHeader));
     }
     let used = (i32::from_le_bytes(data[..4].try_into().unwrap()).max(0) as usize).min(data.len());
+    if used < HEADER_BYTES {
+        return (entries, (used != 0).then_some(ReadError::BadHeader));
+    }
     let mut pos = HEADER_BYTES;
     while pos < used {
         let bad = Some(ReadError::BadEntry { offset: pos });

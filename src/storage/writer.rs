@@ -257,6 +257,21 @@ mod tests {
     }
 
     #[test]
+    fn a_file_being_created_reads_as_empty_not_as_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_5.db");
+        let mut buf = Vec::new();
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(read_used(&path, &mut buf), Ok(()));
+        assert_eq!(read_entries(&buf), (vec![], None));
+        std::fs::write(&path, [0u8; 64]).unwrap(); // sized, used length not yet published
+        assert_eq!(read_used(&path, &mut buf), Ok(()));
+        assert_eq!(read_entries(&buf), (vec![], None));
+        std::fs::write(&path, [3u8, 0, 0, 0, 0]).unwrap();
+        assert_eq!(read_used(&path, &mut buf), Err(ReadError::BadHeader));
+    }
+
+    #[test]
     fn truncated_and_garbage_files_are_reported_not_panicked_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("counter_4.db");
