@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# One command for the benches: builds this project's wheel, makes the virtual
-# environments to compare against, and prints the tables (see README).
-#   bash benches/run.sh            # full run
-#   ROUNDS=1 DURATION=3 bash benches/run.sh   # quick look
+# One command for the benches (SPEC 6): builds this project's wheel, makes the
+# virtual environments to compare against (Gunicorn 23.0.0 in both, the newest
+# release that 0.2.4 runs on), and runs benches/suite.py: one table, plus
+# benches/results.json and benches/chart.png.
+#   ROUNDS=1 DURATION=3 bash benches/run.sh   # a quicker, noisier run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$PWD/benches
 venvs=$here/.venvs
-gunicorn_version=${GUNICORN_VERSION:-23.0.0}  # newest release that 0.2.4 runs on
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+gunicorn_version=${GUNICORN_VERSION:-23.0.0}
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v valgrind >/dev/null || missing+=(valgrind)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
-python3 -m maturin build --release --quiet --out "$here/.wheels" >/dev/null
+python3 -m maturin build --release --quiet --out "$here/.wheels" >/dev/null 2>&1
 wheel=$(ls -t "$here"/.wheels/gunicorn_prometheus_exporter-*.whl | head -n1)
 
 make_venv() {  # name, packages...
@@ -18,14 +24,9 @@ make_venv() {  # name, packages...
   [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
   "$dir/bin/pip" install -q --disable-pip-version-check "$@"
 }
-make_venv this "gunicorn==$gunicorn_version" --force-reinstall --no-deps "$wheel"
-make_venv this "gunicorn==$gunicorn_version" prometheus_client
+make_venv this "gunicorn==$gunicorn_version" prometheus_client matplotlib
+make_venv this --force-reinstall --no-deps "$wheel"
 make_venv pypi024 "gunicorn==$gunicorn_version" "gunicorn-prometheus-exporter==0.2.4"
 
-python3 "$here/throughput.py" --this "$venvs/this/bin/python" --pypi024 "$venvs/pypi024/bin/python" \
-  --rounds "${ROUNDS:-3}" --duration "${DURATION:-8}"
-echo
-echo "instrumentation cost per request (ns, Python calls included):" \
-  "$("$venvs/this/bin/python" "$here/instrumentation_cost.py")"
-echo
-PYTHON="$venvs/this/bin/python" cargo bench --quiet --bench scrape
+"$venvs/this/bin/python" "$here/suite.py" --this "$venvs/this/bin/python" \
+  --pypi024 "$venvs/pypi024/bin/python" --rounds "${ROUNDS:-3}" --duration "${DURATION:-5}"

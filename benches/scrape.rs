@@ -1,5 +1,5 @@
-//! Scrape time of a directory with 32 live workers × 200 series, after 0 and
-//! 10,000 worker deaths folded into archives, against prometheus_client's
+//! Scrape time of a directory with 1, 8, 32, 64 live workers × 200 series,
+//! after 0 and 10,000 worker deaths folded into archives, against prometheus_client's
 //! MultiProcessCollector over the same files (same run). Also the number of
 //! files left. Run: `cargo bench --bench scrape` (PYTHON= a Python with
 //! prometheus_client; default python3).
@@ -13,7 +13,6 @@ use _core::exposition::negotiate::Format;
 use _core::scrape::ScrapeSource;
 use _core::storage::{key::encode, MmapWriter};
 
-const LIVE_WORKERS: u32 = 32;
 const COUNTER_SERIES: usize = 120;
 const HISTOGRAMS: usize = 5;
 const BOUNDS: [&str; 15] = [
@@ -83,13 +82,9 @@ fn median_ms(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-fn ours_ms(dir: &Path) -> (f64, usize) {
+fn ours_ms(dir: &Path, scrapes: usize) -> (f64, usize) {
     let source = ScrapeSource::new(dir.to_owned(), "gunicorn".into(), Vec::new(), None);
     let mut bytes = 0;
-    let scrapes: usize = std::env::var("SCRAPES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(21);
     let times = (0..scrapes)
         .map(|_| {
             let t = Instant::now();
@@ -131,45 +126,62 @@ print(sorted(ts)[len(ts) // 2])
         .unwrap()
 }
 
+fn list(var: &str, default: &[u32]) -> Vec<u32> {
+    match std::env::var(var) {
+        Ok(v) => v
+            .split(',')
+            .map(|x| x.trim().parse().expect("a list of numbers"))
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
 fn main() {
-    println!("scrape of {LIVE_WORKERS} live workers x 200 series (median of 21 scrapes; MultiProcessCollector median of 7)");
+    let scrapes: usize = std::env::var("SCRAPES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(21);
+    println!("scrape of N live workers x 200 series (median of {scrapes} scrapes; MultiProcessCollector median of 7)");
     println!(
-        "{:<10}{:>12}{:>14}{:>18}{:>10}{:>8}",
-        "deaths", "this (ms)", "MPC (ms)", "MPC / this", "bytes", "files"
+        "{:<9}{:<9}{:>11}{:>11}{:>13}{:>10}{:>8}",
+        "workers", "deaths", "this (ms)", "MPC (ms)", "MPC / this", "bytes", "files"
     );
-    let deaths_list: Vec<u32> = std::env::var("DEATHS")
-        .map(|d| d.split(',').map(|x| x.parse().unwrap()).collect())
-        .unwrap_or(vec![0, 10_000]);
-    for deaths in deaths_list {
-        let dir = tempfile::tempdir().unwrap();
-        let mut compactor = ArchiveCompactor::default();
-        for pid in 0..deaths {
-            let dead = 1_000_000 + pid;
-            write_worker(dir.path(), dead, pid % LIVE_WORKERS + 1);
-            compactor.retire(dir.path(), dead).unwrap();
+    for workers in list("WORKERS", &[1, 8, 32, 64]) {
+        for deaths in list("DEATHS", &[0, 10_000]) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut compactor = ArchiveCompactor::default();
+            for pid in 0..deaths {
+                let dead = 1_000_000 + pid;
+                write_worker(dir.path(), dead, pid % workers + 1);
+                compactor.retire(dir.path(), dead).unwrap();
+            }
+            for slot in 1..=workers {
+                write_worker(dir.path(), slot, slot);
+            }
+            let files = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".db")
+                })
+                .count();
+            let (ours, bytes) = ours_ms(dir.path(), scrapes);
+            let theirs = if std::env::var("NO_MPC").is_ok() {
+                f64::NAN
+            } else {
+                collector_ms(dir.path())
+            };
+            println!(
+                "{workers:<9}{deaths:<9}{ours:>11.2}{theirs:>11.2}{:>13.1}{bytes:>10}{files:>8}",
+                theirs / ours
+            );
+            println!(
+                "RESULT {{\"workers\": {workers}, \"deaths\": {deaths}, \"this_ms\": {ours:.3}, \"mpc_ms\": {}, \"files\": {files}}}",
+                if theirs.is_nan() { "null".to_string() } else { format!("{theirs:.3}") }
+            );
         }
-        for slot in 1..=LIVE_WORKERS {
-            write_worker(dir.path(), slot, slot);
-        }
-        let files = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".db")
-            })
-            .count();
-        let (ours, bytes) = ours_ms(dir.path());
-        let theirs = if std::env::var("NO_MPC").is_ok() {
-            f64::NAN
-        } else {
-            collector_ms(dir.path())
-        };
-        println!(
-            "{deaths:<10}{ours:>12.2}{theirs:>14.2}{:>18.1}{bytes:>10}{files:>8}",
-            theirs / ours
-        );
     }
 }

@@ -1,10 +1,13 @@
-"""Hello-world throughput with wrk on 127.0.0.1, 2 sync workers: plain Gunicorn,
-this project, and the Python package gunicorn-prometheus-exporter 0.2.4, in
-alternating rounds of the same run. Prints requests/s and ratios to plain."""
+"""Hello-world throughput with wrk on 127.0.0.1, 2 workers (sync, or gthread
+with 4 threads): plain Gunicorn, this project, and the Python package
+gunicorn-prometheus-exporter 0.2.4, in alternating rounds of the same run.
+Prints requests/s, ratios to plain, and the workers' resident memory; the last
+line is the results as JSON."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -37,19 +40,39 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30) -> No
     raise RuntimeError("gunicorn did not start")
 
 
-def run_variant(name: str, python: str, duration: int) -> float:
+WORKER_CLASSES = {
+    # worker type -> (plain Gunicorn class, this project's and 0.2.4's class name)
+    "sync": ("sync", "PrometheusWorker"),
+    "gthread": ("gthread", "PrometheusThreadWorker"),
+}
+
+
+def worker_rss_bytes(master: int) -> float:
+    """Mean resident set size of the master's workers."""
+    pids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    sizes = []
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                sizes.append(float(line.split()[1]) * 1024)
+    return statistics.mean(sizes)
+
+
+def run_variant(name: str, python: str, duration: int, worker_type: str) -> tuple[float, float]:
     port, metrics_port = free_port(), free_port()
     multiproc = tempfile.mkdtemp(prefix="gpe-bench-")
     env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(metrics_port),
            "PROMETHEUS_MULTIPROC_DIR": multiproc, "PROMETHEUS_BIND_ADDRESS": "127.0.0.1",
            "GUNICORN_WORKERS": "2"}
     args = [python, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-            "--log-level", "warning"]
-    if name == "this":
-        args += ["--worker-class", "gunicorn_prometheus_exporter.PrometheusWorker"]
-    elif name == "pypi-0.2.4":
-        args += ["--worker-class", "gunicorn_prometheus_exporter.PrometheusWorker",
-                 "--config", str(HERE / "conf_pypi_024.py")]
+            "--log-level", "warning", "--threads", "4" if worker_type == "gthread" else "1"]
+    plain_class, exporter_class = WORKER_CLASSES[worker_type]
+    if name == "plain":
+        args += ["--worker-class", plain_class]
+    else:
+        args += ["--worker-class", f"gunicorn_prometheus_exporter.{exporter_class}"]
+    if name == "pypi-0.2.4":
+        args += ["--config", str(HERE / "conf_pypi_024.py")]
     args.append("hello:app")
     proc = subprocess.Popen(args, cwd=HERE, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -64,7 +87,8 @@ def run_variant(name: str, python: str, duration: int) -> float:
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         if errors:
             raise RuntimeError(f"{name}: {errors.group(1)} failed responses")
-        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        rss = worker_rss_bytes(proc.pid)
+        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), rss
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -80,21 +104,29 @@ def main() -> None:
     ap.add_argument("--pypi024", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--worker-type", choices=list(WORKER_CLASSES), default="sync")
     a = ap.parse_args()
     variants = [("plain", a.this), ("this", a.this), ("pypi-0.2.4", a.pypi024)]
-    results: dict[str, list[float]] = {name: [] for name, _ in variants}
+    rates: dict[str, list[float]] = {name: [] for name, _ in variants}
+    rss: dict[str, list[float]] = {name: [] for name, _ in variants}
     for r in range(a.rounds):
         order = variants if r % 2 == 0 else list(reversed(variants))
         for name, python in order:
-            results[name].append(run_variant(name, python, a.duration))
-    plain = statistics.median(results["plain"])
-    print(f"hello-world throughput, 2 sync workers, wrk -t1 -c8 -d{a.duration}s, "
+            rate, size = run_variant(name, python, a.duration, a.worker_type)
+            rates[name].append(rate)
+            rss[name].append(size)
+    plain = statistics.median(rates["plain"])
+    print(f"hello-world throughput, 2 {a.worker_type} workers, wrk -t1 -c8 -d{a.duration}s, "
           f"median of {a.rounds} alternating rounds")
-    print(f"{'variant':<14}{'req/s':>10}{'ratio to plain':>16}   rounds")
+    print(f"{'variant':<14}{'req/s':>10}{'ratio to plain':>16}{'worker RSS MiB':>16}   rounds")
+    results = {}
     for name, _ in variants:
-        med = statistics.median(results[name])
-        rounds = " ".join(f"{v:.0f}" for v in results[name])
-        print(f"{name:<14}{med:>10.0f}{med / plain:>16.3f}   {rounds}")
+        med = statistics.median(rates[name])
+        mib = statistics.median(rss[name]) / 2**20
+        rounds = " ".join(f"{v:.0f}" for v in rates[name])
+        print(f"{name:<14}{med:>10.0f}{med / plain:>16.3f}{mib:>16.1f}   {rounds}")
+        results[name] = {"rps": med, "ratio": med / plain, "rss_mib": mib, "rounds": rates[name]}
+    print("RESULT " + json.dumps({"worker_type": a.worker_type, "variants": results}))
 
 
 if __name__ == "__main__":
