@@ -5,7 +5,6 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::histogram::DEFAULT_DURATION_BUCKETS;
-use crate::web_config::WebConfig;
 
 pub const DEFAULT_PORT: u16 = 9091;
 pub const DEFAULT_BIND_ADDRESS: &str = "127.0.0.1";
@@ -41,10 +40,8 @@ impl Settings {
                 format!("PROMETHEUS_BIND_ADDRESS={v:?} is not an IPv4 or IPv6 address")
             })?,
         };
+        // Loaded, and checked, where the server starts (start-up of the master).
         let web_config_file = get("PROMETHEUS_WEB_CONFIG_FILE").map(PathBuf::from);
-        if let Some(path) = &web_config_file {
-            WebConfig::load(path)?; // read again when the server starts; checked now
-        }
         let duration_buckets = match get("PROMETHEUS_DURATION_BUCKETS") {
             None => DEFAULT_DURATION_BUCKETS.to_vec(),
             Some(v) => parse_buckets(&v)
@@ -128,7 +125,6 @@ mod tests {
             ("PROMETHEUS_DURATION_BUCKETS", "0.1,0.05"),
             ("PROMETHEUS_DURATION_BUCKETS", "0.1,x"),
             ("PROMETHEUS_METRICS_PREFIX", "9bad"),
-            ("PROMETHEUS_WEB_CONFIG_FILE", "/nonexistent/web.yml"),
         ] {
             let err = from(&[(k, v)]).unwrap_err();
             assert!(err.starts_with(k), "{err}");

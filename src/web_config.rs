@@ -64,7 +64,7 @@ impl WebConfig {
         };
         let users = file.basic_auth_users.unwrap_or_default();
         for (user, hash) in &users {
-            if !hash.starts_with("$2") || bcrypt::verify("", hash).is_err() {
+            if hash.parse::<bcrypt::HashParts>().is_err() {
                 return Err(fail(format!(
                     "basic_auth_users: the password of {user:?} is not a bcrypt hash"
                 )));
