@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import request
+from conftest import request, request_in_background
 
 PACKAGE = "gunicorn_prometheus_exporter"
 
@@ -67,11 +67,7 @@ def test_every_worker_type_counts_exactly(gunicorn, kind):
 @pytest.mark.parametrize("kind", ["gthread", "gevent", "asgi", "uvicorn"])
 def test_in_flight_counts_concurrent_requests(gunicorn, kind):
     g = start(gunicorn, kind, workers=1)
-    clients = [subprocess.Popen([sys.executable, "-c",
-                                 "import http.client as h, sys;"
-                                 "c = h.HTTPConnection('127.0.0.1', int(sys.argv[1]));"
-                                 "c.request('GET', '/sleep/2'); c.getresponse().read()",
-                                 str(g.port)]) for _ in range(3)]
+    clients = [request_in_background(g.port, "/sleep/2") for _ in range(3)]
     try:
         deadline = time.monotonic() + 10
         while g.scrape().get("gunicorn_worker_requests_in_flight") < 3:
