@@ -21,6 +21,18 @@ APPS = Path(__file__).parent / "apps"
 WORKER = "gunicorn_prometheus_exporter.PrometheusWorker"
 
 
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    """Poll until `predicate()` is truthy and return its value; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: last {value!r}")
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -151,6 +163,26 @@ class Gunicorn:
             if m.get("gunicorn_worker_requests_in_flight") == 0 or time.monotonic() > deadline:
                 return m
             time.sleep(0.05)
+
+    def scrape_settled(self, directory: Path | None = None, timeout: float = 30.0) -> Samples:
+        """A scrape once the pool is at rest: as many live workers as desired,
+        each serving metrics, no request in flight and, with `directory`, no
+        file left of a worker that exited (every exit reaped and retired)."""
+        def settled() -> Samples | None:
+            pids = self.worker_pids()
+            m = self.scrape()
+            desired = m.get("gunicorn_workers_desired")
+            if not (len(pids) == desired == m.get("gunicorn_workers")
+                    and len(m.matching("gunicorn_worker_start_time_seconds")) == desired
+                    and m.get("gunicorn_worker_requests_in_flight") == 0):
+                return None
+            if directory is not None:
+                live = {str(pid) for pid in pids}
+                for f in directory.glob("*_worker*.db"):
+                    if f.stem.rsplit("_worker", 1)[1] not in live:
+                        return None
+            return m
+        return wait_for(settled, timeout, "the worker pool to settle")
 
     def output(self) -> str:
         self.log.flush()

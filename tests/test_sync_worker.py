@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import failed_start, request, request_in_background
+from conftest import failed_start, request, request_in_background, wait_for
 from prometheus_client.mmap_dict import MmapedDict
 
 # (method, path, body, expected status)
@@ -75,8 +75,13 @@ def test_unknown_methods_share_one_series(gunicorn):
 def test_memory_gauge_is_each_workers_own_rss(gunicorn, tmp_path):
     directory = tmp_path / "multiproc"
     g = gunicorn(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)})
-    time.sleep(1.5)  # one resource sample after start-up settled
-    m = g.scrape()
+    # A resource sample taken after start-up settled (the sampler runs every second).
+    def sampled_after_start():
+        m = g.scrape()
+        uptimes = [s.value for s in m.matching("gunicorn_worker_uptime_seconds")]
+        return m if len(uptimes) == 2 and min(uptimes) >= 1.5 else None
+
+    m = wait_for(sampled_after_start, what="a resource sample 1.5 s after start")
     master_rss = rss_bytes(g.pid)
     workers = g.worker_pids()
     assert len(workers) == 2
@@ -128,11 +133,10 @@ def test_busy_seconds_grow_during_a_long_request(gunicorn):
     g = gunicorn(workers=1)
     client = request_in_background(g.port, "/sleep/2")
     try:
-        time.sleep(0.5)
-        first = g.scrape()
+        first = wait_for(lambda: (m := g.scrape()).get("gunicorn_worker_requests_in_flight") == 1
+                         and m, what="the request in flight")
         time.sleep(0.5)
         second = g.scrape()
-        assert first.get("gunicorn_worker_requests_in_flight") == 1
         assert second.get("gunicorn_worker_busy_seconds_total") \
             > first.get("gunicorn_worker_busy_seconds_total") + 0.3
     finally:
@@ -143,9 +147,9 @@ def test_metrics_are_served_while_every_worker_is_busy(gunicorn):
     g = gunicorn(workers=2)
     clients = [request_in_background(g.port, "/sleep/4") for _ in range(2)]
     try:
-        time.sleep(1.0)
-        m = g.scrape()
-        assert m.get("gunicorn_worker_requests_in_flight") == 2
+        # Scrapes answer, and see both requests in flight, while no worker is free.
+        wait_for(lambda: g.scrape().get("gunicorn_worker_requests_in_flight") == 2,
+                 what="both workers busy")
     finally:
         for c in clients:
             c.wait(timeout=15)
