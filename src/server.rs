@@ -8,6 +8,8 @@
 //! blocking pool with a bounded queue. The serving thread itself only
 //! accepts, parses and writes: rendering and bcrypt run on blocking threads.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::convert::Infallible;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};

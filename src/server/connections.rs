@@ -1,26 +1,40 @@
-//! The table of open connections: a cap, and eviction of the oldest
-//! connection that has not sent a complete request head, so idle sockets
-//! cannot lock scrapes out.
+//! The table of open connections: a cap, and eviction of the connection
+//! that has waited longest for a request head, so idle sockets cannot lock
+//! scrapes out. A scraper that has just had its answer is the last to go.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// Whether a connection waits for a request head (and so may be evicted).
-pub struct IdleFlag(AtomicBool);
+/// Orders the moments connections became idle; 0 is never used.
+static IDLE_SINCE: AtomicU64 = AtomicU64::new(1);
+
+/// Whether a connection waits for a request head (and so may be evicted):
+/// 0 while a request is being answered, else when it began to wait.
+pub struct IdleFlag(AtomicU64);
 
 impl IdleFlag {
-    pub fn set(&self, idle: bool) {
-        // Read and written on the one serving thread: no ordering needed.
-        self.0.store(idle, Ordering::Relaxed);
+    fn new_idle() -> Self {
+        IdleFlag(AtomicU64::new(IDLE_SINCE.fetch_add(1, Ordering::Relaxed)))
     }
 
-    fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+    pub fn set(&self, idle: bool) {
+        let since = if idle {
+            IDLE_SINCE.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
+        // Read and written on the one serving thread: no ordering needed.
+        self.0.store(since, Ordering::Relaxed);
+    }
+
+    /// When the connection began to wait, if it does.
+    fn since(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&s| s != 0)
     }
 }
 
@@ -68,7 +82,7 @@ impl Connections {
         let id = table.next_id;
         table.next_id += 1;
         let slot = Arc::new(Slot {
-            idle: Arc::new(IdleFlag(AtomicBool::new(true))),
+            idle: Arc::new(IdleFlag::new_idle()),
             evict: Notify::new(),
         });
         table.open.insert(id, Arc::clone(&slot));
@@ -79,7 +93,7 @@ impl Connections {
         })
     }
 
-    /// Evicts the oldest idle connection, if any.
+    /// Evicts the connection idle the longest, if any.
     pub fn evict_oldest_idle(&self) -> bool {
         evict_oldest_idle(&mut self.table.lock())
     }
@@ -91,11 +105,13 @@ impl Connections {
 }
 
 fn evict_oldest_idle(table: &mut Table) -> bool {
+    // At most the cap to scan, only when the table is full.
     let Some(id) = table
         .open
         .iter()
-        .find(|(_, slot)| slot.idle.get())
-        .map(|(id, _)| *id)
+        .filter_map(|(id, slot)| Some((slot.idle.since()?, *id)))
+        .min()
+        .map(|(_, id)| id)
     else {
         return false;
     };
@@ -128,24 +144,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_oldest_idle_connection_makes_room_busy_ones_stay() {
+    fn the_connection_idle_longest_makes_room_busy_ones_stay() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let connections = Arc::new(Connections::new(3));
         let a = connections.admit().unwrap();
         let b = connections.admit().unwrap();
         let c = connections.admit().unwrap();
         a.idle_flag().set(false); // busy with a request
-        let d = connections.admit().unwrap(); // evicts b, the oldest idle
+        b.idle_flag().set(false);
+        b.idle_flag().set(true); // answered: idle again, since just now
+        let d = connections.admit().unwrap(); // evicts c, idle the longest
         assert_eq!(connections.len(), 3);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(b.evicted()); // completes: b was told
-        c.idle_flag().set(false);
+        runtime.block_on(c.evicted()); // completes: c was told
+        drop(c); // already out of the table
+        assert_eq!(connections.len(), 3);
+        let e = connections.admit().unwrap(); // evicts b
+        runtime.block_on(b.evicted());
         d.idle_flag().set(false);
+        e.idle_flag().set(false);
         assert!(connections.admit().is_none()); // everyone busy: refused
-        drop(b); // already out of the table
-        assert_eq!(connections.len(), 3);
         drop(a);
         assert_eq!(connections.len(), 2);
         assert!(connections.admit().is_some());
