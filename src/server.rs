@@ -51,6 +51,9 @@ const MAX_REQUEST_HEAD_BYTES: usize = 8192;
 /// bcrypt checks waiting or running; beyond it a request is answered 503 at
 /// once, so a wrong-password flood cannot hold every connection slot.
 const MAX_PENDING_VERIFICATIONS: usize = 16;
+/// How long a scrape waits for the one before it to finish rendering: a
+/// stuck render makes later scrapes fail visibly rather than hang.
+const RENDER_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed `accept()` (e.g. out of file descriptors), doubling
 /// while it keeps failing: the listener stays readable, retrying at once
 /// would spin.
@@ -317,8 +320,12 @@ async fn respond(
 async fn metrics(headers: &HeaderMap, shared: &Shared) -> Response<Full<Bytes>> {
     let format = negotiate::format(header(headers, ACCEPT));
     let gzip = negotiate::gzip(header(headers, ACCEPT_ENCODING));
-    let Ok(permit) = Arc::clone(&shared.renders).acquire_owned().await else {
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, "Server shutting down\n");
+    let permit = Arc::clone(&shared.renders).acquire_owned();
+    let Ok(Ok(permit)) = tokio::time::timeout(RENDER_WAIT_TIMEOUT, permit).await else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "An earlier scrape is still rendering\n",
+        );
     };
     let source = Arc::clone(&shared.source);
     let body = tokio::task::spawn_blocking(move || {

@@ -157,7 +157,7 @@ def test_a_wrong_password_flood_does_not_starve_valid_scrapes(gunicorn, tmp_path
     # Every wrong password was refused or told to retry, never let in.
     assert statuses.get("401", 0) > 0, statuses
     assert set(statuses) <= {"401", "503"}, statuses
-    report("valid scrape during a 128-connection wrong-password flood", latencies)
+    report(f"valid scrape during a 128-connection wrong-password flood {statuses}", latencies)
 
 
 def test_a_hash_too_costly_to_check_stops_startup_naming_the_user(tmp_path):
