@@ -78,8 +78,9 @@ impl WebConfig {
             if parts.get_cost() > MAX_BCRYPT_COST {
                 return Err(fail(format!(
                     "basic_auth_users: the bcrypt hash of {user:?} has cost {}, above the \
-                     limit of {MAX_BCRYPT_COST} (each check would take minutes); hash it again \
-                     with a cost of 10 to {MAX_BCRYPT_COST}",
+                     limit of {MAX_BCRYPT_COST} (each step doubles the time a check takes; \
+                     {MAX_BCRYPT_COST} is about a second): hash it again with a cost of 10 to \
+                     {MAX_BCRYPT_COST}",
                     parts.get_cost()
                 )));
             }
