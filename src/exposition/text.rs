@@ -89,4 +89,21 @@ mod tests {
              req_total{path=\"a\\\"b\\\\c\\nd\"} 3.0\n"
         );
     }
+
+    #[test]
+    fn names_outside_the_classic_set_are_escaped_as_prometheus_client_does() {
+        let mut f = Family::new("http.server.requests", "h", Kind::Counter);
+        f.push(
+            "_total",
+            vec![("http.request.method".into(), "GET".into())],
+            1.0,
+        );
+        let mut out = String::new();
+        encode(&[f], &mut out);
+        assert_eq!(
+            out,
+            "# HELP http_server_requests_total h\n# TYPE http_server_requests_total counter\n\
+             http_server_requests_total{http_request_method=\"GET\"} 1.0\n"
+        );
+    }
 }
