@@ -376,10 +376,9 @@ def test_running_out_of_descriptors_backs_off_and_recovers(tmp_path):
         used, window = cpu_seconds(exporter.pid) - before, time.monotonic() - started
         print(f"exporter CPU while out of descriptors: {used:.2f} s in {window:.2f} s")
         assert used < 0.25 * window, f"{used:.2f} s of CPU in {window:.2f} s: a busy loop"
-    finally:
         for s in flood:
             s.close()
-    try:
+
         def scraped() -> bool:
             try:
                 status, body = request(port, "GET", "/metrics", timeout=5)
@@ -388,6 +387,8 @@ def test_running_out_of_descriptors_backs_off_and_recovers(tmp_path):
             return status == 200 and b"process_open_fds" in body
         wait_until(scraped, what="a scrape after the flood")
     finally:
+        for s in flood:
+            s.close()
         stop_process(exporter)
     assert exporter.returncode == 0
     assert exporter.stdout.read().count("cannot accept connections") >= 1
