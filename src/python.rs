@@ -383,6 +383,13 @@ fn start_exporter(
     })
 }
 
+/// In a forked worker: closes the metrics sockets inherited from the master,
+/// so that an orphaned worker does not keep the port. Returns how many.
+#[pyfunction]
+fn close_inherited_metrics_sockets() -> usize {
+    server::inherited::close_inherited_sockets()
+}
+
 /// Makes the directory and clears files of an earlier run.
 #[pyfunction]
 fn prepare_directory(directory: PathBuf) -> PyResult<()> {
@@ -402,6 +409,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Exporter>()?;
     m.add_function(wrap_pyfunction!(start_exporter, m)?)?;
     m.add_function(wrap_pyfunction!(prepare_directory, m)?)?;
+    m.add_function(wrap_pyfunction!(close_inherited_metrics_sockets, m)?)?;
     m.add_class::<MasterMeter>()?;
     m.add_class::<ArchiveCompactor>()?;
     Ok(())

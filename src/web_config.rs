@@ -11,6 +11,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
+/// bcrypt's cost doubles the work at each step: 14 is about a second a
+/// check on a server core, 31 would be days.
+pub const MAX_BCRYPT_COST: u32 = 14;
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct WebConfigFile {
@@ -63,10 +67,21 @@ impl WebConfig {
             None => None,
         };
         let users = file.basic_auth_users.unwrap_or_default();
-        for (user, hash) in &users {
-            if hash.parse::<bcrypt::HashParts>().is_err() {
+        let mut names: Vec<&String> = users.keys().collect();
+        names.sort();
+        for user in names {
+            let Ok(parts) = users[user].parse::<bcrypt::HashParts>() else {
                 return Err(fail(format!(
                     "basic_auth_users: the password of {user:?} is not a bcrypt hash"
+                )));
+            };
+            if parts.get_cost() > MAX_BCRYPT_COST {
+                return Err(fail(format!(
+                    "basic_auth_users: the bcrypt hash of {user:?} has cost {}, above the \
+                     limit of {MAX_BCRYPT_COST} (each step doubles the time a check takes; \
+                     {MAX_BCRYPT_COST} is about a second): hash it again with a cost of 10 to \
+                     {MAX_BCRYPT_COST}",
+                    parts.get_cost()
                 )));
             }
         }
@@ -176,6 +191,25 @@ mod tests {
             let err = load(yaml).err().unwrap();
             assert!(err.starts_with("PROMETHEUS_WEB_CONFIG_FILE="), "{err}");
             assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn hashes_too_costly_to_check_are_refused_naming_the_user() {
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        for (cost, refused) in [("14", false), ("15", true), ("31", true)] {
+            let costly = format!("$2b${cost}${}", &hash[7..]);
+            let yaml = format!("basic_auth_users:\n  alice: '{hash}'\n  bob: '{costly}'\n");
+            match load(&yaml) {
+                Ok(config) => assert!(!refused && config.users.len() == 2),
+                Err(err) => {
+                    assert!(refused, "{err}");
+                    assert!(err.starts_with("PROMETHEUS_WEB_CONFIG_FILE="), "{err}");
+                    assert!(err.contains("\"bob\" has cost"), "{err}");
+                    assert!(err.contains(&format!("cost {cost}")), "{err}");
+                    assert!(!err.contains('\n'), "{err}");
+                }
+            }
         }
     }
 

@@ -57,6 +57,7 @@ class MeteredWorker:
         self.worker_id = state.assign_slot(self)
 
     def init_process(self) -> None:
+        _core.close_inherited_metrics_sockets()  # an orphaned worker must not keep the port
         settings = _core.Settings.from_mapping(os.environ)
         self.meter = _core.WorkerMeter(
             os.environ[DIRECTORY_VARIABLE],

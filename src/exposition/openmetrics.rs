@@ -1,6 +1,7 @@
 //! OpenMetrics 1.0 text, as prometheus_client's openmetrics exposition writes it.
 
 use super::float::push_go_float;
+use super::names::push_metric_name;
 use super::text::push_labels;
 use crate::model::{Family, Kind, Sample};
 
@@ -23,18 +24,18 @@ fn push_help(out: &mut String, s: &str) {
 pub fn encode(families: &[Family], created: Option<f64>, out: &mut String) {
     for family in families {
         out.push_str("# HELP ");
-        out.push_str(&family.name);
+        push_metric_name(out, &family.name);
         out.push(' ');
         push_help(out, &family.help);
         out.push_str("\n# TYPE ");
-        out.push_str(&family.name);
+        push_metric_name(out, &family.name);
         out.push(' ');
         out.push_str(family.kind.as_str());
         out.push('\n');
         let created = created.filter(|_| has_created(family));
         let samples = &family.samples;
         for (i, sample) in samples.iter().enumerate() {
-            out.push_str(&sample.name);
+            push_metric_name(out, &sample.name);
             push_labels(out, sample.label_pairs());
             out.push(' ');
             push_go_float(out, sample.value);
@@ -44,7 +45,7 @@ pub fn encode(families: &[Family], created: Option<f64>, out: &mut String) {
                 .get(i + 1)
                 .is_none_or(|next| !same_series(next, sample));
             if let (Some(created), true) = (created, last_of_series) {
-                out.push_str(&family.name);
+                push_metric_name(out, &family.name);
                 out.push_str("_created");
                 push_labels(out, series_labels(sample));
                 out.push(' ');

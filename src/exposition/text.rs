@@ -2,6 +2,7 @@
 //! `generate_latest` writes it.
 
 use super::float::push_go_float;
+use super::names::{push_label_name, push_metric_name};
 use crate::model::{Family, Kind};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -35,7 +36,7 @@ pub fn push_labels<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, 
         if i > 0 {
             out.push(',');
         }
-        out.push_str(k);
+        push_label_name(out, k);
         out.push_str("=\"");
         push_escaped(out, v, true);
         out.push('"');
@@ -54,16 +55,16 @@ pub fn encode(families: &[Family], out: &mut String) {
             &family.name
         };
         out.push_str("# HELP ");
-        out.push_str(name);
+        push_metric_name(out, name);
         out.push(' ');
         push_escaped(out, &family.help, false);
         out.push_str("\n# TYPE ");
-        out.push_str(name);
+        push_metric_name(out, name);
         out.push(' ');
         out.push_str(family.kind.as_str());
         out.push('\n');
         for sample in &family.samples {
-            out.push_str(&sample.name);
+            push_metric_name(out, &sample.name);
             push_labels(out, sample.label_pairs());
             out.push(' ');
             push_go_float(out, sample.value);
@@ -86,6 +87,23 @@ mod tests {
             out,
             "# HELP req_total Requests \\\\ seen\\nok\n# TYPE req_total counter\n\
              req_total{path=\"a\\\"b\\\\c\\nd\"} 3.0\n"
+        );
+    }
+
+    #[test]
+    fn names_outside_the_classic_set_are_escaped_as_prometheus_client_does() {
+        let mut f = Family::new("http.server.requests", "h", Kind::Counter);
+        f.push(
+            "_total",
+            vec![("http.request.method".into(), "GET".into())],
+            1.0,
+        );
+        let mut out = String::new();
+        encode(&[f], &mut out);
+        assert_eq!(
+            out,
+            "# HELP http_server_requests_total h\n# TYPE http_server_requests_total counter\n\
+             http_server_requests_total{http_request_method=\"GET\"} 1.0\n"
         );
     }
 }
