@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import gunicorn
 
-from . import _core
+from . import _core, legacy
 
 DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 COUNTED_SIGNALS = ("hup", "ttin", "ttou", "usr1", "usr2", "winch", "int", "term", "quit")
@@ -63,8 +63,9 @@ class MasterExporter:
     def _start(self, cfg: Any) -> None:
         started = time.time()
         try:
+            legacy.apply_environment(os.environ, self.pid)
             settings = _core.Settings.from_mapping(os.environ)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             raise RuntimeError(str(exc)) from None
         directory = settings.directory
         if directory is None:
@@ -153,6 +154,10 @@ class MasterExporter:
             return "max_requests"
         if note == "crashed":
             return "crashed"
+        if note == "reload":  # Gunicorn's --reload saw a file change
+            if pid in self.scaling_down:
+                return "scale_down"
+            return None if self.stopping else "reload"
         if note == "graceful":
             if pid in self.reloading:
                 return "reload"
