@@ -258,7 +258,7 @@ def test_the_hooks_alone_meter_gunicorns_own_workers(master, tmp_path, args):
     # The new workers were created while the old ones held "1" and "2" (README).
     live = {s.labels["worker_id"] for s in m.matching("gunicorn_worker_start_time_seconds")}
     assert live == {"3", "4"}
-    assert g.lines("WARNING") == []
+    assert g.lines(f"WARNING.*{PACKAGE}") == []
 
 
 def test_the_hooks_alone_name_the_class_for_a_worker_they_cannot_meter(master, tmp_path):
@@ -273,7 +273,7 @@ def test_the_hooks_alone_name_the_class_for_a_worker_they_cannot_meter(master, t
     os.kill(g.pid, signal.SIGHUP)  # the class is loaded again; the warning is not repeated
     wait_for(lambda: len(set(g.worker_pids()) - before) == 2 and len(g.worker_pids()) == 2,
              what="2 new workers")
-    warnings = g.lines("WARNING")
+    warnings = g.lines(f"WARNING.*{PACKAGE}")
     assert len(warnings) == 1, warnings
     assert "GeventWorker is not metered" in warnings[0]
     assert f"--worker-class {PACKAGE}.PrometheusGeventWorker" in warnings[0]
@@ -300,7 +300,7 @@ def test_the_documented_0_2_4_configuration_runs_unchanged(master, tmp_path):
     assert m.get("gunicorn_worker_requests_total", method="POST") == 5
     assert m.get("gunicorn_workers") == 2
     assert any(p.name.endswith(".db") for p in directory.iterdir())
-    warnings = g.lines("WARNING")
+    warnings = g.lines(f"WARNING.*{PACKAGE}")
     assert len(warnings) == 1, warnings
     assert "REDIS_ENABLED" in warnings[0] and "MIGRATION" in warnings[0]
     assert "Traceback" not in g.output()
@@ -346,17 +346,40 @@ def test_every_0_2_4_hook_name_is_importable():
 # --- 6. a missing module is named -------------------------------------------------------
 
 
-def test_gevent_names_the_module_that_is_really_missing():
-    # Gunicorn's gevent worker imports `packaging` (only an extra of Gunicorn >= 26.2).
-    code = ("import sys; sys.modules['packaging'] = None\n"
+def gevent_worker_imports(module: str) -> bool:
+    import importlib.util
+
+    source = Path(importlib.util.find_spec("gunicorn.workers.ggevent").origin).read_text()
+    return f"import {module}" in source or f"from {module}" in source
+
+
+@pytest.mark.parametrize("module", ["packaging", "greenlet"])
+def test_gevent_names_the_module_that_is_really_missing(module):
+    # Gunicorn >= 22's gevent worker imports `packaging` (from 26.2 on only an
+    # extra of Gunicorn installs it); gevent itself needs `greenlet`.
+    if module == "packaging" and not gevent_worker_imports("packaging"):
+        pytest.skip("this Gunicorn's gevent worker does not import packaging")
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
             f"import {PACKAGE} as p\n"
             "try:\n    p.PrometheusGeventWorker\n"
             "except ImportError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "pip install packaging" in out.stdout
+    assert f"pip install {module}" in out.stdout
     assert "pip install gevent" not in out.stdout
+
+
+def test_uvicorn_names_uvicorn_worker_when_neither_base_is_installed():
+    code = ("import sys; sys.modules['uvicorn_worker'] = sys.modules['uvicorn'] = None\n"
+            f"import {PACKAGE} as p\n"
+            "try:\n    p.PrometheusUvicornWorker\n"
+            "except ImportError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "needs uvicorn-worker or uvicorn" in out.stdout
+    assert "pip install uvicorn-worker" in out.stdout
 
 
 # --- 7. --reuse-port, deploy files ------------------------------------------------------
