@@ -290,6 +290,20 @@ impl Exporter {
     fn set_listeners(&self, listeners: Vec<(String, i32)>) {
         self.source.set_listeners(listeners);
     }
+
+    /// Listeners the master does not hold (each worker binds its own with
+    /// --reuse-port) as (name, "host:port", configured backlog).
+    fn set_bound_listeners(&self, listeners: Vec<(String, String, u32)>) -> PyResult<()> {
+        let mut bound = Vec::with_capacity(listeners.len());
+        for (name, address, backlog) in listeners {
+            let addr = address
+                .parse()
+                .map_err(|e| PyValueError::new_err(format!("listener address {address:?}: {e}")))?;
+            bound.push((name, addr, backlog));
+        }
+        self.source.set_bound_listeners(bound);
+        Ok(())
+    }
 }
 
 /// The master's own series: restarts by reason, signals, desired workers.

@@ -1,6 +1,7 @@
 //! One scrape: the directory's families plus the exporter's own and those the
 //! serving process reads from the kernel at scrape time.
 
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,9 @@ pub struct ScrapeSource {
     pub created: Option<f64>,
     /// The master's listeners: (name, fd), for the listen backlog.
     listeners: Mutex<Vec<(String, RawFd)>>,
+    /// Listeners the master does not hold (--reuse-port): (name, address,
+    /// configured backlog), read from the kernel's socket table.
+    bound_listeners: Mutex<Vec<(String, SocketAddr, u32)>>,
     aggregator: Mutex<Aggregator>,
     read_errors: AtomicU64,
 }
@@ -46,6 +50,7 @@ impl ScrapeSource {
             build_info,
             created,
             listeners: Mutex::new(Vec::new()),
+            bound_listeners: Mutex::new(Vec::new()),
             aggregator: Mutex::new(Aggregator::default()),
             read_errors: AtomicU64::new(0),
         }
@@ -53,6 +58,10 @@ impl ScrapeSource {
 
     pub fn set_listeners(&self, listeners: Vec<(String, RawFd)>) {
         *self.listeners.lock() = listeners;
+    }
+
+    pub fn set_bound_listeners(&self, listeners: Vec<(String, SocketAddr, u32)>) {
+        *self.bound_listeners.lock() = listeners;
     }
 
     /// Every family this scrape serves.
@@ -123,6 +132,13 @@ impl ScrapeSource {
                     b.waiting as f64,
                 );
                 max.push("", vec![("listener".into(), name.clone())], b.max as f64);
+            }
+        }
+        for (name, addr, configured) in self.bound_listeners.lock().iter() {
+            if let Some(queued) = backlog::waiting_at(*addr) {
+                let labels = vec![("listener".into(), name.clone())];
+                waiting.push("", labels.clone(), queued as f64);
+                max.push("", labels, *configured as f64);
             }
         }
         if waiting.samples.is_empty() {

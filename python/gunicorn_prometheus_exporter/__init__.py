@@ -14,15 +14,18 @@ from typing import Any
 
 from ._core import __version__
 from .gthread import PrometheusThreadWorker
+from .legacy import load_yaml_config
 from .sync import PrometheusWorker
 
 _OPTIONAL = {
     "PrometheusGeventWorker": ".ggevent",
     "PrometheusASGIWorker": ".gasgi",
     "PrometheusUvicornWorker": ".uvicorn",
+    "PrometheusEventletWorker": ".geventlet",  # the 0.2.4 package's name
 }
 
-__all__ = ["PrometheusWorker", "PrometheusThreadWorker", *_OPTIONAL, "__version__"]
+__all__ = ["PrometheusWorker", "PrometheusThreadWorker", *_OPTIONAL, "load_yaml_config",
+           "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -22,6 +22,7 @@ class MeteredASGI:
     def __init__(self, app: Any, meter: _core.WorkerMeter) -> None:
         self.app = app
         self.meter = meter
+        self.responses = 0  # for workers whose server counts max-requests itself
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,6 +54,7 @@ class MeteredASGI:
         finally:
             if status:
                 meter.record(started, scope, status, sent)
+                self.responses += 1
             meter.end()
 
 

@@ -1,9 +1,11 @@
 """`PrometheusGeventWorker`: Gunicorn's gevent worker, metered."""
 
+from .optional import missing
+
 try:
     from gunicorn.workers.ggevent import GeventWorker
 except (ImportError, RuntimeError) as exc:  # Gunicorn raises RuntimeError for a missing gevent
-    raise ImportError(f"PrometheusGeventWorker needs gevent ({exc}): pip install gevent") from exc
+    raise missing("PrometheusGeventWorker", exc, {"gevent": "gevent"}) from exc
 
 from .instrument import MeteredWorker, metered
 

@@ -71,13 +71,38 @@ class MeteredWorker:
         note = "crashed"
         try:
             super().init_process()
-            note = "max_requests" if self.nr >= self.max_requests else "graceful"
+            note = self.exit_note()
         except SystemExit as exc:
             if exc.code in (0, None):
-                note = "graceful"
+                note = self.exit_note()
             raise
         finally:
             self.meter.note_exit(note)
+
+    def exit_note(self) -> str:
+        """Why this worker is leaving its loop normally: `max_requests`,
+        `reload` (Gunicorn's --reload saw a file change) or `graceful` (a stop
+        signal, or a reason only the master knows)."""
+        if self.served_max_requests():
+            return "max_requests"
+        if self.cfg.reload and not self.alive and self.stop_signal is None:
+            return "reload"  # the reloader thread cleared `alive`; no signal did
+        return "graceful"
+
+    def served_max_requests(self) -> bool:
+        return self.nr >= self.max_requests
+
+    # The stop signal this worker received, if any: Gunicorn's reloader stops
+    # a worker the same way (`alive = False`) but without one.
+    stop_signal: int | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.stop_signal = sig
+        super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        self.stop_signal = sig
+        super().handle_quit(sig, frame)
 
 
 _METERED_TEMPLATE = """

@@ -16,13 +16,14 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from typing import Any, Callable
 
 import gunicorn
 
-from . import _core
+from . import _core, legacy
 
 DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 COUNTED_SIGNALS = ("hup", "ttin", "ttou", "usr1", "usr2", "winch", "int", "term", "quit")
@@ -63,8 +64,9 @@ class MasterExporter:
     def _start(self, cfg: Any) -> None:
         started = time.time()
         try:
+            legacy.apply_environment(os.environ, self.pid)
             settings = _core.Settings.from_mapping(os.environ)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             raise RuntimeError(str(exc)) from None
         directory = settings.directory
         if directory is None:
@@ -153,6 +155,10 @@ class MasterExporter:
             return "max_requests"
         if note == "crashed":
             return "crashed"
+        if note == "reload":  # Gunicorn's --reload saw a file change
+            if pid in self.scaling_down:
+                return "scale_down"
+            return None if self.stopping else "reload"
         if note == "graceful":
             if pid in self.reloading:
                 return "reload"
@@ -166,9 +172,17 @@ class MasterExporter:
 
     def _publish_listeners(self) -> None:
         if self.exporter is not None and self.server is not None:
-            self.exporter.set_listeners(
-                [(str(lnr), lnr.fileno()) for lnr in getattr(self.server, "LISTENERS", [])]
-            )
+            listeners = getattr(self.server, "LISTENERS", [])
+            self.exporter.set_listeners([(str(lnr), lnr.fileno()) for lnr in listeners])
+            # With --reuse-port, Gunicorn >= 24 binds one socket in each worker
+            # and none in the master: those are read by address.
+            cfg = self.server.cfg
+            bound = [] if listeners or not getattr(cfg, "reuse_port", False) else \
+                _bound_listeners(cfg)
+            try:
+                self.exporter.set_bound_listeners(bound)
+            except ValueError:
+                log.exception("gunicorn_prometheus_exporter: no listen backlog for %s", bound)
 
 
 _master: MasterExporter | None = None
@@ -199,6 +213,30 @@ def build_info(worker_class: str) -> list[tuple[str, str]]:
         ("python_version", platform.python_version()),
         ("worker_class", worker_class),
     ]
+
+
+def _bound_listeners(cfg: Any) -> list[tuple[str, str, int]]:
+    """(name as Gunicorn prints its listener, "host:port", effective backlog)
+    of each TCP address Gunicorn binds."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            backlog = min(cfg.backlog, int(f.read()))  # the kernel caps listen()'s backlog
+    except (OSError, ValueError):
+        backlog = cfg.backlog
+    scheme = "https" if cfg.is_ssl else "http"
+    out = []
+    for address in cfg.address:
+        if not isinstance(address, tuple):
+            continue  # a unix socket: each worker's own is not reachable from here
+        host, port = address[0], address[1]
+        if ":" not in host:
+            try:
+                host = socket.gethostbyname(host)  # as bind() resolves it for AF_INET
+            except OSError:
+                continue
+        shown = f"[{host}]" if ":" in host else host
+        out.append((f"{scheme}://{shown}:{port}", f"{shown}:{port}", backlog))
+    return out
 
 
 def _chain_hook(cfg: Any, name: str, ours: Callable[..., None]) -> None:
