@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod exposition;
+pub mod failures;
 pub mod histogram;
 pub mod labels;
 pub mod master_meter;

@@ -1,23 +1,31 @@
 //! One scrape: the directory's families plus the exporter's own and those the
 //! serving process reads from the kernel at scrape time.
 
+use std::io;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::aggregate::Aggregator;
+use crate::aggregate::{Aggregator, Collected};
 use crate::backlog;
 use crate::clock::monotonic_seconds;
 use crate::exposition::negotiate::Format;
 use crate::exposition::{openmetrics, text};
+use crate::failures;
 use crate::model::{Family, Kind, Labels};
 use crate::process_stats;
 use crate::storage::lock::DirectoryLock;
 
 /// File-name prefix of the one live-gauge file each live worker has.
 const LIVE_WORKER_FILE: &str = "gauge_livesum_worker";
+/// The longest a scrape waits for the directory lock (a compaction, or a
+/// foreign process holding it) before it serves the last families it read.
+const SCRAPE_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+static LOCK_TIMEOUT_LOGGED: AtomicU32 = AtomicU32::new(0);
 
 pub struct ScrapeSource {
     pub directory: PathBuf,
@@ -30,6 +38,9 @@ pub struct ScrapeSource {
     /// The master's listeners: (name, fd), for the listen backlog.
     listeners: Mutex<Vec<(String, RawFd)>>,
     aggregator: Mutex<Aggregator>,
+    /// The directory's families and file names at the last scrape that read
+    /// them, served again (counters never go down) if the lock cannot be had.
+    last_read: Mutex<(Vec<Family>, Vec<String>)>,
     read_errors: AtomicU64,
 }
 
@@ -47,6 +58,7 @@ impl ScrapeSource {
             created,
             listeners: Mutex::new(Vec::new()),
             aggregator: Mutex::new(Aggregator::default()),
+            last_read: Mutex::new((Vec::new(), Vec::new())),
             read_errors: AtomicU64::new(0),
         }
     }
@@ -57,12 +69,36 @@ impl ScrapeSource {
 
     /// Every family this scrape serves.
     pub fn families(&self) -> Vec<Family> {
-        let collected = {
-            let _lock = DirectoryLock::shared(&self.directory);
-            self.aggregator
-                .lock()
-                .collect(&self.directory, monotonic_seconds())
+        let lock = DirectoryLock::shared(&self.directory, SCRAPE_LOCK_WAIT);
+        let collected = match &lock {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                failures::log_once(
+                    &LOCK_TIMEOUT_LOGGED,
+                    format_args!(
+                        "a scrape could not take the lock of {} within {:?}: it served the \
+                         last values read (counted in exporter_read_errors_total)",
+                        self.directory.display(),
+                        SCRAPE_LOCK_WAIT
+                    ),
+                );
+                let (families, files) = self.last_read.lock().clone();
+                Collected {
+                    families,
+                    read_errors: 1,
+                    files,
+                }
+            }
+            // Any other error (a read-only directory of a sidecar): read unlocked, as before.
+            _ => {
+                let c = self
+                    .aggregator
+                    .lock()
+                    .collect(&self.directory, monotonic_seconds());
+                *self.last_read.lock() = (c.families.clone(), c.files.clone());
+                c
+            }
         };
+        drop(lock);
         let errors = self
             .read_errors
             .fetch_add(collected.read_errors, Ordering::Relaxed)
@@ -91,6 +127,13 @@ impl ScrapeSource {
         );
         read_errors.push("_total", Vec::new(), errors as f64);
         families.push(read_errors);
+        let mut write_errors = Family::new(
+            format!("{p}_exporter_write_errors"),
+            "Files or entries that could not be recorded (by the master or its workers).",
+            Kind::Counter,
+        );
+        write_errors.push("_total", Vec::new(), failures::write_errors() as f64);
+        families.push(write_errors);
         let mut build_info = Family::new(
             format!("{p}_exporter_build_info"),
             "Versions of the exporter and what it runs in.",
