@@ -148,8 +148,9 @@ impl ArchiveCompactor {
             None => false,
         };
         if !done {
-            failures::log_once(
+            failures::write_error_logged_by(
                 &DEFERRAL_LOGGED,
+                1,
                 "the multiprocess directory lock is held (a slow scrape?): folding the \
                  files of exited workers is deferred and retried",
             );

@@ -70,6 +70,12 @@ pub fn write_error(n: u64, what: impl Display) {
     log_once(&LOGGED_BY, what);
 }
 
+/// As `write_error`, logged once per process through `flag` (its own kind of failure).
+pub fn write_error_logged_by(flag: &AtomicU32, n: u64, what: impl Display) {
+    counter().fetch_add(n, Ordering::Relaxed);
+    log_once(flag, what);
+}
+
 /// Write errors counted so far (by this master and its workers).
 pub fn write_errors() -> u64 {
     counter().load(Ordering::Relaxed)
