@@ -1,6 +1,8 @@
 //! Rust core of gunicorn-prometheus-exporter. This file only assembles the
 //! modules; `python` is the compiled module's face.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod aggregate;
 pub mod archive;
 pub mod backlog;

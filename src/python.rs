@@ -31,12 +31,14 @@ fn ascii_prefix<'b, const N: usize>(
     buf: &'b mut [u8; N],
 ) -> Option<&'b [u8]> {
     let s = obj.cast::<PyString>().ok()?;
+    // SAFETY: `s` is a live str object and the GIL is held (we have a Bound).
     let len = unsafe { ffi::PyUnicode_GetLength(s.as_ptr()) };
     if len < 0 {
         return None;
     }
     let n = (len as usize).min(N);
     for (i, slot) in buf.iter_mut().enumerate().take(n) {
+        // SAFETY: as above, and `i < len`: the index is in range.
         let c = unsafe { ffi::PyUnicode_ReadChar(s.as_ptr(), i as ffi::Py_ssize_t) };
         *slot = if c < 128 { c as u8 } else { 0 };
     }
