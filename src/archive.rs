@@ -419,4 +419,82 @@ mod tests {
             (-3.0, 7.0, 9.0, 5.0)
         );
     }
+
+    #[test]
+    fn an_archive_truncated_under_the_master_is_reopened_not_faulted_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let compactor = ArchiveCompactor::default();
+        for i in 0..200 {
+            let key = encode("c", "c_total", &[("n", &i.to_string())], "h");
+            put(d, "counter_worker1.db", &key, 1.0, 0.0);
+        }
+        compactor.retire(d, 1).unwrap();
+        let archive = d.join("counter_archive.db");
+        assert!(fs::metadata(&archive).unwrap().len() > 4096);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&archive)
+            .unwrap()
+            .set_len(20)
+            .unwrap();
+        for i in 0..200 {
+            let key = encode("c", "c_total", &[("n", &i.to_string())], "h");
+            put(d, "counter_worker2.db", &key, 1.0, 0.0);
+        }
+        compactor.retire(d, 2).unwrap(); // would fault writing past the new end
+        assert_eq!(total(d, "c_total"), 200.0);
+    }
+
+    #[test]
+    fn a_fold_is_deferred_while_another_process_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        put(
+            d,
+            "counter_worker4.db",
+            &encode("c", "c_total", &[], "h"),
+            2.0,
+            0.0,
+        );
+        let (mut ready_r, mut ready_w) = std::os::unix::net::UnixStream::pair().unwrap();
+        let lock_path = d.join(crate::storage::lock::LOCK_FILE);
+        fs::write(&lock_path, b"").unwrap();
+        // SAFETY: the child takes a shared record lock, signals, sleeps and exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let file = fs::File::open(&lock_path).unwrap();
+            // SAFETY: all-zero flock is valid; fcntl on an open fd.
+            unsafe {
+                let mut region: libc::flock = std::mem::zeroed();
+                region.l_type = libc::F_RDLCK as libc::c_short;
+                libc::fcntl(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    libc::F_SETLKW,
+                    &region,
+                );
+            }
+            let _ = std::io::Write::write_all(&mut ready_w, b"x");
+            // SAFETY: async-signal-safe calls only, in the forked child.
+            unsafe {
+                libc::sleep(30);
+                libc::_exit(0)
+            };
+        }
+        std::io::Read::read_exact(&mut ready_r, &mut [0u8; 1]).unwrap();
+        let compactor = ArchiveCompactor::default();
+        fs::write(exit_note_path(d, 4), "graceful").unwrap();
+        assert_eq!(compactor.retire(d, 4).unwrap().as_deref(), Some("graceful"));
+        assert_eq!(compactor.deferred(), 1);
+        assert!(d.join("counter_worker4.db").exists());
+        assert_eq!(total(d, "c_total"), 2.0);
+        // SAFETY: kill and reap the child forked above.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert!(compactor.fold_deferred(Duration::from_secs(5)));
+        assert!(!d.join("counter_worker4.db").exists());
+        assert_eq!(total(d, "c_total"), 2.0);
+    }
 }
