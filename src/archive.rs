@@ -112,10 +112,20 @@ fn files_of(dir: &Path, pid: u32) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// What one pass over the pending folds did.
+struct Folded {
+    /// Nothing is left to fold.
+    all: bool,
+    /// The directory lock could not be had in time.
+    locked_out: bool,
+}
+
 /// Keeps the archive files open across deaths.
 #[derive(Default)]
 struct Archives {
     open: HashMap<PathBuf, MmapWriter>,
+    /// Pids whose fold failed once: counted once, however often retried.
+    failed: std::collections::HashSet<(PathBuf, u32)>,
 }
 
 /// Folds the files of processes that exited. Cheap to clone: clones share
@@ -143,25 +153,30 @@ impl ArchiveCompactor {
             }
         }
         self.pending.lock().push((dir.to_owned(), pid));
-        let done = match self.archives.try_lock_for(RETIRE_WAIT) {
+        let folded = match self.archives.try_lock_for(RETIRE_WAIT) {
             Some(mut archives) => self.fold_pending(&mut archives, RETIRE_WAIT),
-            None => false,
+            None => Folded {
+                all: false,
+                locked_out: true,
+            },
         };
-        if !done {
+        if !folded.all {
+            self.retry_in_background();
+        }
+        if folded.locked_out {
             failures::write_error_logged_by(
                 &DEFERRAL_LOGGED,
                 1,
                 "the multiprocess directory lock is held (a slow scrape?): folding the \
                  files of exited workers is deferred and retried",
             );
-            self.retry_in_background();
         }
         Ok(note)
     }
 
     /// Folds deferred pids now, waiting as long as it takes (tests, shutdown).
     pub fn fold_deferred(&self, wait: Duration) -> bool {
-        self.fold_pending(&mut self.archives.lock(), wait)
+        self.fold_pending(&mut self.archives.lock(), wait).all
     }
 
     /// Number of pids whose files still wait to be folded.
@@ -169,8 +184,9 @@ impl ArchiveCompactor {
         self.pending.lock().len()
     }
 
-    /// Folds every pending pid it can; whether none is left.
-    fn fold_pending(&self, archives: &mut Archives, wait: Duration) -> bool {
+    /// Folds every pending pid it can.
+    fn fold_pending(&self, archives: &mut Archives, wait: Duration) -> Folded {
+        let mut locked_out = false;
         let work: Vec<(PathBuf, u32)> = std::mem::take(&mut *self.pending.lock());
         let mut left = Vec::new();
         let mut by_dir: HashMap<PathBuf, Vec<u32>> = HashMap::new();
@@ -179,21 +195,26 @@ impl ArchiveCompactor {
         }
         for (dir, pids) in by_dir {
             let Ok(_lock) = DirectoryLock::exclusive(&dir, wait) else {
+                locked_out = true;
                 left.extend(pids.into_iter().map(|p| (dir.clone(), p)));
                 continue;
             };
             for pid in pids {
                 match archives.fold_pid(&dir, pid) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        archives.failed.remove(&(dir.clone(), pid));
+                    }
                     Err(e) => {
-                        failures::write_error(
-                            1,
-                            format_args!(
-                                "cannot fold the files of exited process {pid} in {}: {e}; \
+                        if archives.failed.insert((dir.clone(), pid)) {
+                            failures::write_error(
+                                1,
+                                format_args!(
+                                    "cannot fold the files of exited process {pid} in {}: {e}; \
                                  they are kept and retried",
-                                dir.display()
-                            ),
-                        );
+                                    dir.display()
+                                ),
+                            );
+                        }
                         left.push((dir.clone(), pid));
                     }
                 }
@@ -201,7 +222,10 @@ impl ArchiveCompactor {
         }
         let mut pending = self.pending.lock();
         pending.extend(left);
-        pending.is_empty()
+        Folded {
+            all: pending.is_empty(),
+            locked_out,
+        }
     }
 
     fn retry_in_background(&self) {
@@ -215,7 +239,9 @@ impl ArchiveCompactor {
             .stack_size(256 << 10)
             .spawn(move || loop {
                 std::thread::sleep(RETRY_EVERY);
-                let done = compactor.fold_pending(&mut compactor.archives.lock(), RETRY_WAIT);
+                let done = compactor
+                    .fold_pending(&mut compactor.archives.lock(), RETRY_WAIT)
+                    .all;
                 let mut retrying = compactor.retrying.lock();
                 if done && compactor.pending.lock().is_empty() {
                     *retrying = false;
@@ -233,10 +259,8 @@ impl Archives {
     fn fold_pid(&mut self, dir: &Path, pid: u32) -> io::Result<()> {
         // A new worker with the same pid owns these names now: its own
         // retire folds them, old entries included.
-        if dir
-            .join(format!("gauge_livesum_{}.db", worker_file_id(pid)))
-            .exists()
-        {
+        let live = dir.join(format!("gauge_livesum_{}.db", worker_file_id(pid)));
+        if fs::symlink_metadata(live).is_ok_and(|m| m.is_file()) {
             return Ok(());
         }
         let mut buf = Vec::new();
