@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::aggregate::{Aggregator, Collected};
+use crate::aggregate::Aggregator;
 use crate::backlog;
 use crate::clock::monotonic_seconds;
 use crate::exposition::negotiate::Format;
@@ -40,7 +40,8 @@ pub struct ScrapeSource {
     aggregator: Mutex<Aggregator>,
     /// The directory's families and file names at the last scrape that read
     /// them, served again (counters never go down) if the lock cannot be had.
-    last_read: Mutex<(Vec<Family>, Vec<String>)>,
+    /// Refilled by `render` after encoding (moved, never copied).
+    last_read: Mutex<(Vec<Family>, usize)>,
     read_errors: AtomicU64,
 }
 
@@ -58,7 +59,7 @@ impl ScrapeSource {
             created,
             listeners: Mutex::new(Vec::new()),
             aggregator: Mutex::new(Aggregator::default()),
-            last_read: Mutex::new((Vec::new(), Vec::new())),
+            last_read: Mutex::new((Vec::new(), 0)),
             read_errors: AtomicU64::new(0),
         }
     }
@@ -69,6 +70,14 @@ impl ScrapeSource {
 
     /// Every family this scrape serves.
     pub fn families(&self) -> Vec<Family> {
+        let (families, from_directory, live_workers) = self.collect();
+        *self.last_read.lock() = (families[..from_directory].to_vec(), live_workers);
+        families
+    }
+
+    /// Every family, how many of the first ones come from the directory, and
+    /// the number of live workers.
+    fn collect(&self) -> (Vec<Family>, usize, usize) {
         let lock = DirectoryLock::shared(&self.directory, SCRAPE_LOCK_WAIT);
         let collected = match &lock {
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -81,12 +90,8 @@ impl ScrapeSource {
                         SCRAPE_LOCK_WAIT
                     ),
                 );
-                let (families, files) = self.last_read.lock().clone();
-                Collected {
-                    families,
-                    read_errors: 1,
-                    files,
-                }
+                let (families, live_workers) = std::mem::take(&mut *self.last_read.lock());
+                (families, 1, live_workers)
             }
             // Any other error (a read-only directory of a sidecar): read unlocked, as before.
             _ => {
@@ -94,27 +99,24 @@ impl ScrapeSource {
                     .aggregator
                     .lock()
                     .collect(&self.directory, monotonic_seconds());
-                *self.last_read.lock() = (c.families.clone(), c.files.clone());
-                c
+                let live_workers = c
+                    .files
+                    .iter()
+                    .filter(|n| n.starts_with(LIVE_WORKER_FILE))
+                    .count();
+                (c.families, c.read_errors, live_workers)
             }
         };
         drop(lock);
-        let errors = self
-            .read_errors
-            .fetch_add(collected.read_errors, Ordering::Relaxed)
-            + collected.read_errors;
-        let mut families = collected.families;
+        let (mut families, new_errors, live_workers) = collected;
+        let from_directory = families.len();
+        let errors = self.read_errors.fetch_add(new_errors, Ordering::Relaxed) + new_errors;
         let p = &self.prefix;
         let gauge = |name: &str, help: &str, value: f64| {
             let mut f = Family::new(name, help, Kind::Gauge);
             f.push("", Vec::new(), value);
             f
         };
-        let live_workers = collected
-            .files
-            .iter()
-            .filter(|n| n.starts_with(LIVE_WORKER_FILE))
-            .count();
         families.push(gauge(
             &format!("{p}_workers"),
             "Live worker processes.",
@@ -143,7 +145,7 @@ impl ScrapeSource {
         families.push(build_info);
         families.extend(self.backlog_families());
         families.extend(process_families());
-        families
+        (families, from_directory, live_workers)
     }
 
     fn backlog_families(&self) -> Vec<Family> {
@@ -177,10 +179,14 @@ impl ScrapeSource {
     /// The body of a scrape in `format`.
     pub fn render(&self, format: Format) -> String {
         let mut out = String::with_capacity(64 << 10);
+        let (mut families, from_directory, live_workers) = self.collect();
         match format {
-            Format::Text => text::encode(&self.families(), &mut out),
-            Format::OpenMetrics => openmetrics::encode(&self.families(), self.created, &mut out),
+            Format::Text => text::encode(&families, &mut out),
+            Format::OpenMetrics => openmetrics::encode(&families, self.created, &mut out),
         }
+        // Kept for a scrape that cannot take the lock: served again, not copied.
+        families.truncate(from_directory);
+        *self.last_read.lock() = (families, live_workers);
         out
     }
 }
