@@ -320,11 +320,19 @@ def test_one_master_per_directory_and_a_dead_owner_is_taken_over(gunicorn, tmp_p
     assert "PROMETHEUS_MULTIPROC_DIR" in errors[0] and str(first.pid) in errors[0]
     assert sorted(p.name for p in directory.iterdir()) == files
     assert first.scrape_idle().get("gunicorn_worker_requests_total") == 5
-    os.killpg(first.pid, signal.SIGKILL)
+    # Only the master dies: its orphaned workers (stopped, so they stay) do not
+    # hold its lock.
+    orphans = first.worker_pids()
+    for pid in orphans:
+        os.kill(pid, signal.SIGSTOP)
+    os.kill(first.pid, signal.SIGKILL)
     first.proc.wait()
     third = gunicorn(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)})
     assert (directory / ".owner").read_text() == f"{third.pid}\n"
     assert third.scrape_idle().get_or("gunicorn_worker_requests_total", 0) == 0
+    assert all(Path(f"/proc/{pid}").exists() for pid in orphans)
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
 
 
 UPGRADE = """
