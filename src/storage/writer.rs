@@ -421,5 +421,45 @@ mod tests {
         assert!(err.is_some());
     }
 
+    #[test]
+    fn a_huge_sparse_file_is_refused_by_its_size_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_9.db");
+        let file = std::fs::File::create(&path).unwrap();
+        std::io::Write::write_all(&mut &file, &(1_500_000_000i32).to_le_bytes()).unwrap();
+        file.set_len(2 << 30).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(read_used(&path, &mut buf), Err(ReadError::TooLarge));
+        assert_eq!(buf.capacity(), 0);
+        // A used length past the end: only what the file holds is read.
+        file.set_len(4096).unwrap();
+        assert_eq!(read_used(&path, &mut buf), Err(ReadError::Truncated));
+        assert_eq!(buf.len(), 4096);
+    }
+
+    #[test]
+    fn a_corrupt_or_planted_own_file_is_replaced_keeping_what_could_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_6.db");
+        let mut w = MmapWriter::open(&path).unwrap();
+        w.slot("kept").unwrap().set(4.0);
+        w.slot("lost").unwrap().set(5.0);
+        drop(w);
+        let mut data = std::fs::read(&path).unwrap();
+        let second = 8 + 4 + 4 + key_padding(4) + 16;
+        data[second..second + 4].copy_from_slice(&(-7i32).to_le_bytes());
+        std::fs::write(&path, &data).unwrap();
+        let mut w = MmapWriter::open(&path).unwrap();
+        assert_eq!(w.slot("kept").unwrap().get(), 4.0);
+        assert!(!w.contains("lost"));
+        drop(w);
+        let target = dir.path().join("target");
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        MmapWriter::open(&path).unwrap().slot("k").unwrap().add(1.0);
+        assert!(!target.exists());
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+    }
+
     use crate::storage::ReadError;
 }
