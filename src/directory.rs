@@ -15,7 +15,7 @@ use std::path::Path;
 
 use parking_lot::Mutex;
 
-use crate::storage::open::{create_fresh, open_write};
+use crate::storage::open::{create_fresh, is_own_file, open_write};
 
 pub const OWNER_FILE: &str = ".owner";
 
@@ -55,10 +55,12 @@ pub fn prepare(dir: &Path) -> Result<Takeover, PrepareError> {
     fs::create_dir_all(dir)?;
     let path = dir.join(OWNER_FILE);
     let file = match open_write(&path) {
-        Ok(file) => file,
+        // Ours, or locked by its owner: never a hard link to a file elsewhere
+        // (the owner's pid is written into it).
+        Ok(file) if is_own_file(&file)? || !lock_is_free(&file)? => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e.into()),
-        // A symlink or FIFO planted under the name is replaced, never followed.
-        Err(_) => create_fresh(&path)?,
+        // A symlink, FIFO or foreign file planted under the name is replaced.
+        _ => create_fresh(&path)?,
     };
     if lock(&file, false)? {
         write_pid(&file)?;
@@ -101,6 +103,10 @@ fn lock(file: &File, wait: bool) -> io::Result<bool> {
             _ => return Err(err),
         }
     }
+}
+
+fn lock_is_free(file: &File) -> io::Result<bool> {
+    Ok(owner_pid(file)? == 0)
 }
 
 /// The pid of the process that holds the lock (0 if none now).
