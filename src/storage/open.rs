@@ -15,11 +15,21 @@ const SAFE_FLAGS: libc::c_int = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CL
 
 /// Opens `path` read-only; fails on anything but a regular file.
 pub fn open_read(path: &Path) -> io::Result<File> {
+    Ok(open_read_sized(path)?.0)
+}
+
+/// As `open_read`, with the file's size: one `fstat` per file on the scrape
+/// path. O_NONBLOCK stays set: it has no effect on a regular file.
+pub fn open_read_sized(path: &Path) -> io::Result<(File, u64)> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(SAFE_FLAGS)
         .open(path)?;
-    regular(file)
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok((file, meta.len()))
 }
 
 /// Opens `path` for reading and writing, creating it (mode 0644) if missing.

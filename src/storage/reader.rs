@@ -6,10 +6,11 @@
 //! file is refused by its size, never read whole.
 
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::open::open_read;
+use super::open::open_read_sized;
 use super::{key_padding, HEADER_BYTES, MAX_FILE_BYTES};
 
 /// One entry of a file: the key and its two doubles.
@@ -38,17 +39,22 @@ pub enum ReadError {
 /// across files). On a truncated file `buf` still holds what could be read.
 pub fn read_used(path: &Path, buf: &mut Vec<u8>) -> Result<(), ReadError> {
     buf.clear();
-    let file = open_read(path).map_err(|e| ReadError::Io(e.to_string()))?;
-    read_used_from(&file, buf)
+    let (file, size) = open_read_sized(path).map_err(|e| ReadError::Io(e.to_string()))?;
+    read_used_sized(&file, size, buf)
 }
 
-/// As `read_used`, from an open file.
+/// As `read_used`, from a file just opened (its offset must be 0).
 pub fn read_used_from(file: &File, buf: &mut Vec<u8>) -> Result<(), ReadError> {
-    buf.clear();
     let size = file
         .metadata()
         .map_err(|e| ReadError::Io(e.to_string()))?
         .len();
+    read_used_sized(file, size, buf)
+}
+
+/// Reads from `file`, whose `fstat` size is `size`.
+fn read_used_sized(file: &File, size: u64, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+    buf.clear();
     if size > MAX_FILE_BYTES as u64 {
         return Err(ReadError::TooLarge);
     }
@@ -66,10 +72,11 @@ pub fn read_used_from(file: &File, buf: &mut Vec<u8>) -> Result<(), ReadError> {
     let used = used as usize;
     // Never more than fstat says the file holds, whatever the header claims.
     let readable = used.min(size as usize);
-    buf.resize(readable, 0);
-    buf[..HEADER_BYTES].copy_from_slice(&header);
-    let got = HEADER_BYTES + read_at_most(file, &mut buf[HEADER_BYTES..], HEADER_BYTES as u64)?;
-    buf.truncate(got);
+    // From offset 0 (the header was read with pread): no zero-filling of `buf`.
+    let got = file
+        .take(readable as u64)
+        .read_to_end(buf)
+        .map_err(|e| ReadError::Io(e.to_string()))?;
     if got < used {
         return Err(ReadError::Truncated);
     }
