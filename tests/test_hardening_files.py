@@ -270,6 +270,7 @@ def test_a_held_directory_lock_defers_folds_and_never_blocks_the_arbiter(gunicor
     g = gunicorn(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)})
     for _ in range(10):
         assert request(g.port)[0] == 200
+    assert g.scrape_idle().get("gunicorn_worker_requests_total") == 10  # all counted: kill now
     lock = open(directory / ".lock", "a+")  # noqa: SIM115 - held across the test
     try:
         fcntl.lockf(lock, fcntl.LOCK_SH)  # as a scrape that never ends would
