@@ -149,7 +149,7 @@ fn main() {
     for workers in list("WORKERS", &[1, 8, 32, 64]) {
         for deaths in list("DEATHS", &[0, 10_000]) {
             let dir = tempfile::tempdir().unwrap();
-            let mut compactor = ArchiveCompactor::default();
+            let compactor = ArchiveCompactor::default();
             for pid in 0..deaths {
                 let dead = 1_000_000 + pid;
                 write_worker(dir.path(), dead, pid % workers + 1);

@@ -127,6 +127,9 @@ pub struct Collected {
     pub files: Vec<String>,
 }
 
+/// Largest read buffer kept between scrapes.
+const KEPT_BUFFER_BYTES: usize = 1 << 20;
+
 /// Keys seen before this many distinct ones are forgotten, so that a
 /// directory whose keys churn cannot grow the cache without bound.
 const MAX_CACHED_KEYS: usize = 1 << 20;
@@ -261,7 +264,10 @@ impl Aggregator {
                 );
             }
         }
-        self.buf = buf;
+        // A big file read once must not keep its memory for the life of the server.
+        if buf.capacity() <= KEPT_BUFFER_BYTES {
+            self.buf = buf;
+        }
         self.last_families = acc.len();
         self.last_series = acc
             .iter()

@@ -4,17 +4,52 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use crate::clock::monotonic_seconds;
+use crate::failures;
 use crate::storage::lock::DirectoryLock;
+use crate::storage::open::{open_read, remove_entry};
 use crate::storage::reader::{read_entries, read_used};
 use crate::storage::MmapWriter;
+
+/// The longest a retire (in the arbiter, from `child_exit`) waits for the
+/// directory lock, or for a fold running in the background, before it defers.
+pub const RETIRE_WAIT: Duration = Duration::from_millis(200);
+/// How often deferred folds are retried in the background.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How long a background retry may wait for the directory lock.
+const RETRY_WAIT: Duration = Duration::from_secs(2);
+/// An exit note is one word; anything longer is not ours.
+const MAX_NOTE_BYTES: u64 = 64;
+
+static DEFERRAL_LOGGED: AtomicU32 = AtomicU32::new(0);
 
 /// Where a worker leaves the reason it exited, for the master to read.
 pub fn exit_note_path(dir: &Path, pid: u32) -> PathBuf {
     dir.join(format!("exit_{pid}.note"))
+}
+
+/// Leaves `reason` as the exit note of `pid`: whatever has the note's name (a
+/// planted symlink included) is unlinked, never written through.
+pub fn write_exit_note(dir: &Path, pid: u32, reason: &str) -> io::Result<()> {
+    use std::io::Write;
+    crate::storage::open::create_fresh(&exit_note_path(dir, pid))?.write_all(reason.as_bytes())
+}
+
+/// Reads and removes the exit note of `pid`, if it left a regular one.
+fn take_exit_note(dir: &Path, pid: u32) -> Option<String> {
+    let path = exit_note_path(dir, pid);
+    let mut note = String::new();
+    let read = open_read(&path).and_then(|f| f.take(MAX_NOTE_BYTES).read_to_string(&mut note));
+    let _ = remove_entry(&path);
+    read.ok().map(|_| note.trim().to_owned())
 }
 
 /// Names this core gives a worker's own files: `<type>_worker<pid>.db`, apart
@@ -58,31 +93,179 @@ fn fate(name: &str) -> Option<(Fate, String)> {
     }
 }
 
+/// The `*.db` files of `pid` in `dir` (prometheus_client's and this core's).
+fn files_of(dir: &Path, pid: u32) -> io::Result<Vec<String>> {
+    let ids = [pid.to_string(), worker_file_id(pid)];
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".db") else {
+            continue;
+        };
+        if ids
+            .iter()
+            .any(|id| stem.rsplit('_').next() == Some(id.as_str()))
+        {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// What one pass over the pending folds did.
+struct Folded {
+    /// Nothing is left to fold.
+    all: bool,
+    /// The directory lock could not be had in time.
+    locked_out: bool,
+}
+
 /// Keeps the archive files open across deaths.
 #[derive(Default)]
+struct Archives {
+    open: HashMap<PathBuf, MmapWriter>,
+    /// Pids whose fold failed once: counted once, however often retried.
+    failed: std::collections::HashSet<(PathBuf, u32)>,
+}
+
+/// Folds the files of processes that exited. Cheap to clone: clones share
+/// the archives and the folds still to do.
+#[derive(Clone, Default)]
 pub struct ArchiveCompactor {
-    archives: HashMap<PathBuf, MmapWriter>,
+    archives: Arc<Mutex<Archives>>,
+    /// (directory, pid) whose files still wait to be folded.
+    pending: Arc<Mutex<Vec<(PathBuf, u32)>>>,
+    retrying: Arc<Mutex<bool>>,
 }
 
 impl ArchiveCompactor {
-    /// Folds every file of `pid` (prometheus_client's and this core's) into the
-    /// archives and removes it, under the directory lock. Returns the exit note
-    /// the process left, if any.
-    pub fn retire(&mut self, dir: &Path, pid: u32) -> io::Result<Option<String>> {
-        let ids = [pid.to_string(), worker_file_id(pid)];
-        let _lock = DirectoryLock::exclusive(dir)?;
-        let mut buf = Vec::new();
-        for entry in fs::read_dir(dir)? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            let Some(stem) = name.strip_suffix(".db") else {
+    /// Retires `pid`: returns the exit note it left, if any, and folds every
+    /// file of it into the archives, then removes them. Waits at most about
+    /// `RETIRE_WAIT` twice: if a scrape holds the directory lock that long,
+    /// the files stay (scrapes still count them) and the fold is retried on
+    /// the next retire and in the background.
+    pub fn retire(&self, dir: &Path, pid: u32) -> io::Result<Option<String>> {
+        let note = take_exit_note(dir, pid);
+        // Live gauges go with their process, lock or not.
+        for name in files_of(dir, pid)? {
+            if matches!(fate(&name), Some((Fate::Drop, _))) {
+                remove_entry(&dir.join(name))?;
+            }
+        }
+        self.pending.lock().push((dir.to_owned(), pid));
+        let folded = match self.archives.try_lock_for(RETIRE_WAIT) {
+            Some(mut archives) => self.fold_pending(&mut archives, RETIRE_WAIT),
+            None => Folded {
+                all: false,
+                locked_out: true,
+            },
+        };
+        if !folded.all {
+            self.retry_in_background();
+        }
+        if folded.locked_out {
+            failures::write_error_logged_by(
+                &DEFERRAL_LOGGED,
+                1,
+                "the multiprocess directory lock is held (a slow scrape?): folding the \
+                 files of exited workers is deferred and retried",
+            );
+        }
+        Ok(note)
+    }
+
+    /// Folds deferred pids now, waiting as long as it takes (tests, shutdown).
+    pub fn fold_deferred(&self, wait: Duration) -> bool {
+        self.fold_pending(&mut self.archives.lock(), wait).all
+    }
+
+    /// Number of pids whose files still wait to be folded.
+    pub fn deferred(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    /// Folds every pending pid it can.
+    fn fold_pending(&self, archives: &mut Archives, wait: Duration) -> Folded {
+        let mut locked_out = false;
+        let work: Vec<(PathBuf, u32)> = std::mem::take(&mut *self.pending.lock());
+        let mut left = Vec::new();
+        let mut by_dir: HashMap<PathBuf, Vec<u32>> = HashMap::new();
+        for (dir, pid) in work {
+            by_dir.entry(dir).or_default().push(pid);
+        }
+        for (dir, pids) in by_dir {
+            let Ok(_lock) = DirectoryLock::exclusive(&dir, wait) else {
+                locked_out = true;
+                left.extend(pids.into_iter().map(|p| (dir.clone(), p)));
                 continue;
             };
-            if !ids
-                .iter()
-                .any(|id| stem.rsplit('_').next() == Some(id.as_str()))
-            {
-                continue;
+            for pid in pids {
+                match archives.fold_pid(&dir, pid) {
+                    Ok(()) => {
+                        archives.failed.remove(&(dir.clone(), pid));
+                    }
+                    Err(e) => {
+                        if archives.failed.insert((dir.clone(), pid)) {
+                            failures::write_error(
+                                1,
+                                format_args!(
+                                    "cannot fold the files of exited process {pid} in {}: {e}; \
+                                 they are kept and retried",
+                                    dir.display()
+                                ),
+                            );
+                        }
+                        left.push((dir.clone(), pid));
+                    }
+                }
             }
+        }
+        let mut pending = self.pending.lock();
+        pending.extend(left);
+        Folded {
+            all: pending.is_empty(),
+            locked_out,
+        }
+    }
+
+    fn retry_in_background(&self) {
+        let mut retrying = self.retrying.lock();
+        if *retrying {
+            return;
+        }
+        let compactor = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gpe-fold-retry".into())
+            .stack_size(256 << 10)
+            .spawn(move || loop {
+                std::thread::sleep(RETRY_EVERY);
+                let done = compactor
+                    .fold_pending(&mut compactor.archives.lock(), RETRY_WAIT)
+                    .all;
+                let mut retrying = compactor.retrying.lock();
+                if done && compactor.pending.lock().is_empty() {
+                    *retrying = false;
+                    return;
+                }
+            });
+        *retrying = spawned.is_ok();
+    }
+}
+
+impl Archives {
+    /// Folds the files of `pid`, under the exclusive directory lock. A file
+    /// that cannot be folded is kept (and the error returned); one that is
+    /// not readable is counted by scrapes as before and removed.
+    fn fold_pid(&mut self, dir: &Path, pid: u32) -> io::Result<()> {
+        // A new worker with the same pid owns these names now: its own
+        // retire folds them, old entries included.
+        let live = dir.join(format!("gauge_livesum_{}.db", worker_file_id(pid)));
+        if fs::symlink_metadata(live).is_ok_and(|m| m.is_file()) {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        let mut result = Ok(());
+        for name in files_of(dir, pid)? {
             let Some((fate, archive)) = fate(&name) else {
                 continue;
             };
@@ -91,63 +274,58 @@ impl ArchiveCompactor {
                 continue;
             }
             if fate != Fate::Drop && read_used(&path, &mut buf).is_ok() {
-                let writer = self.archive(dir, &archive)?;
-                let now = monotonic_seconds();
-                let (entries, _) = read_entries(&buf);
-                for e in entries {
-                    fold(writer, &fate, e.key, e.value, e.timestamp, now)?;
+                let folded = self
+                    .archive(dir, &archive)
+                    .and_then(|w| fold_file(w, &fate, &buf));
+                if let Err(e) = folded {
+                    result = Err(e);
+                    continue;
                 }
             }
-            remove_if_present(&path)?;
+            remove_entry(&path)?;
         }
-        let note_path = exit_note_path(dir, pid);
-        let note = fs::read_to_string(&note_path)
-            .ok()
-            .map(|s| s.trim().to_owned());
-        remove_if_present(&note_path)?;
-        Ok(note)
+        result
     }
 
     fn archive(&mut self, dir: &Path, name: &str) -> io::Result<&mut MmapWriter> {
         let path = dir.join(name);
-        if !self.archives.contains_key(&path) || !path.exists() {
-            // Also reopens an archive that a restart of the directory removed.
-            self.archives.insert(path.clone(), MmapWriter::open(&path)?);
+        // Reopened if a restart of the directory removed it, or anyone
+        // replaced or truncated it: its mapping is not touched again.
+        if !self.open.get(&path).is_some_and(MmapWriter::is_intact) {
+            self.open.remove(&path);
+            self.open.insert(path.clone(), MmapWriter::open(&path)?);
         }
-        Ok(self.archives.get_mut(&path).expect("just inserted"))
+        Ok(self.open.get_mut(&path).expect("just inserted"))
     }
 }
 
-fn fold(
-    w: &mut MmapWriter,
-    fate: &Fate,
-    key: &str,
-    value: f64,
-    ts: f64,
-    now: f64,
-) -> io::Result<()> {
-    let is_new = !w.contains(key);
-    let slot = w.slot(key)?;
-    match fate {
-        // A negative timestamp marks a running clock: stop it at its current value.
-        Fate::Sum if ts < 0.0 => slot.add(value.max(now + ts)),
-        Fate::Sum | Fate::Merge("sum") => slot.add(value),
-        Fate::Merge("min") if is_new || value < slot.get() => slot.set(value),
-        Fate::Merge("max") if is_new || value > slot.get() => slot.set(value),
-        Fate::Merge("mostrecent") if is_new || ts > slot.get_timestamp() => {
-            slot.set(value);
-            slot.set_timestamp(ts);
+/// Folds the entries of one file (`data`, its used bytes). Every entry is
+/// created before any value moves, so a full disk leaves the archive's sums
+/// as they were and the file can be folded again later.
+fn fold_file(w: &mut MmapWriter, fate: &Fate, data: &[u8]) -> io::Result<()> {
+    let now = monotonic_seconds();
+    let (entries, _) = read_entries(data);
+    let mut slots = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let is_new = !w.contains(e.key);
+        slots.push((w.slot(e.key)?, is_new));
+    }
+    for (e, (slot, is_new)) in entries.iter().zip(slots) {
+        let (value, ts) = (e.value, e.timestamp);
+        match fate {
+            // A negative timestamp marks a running clock: stop it at its current value.
+            Fate::Sum if ts < 0.0 => slot.add(value.max(now + ts)),
+            Fate::Sum | Fate::Merge("sum") => slot.add(value),
+            Fate::Merge("min") if is_new || value < slot.get() => slot.set(value),
+            Fate::Merge("max") if is_new || value > slot.get() => slot.set(value),
+            Fate::Merge("mostrecent") if is_new || ts > slot.get_timestamp() => {
+                slot.set(value);
+                slot.set_timestamp(ts);
+            }
+            _ => {}
         }
-        _ => {}
     }
     Ok(())
-}
-
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -192,7 +370,7 @@ mod tests {
         put(d, "gauge_all_10.db", &g, 4.0, 0.0);
         put(d, "counter_worker11.db", &c, 5.0, 0.0);
         fs::write(exit_note_path(d, 10), "max_requests\n").unwrap();
-        let mut compactor = ArchiveCompactor::default();
+        let compactor = ArchiveCompactor::default();
         assert_eq!(
             compactor.retire(d, 10).unwrap().as_deref(),
             Some("max_requests")
@@ -243,7 +421,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let g = encode("g", "g", &[], "h");
-        let mut compactor = ArchiveCompactor::default();
+        let compactor = ArchiveCompactor::default();
         for (pid, v, ts) in [(1, 5.0, 10.0), (2, -3.0, 5.0), (3, 7.0, 1.0)] {
             for mode in ["min", "max", "sum", "mostrecent"] {
                 put(d, &format!("gauge_{mode}_{pid}.db"), &g, v, ts);
@@ -264,5 +442,83 @@ mod tests {
             ),
             (-3.0, 7.0, 9.0, 5.0)
         );
+    }
+
+    #[test]
+    fn an_archive_truncated_under_the_master_is_reopened_not_faulted_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let compactor = ArchiveCompactor::default();
+        for i in 0..200 {
+            let key = encode("c", "c_total", &[("n", &i.to_string())], "h");
+            put(d, "counter_worker1.db", &key, 1.0, 0.0);
+        }
+        compactor.retire(d, 1).unwrap();
+        let archive = d.join("counter_archive.db");
+        assert!(fs::metadata(&archive).unwrap().len() > 4096);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&archive)
+            .unwrap()
+            .set_len(20)
+            .unwrap();
+        for i in 0..200 {
+            let key = encode("c", "c_total", &[("n", &i.to_string())], "h");
+            put(d, "counter_worker2.db", &key, 1.0, 0.0);
+        }
+        compactor.retire(d, 2).unwrap(); // would fault writing past the new end
+        assert_eq!(total(d, "c_total"), 200.0);
+    }
+
+    #[test]
+    fn a_fold_is_deferred_while_another_process_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        put(
+            d,
+            "counter_worker4.db",
+            &encode("c", "c_total", &[], "h"),
+            2.0,
+            0.0,
+        );
+        let (mut ready_r, mut ready_w) = std::os::unix::net::UnixStream::pair().unwrap();
+        let lock_path = d.join(crate::storage::lock::LOCK_FILE);
+        fs::write(&lock_path, b"").unwrap();
+        // SAFETY: the child takes a shared record lock, signals, sleeps and exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let file = fs::File::open(&lock_path).unwrap();
+            // SAFETY: all-zero flock is valid; fcntl on an open fd.
+            unsafe {
+                let mut region: libc::flock = std::mem::zeroed();
+                region.l_type = libc::F_RDLCK as libc::c_short;
+                libc::fcntl(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    libc::F_SETLKW,
+                    &region,
+                );
+            }
+            let _ = std::io::Write::write_all(&mut ready_w, b"x");
+            // SAFETY: async-signal-safe calls only, in the forked child.
+            unsafe {
+                libc::sleep(30);
+                libc::_exit(0)
+            };
+        }
+        std::io::Read::read_exact(&mut ready_r, &mut [0u8; 1]).unwrap();
+        let compactor = ArchiveCompactor::default();
+        fs::write(exit_note_path(d, 4), "graceful").unwrap();
+        assert_eq!(compactor.retire(d, 4).unwrap().as_deref(), Some("graceful"));
+        assert_eq!(compactor.deferred(), 1);
+        assert!(d.join("counter_worker4.db").exists());
+        assert_eq!(total(d, "c_total"), 2.0);
+        // SAFETY: kill and reap the child forked above.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert!(compactor.fold_deferred(Duration::from_secs(5)));
+        assert!(!d.join("counter_worker4.db").exists());
+        assert_eq!(total(d, "c_total"), 2.0);
     }
 }

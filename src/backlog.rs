@@ -21,8 +21,11 @@ const TCP_LISTEN: u8 = 10;
 
 /// `None` for a socket that is not a TCP listener (a Unix socket, a closed fd).
 pub fn of_listener(fd: RawFd) -> Option<Backlog> {
+    // SAFETY: tcp_info is a plain C struct for which all-zero is valid.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own;
+    // on an fd that is not a socket (or closed) it fails and we return None.
     let rc = unsafe {
         libc::getsockopt(
             fd,

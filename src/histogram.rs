@@ -1,10 +1,8 @@
 //! A histogram stored as prometheus_client stores one: a non-cumulative
 //! count per bucket (`le` label) and a `_sum`.
 
-use std::io;
-
 use crate::exposition::float::go_float;
-use crate::storage::{key, MmapWriter, ValueSlot};
+use crate::storage::{key, SeriesFile, ValueSlot};
 
 /// Prometheus's default duration buckets.
 pub const DEFAULT_DURATION_BUCKETS: [f64; 14] = [
@@ -29,27 +27,28 @@ pub struct HistogramSlots {
 }
 
 impl HistogramSlots {
-    /// Creates (or finds) the entries of one labelled histogram in `file`.
+    /// Creates (or finds) the entries of one labelled histogram in `file`
+    /// (entries that cannot be recorded are counted write errors).
     pub fn open(
-        file: &mut MmapWriter,
+        file: &mut SeriesFile,
         name: &str,
         help: &str,
         labels: &[(&str, &str)],
         bounds: &[f64],
-    ) -> io::Result<Self> {
+    ) -> Self {
         let bucket_name = format!("{name}_bucket");
         let mut buckets = Vec::with_capacity(bounds.len() + 1);
         for bound in bounds.iter().copied().chain([f64::INFINITY]) {
             let le = go_float(bound);
             let mut with_le: Vec<(&str, &str)> = labels.to_vec();
             with_le.push(("le", &le));
-            buckets.push(file.slot(&key::encode(name, &bucket_name, &with_le, help))?);
+            buckets.push(file.slot(&key::encode(name, &bucket_name, &with_le, help)));
         }
-        let sum = file.slot(&key::encode(name, &format!("{name}_sum"), labels, help))?;
-        Ok(HistogramSlots {
+        let sum = file.slot(&key::encode(name, &format!("{name}_sum"), labels, help));
+        HistogramSlots {
             buckets: buckets.into_boxed_slice(),
             sum,
-        })
+        }
     }
 
     /// `bounds` must be the ones the slots were opened with.

@@ -1,6 +1,8 @@
 //! Rust core of gunicorn-prometheus-exporter. This file only assembles the
 //! modules; `python` is the compiled module's face.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod aggregate;
 pub mod archive;
 pub mod backlog;
@@ -9,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod directory;
 pub mod exposition;
+pub mod failures;
 pub mod histogram;
 pub mod labels;
 pub mod master_meter;

@@ -1,10 +1,9 @@
 //! The master's own series, kept in its own files like a worker's, so that a
 //! sidecar exporter over the same directory serves them too.
 
-use std::io;
 use std::path::Path;
 
-use crate::storage::{key, MmapWriter, ValueSlot};
+use crate::storage::{key, SeriesFile, ValueSlot};
 
 /// Why a worker was replaced (SPEC 3.2).
 pub const RESTART_REASONS: [&str; 6] = [
@@ -25,13 +24,15 @@ pub struct MasterMeter {
     signals: Vec<ValueSlot>,
     desired: ValueSlot,
     // Kept open for the life of the process: the slots point into them.
-    _files: (MmapWriter, MmapWriter),
+    _files: (SeriesFile, SeriesFile),
 }
 
 impl MasterMeter {
-    pub fn open(dir: &Path, pid: u32, prefix: &str) -> io::Result<MasterMeter> {
-        let mut counters = MmapWriter::open(&dir.join(format!("counter_master{pid}.db")))?;
-        let mut gauges = MmapWriter::open(&dir.join(format!("gauge_livesum_master{pid}.db")))?;
+    /// Opens the master's files. Never fails: what cannot be recorded is
+    /// counted as write errors, and Gunicorn starts all the same.
+    pub fn open(dir: &Path, pid: u32, prefix: &str) -> MasterMeter {
+        let mut counters = SeriesFile::open(&dir.join(format!("counter_master{pid}.db")));
+        let mut gauges = SeriesFile::open(&dir.join(format!("gauge_livesum_master{pid}.db")));
         let mut counter = |name: &str, label: &str, value: &str, help: &str| {
             let metric = format!("{prefix}_{name}");
             counters.slot(&key::encode(
@@ -51,7 +52,7 @@ impl MasterMeter {
                     "Workers replaced, by reason.",
                 )
             })
-            .collect::<io::Result<_>>()?;
+            .collect();
         let signals = MASTER_SIGNALS
             .iter()
             .map(|s| {
@@ -62,20 +63,20 @@ impl MasterMeter {
                     "Signals the master received.",
                 )
             })
-            .collect::<io::Result<_>>()?;
+            .collect();
         let desired_name = format!("{prefix}_workers_desired");
         let desired = gauges.slot(&key::encode(
             &desired_name,
             &desired_name,
             &[],
             "Workers the master is configured to run.",
-        ))?;
-        Ok(MasterMeter {
+        ));
+        MasterMeter {
             restarts,
             signals,
             desired,
             _files: (counters, gauges),
-        })
+        }
     }
 
     /// Counts a restart; `false` for an unknown reason.

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::archive::{exit_note_path, worker_file_id};
+use crate::archive::{worker_file_id, write_exit_note};
 use crate::clock::{monotonic_ns, monotonic_seconds, unix_seconds};
+use crate::failures;
 use crate::histogram::{HistogramSlots, SIZE_BUCKETS};
 use crate::labels::{status_label, status_slot, Method, STATUS_SLOTS};
 use crate::process_stats;
-use crate::storage::{key, MmapWriter, ValueSlot};
+use crate::storage::{key, SeriesFile, ValueSlot};
 
 /// What a worker needs to open its files.
 #[derive(Debug, Clone)]
@@ -31,8 +32,8 @@ pub struct MeterConfig {
 }
 
 struct Files {
-    counters: MmapWriter,
-    histograms: MmapWriter,
+    counters: SeriesFile,
+    histograms: SeriesFile,
 }
 
 /// The series of one (method, status) pair.
@@ -61,7 +62,7 @@ pub struct WorkerMeter {
     duration_bounds: Box<[f64]>,
     files: Mutex<Files>,
     // Kept open for the life of the process: the slots point into it.
-    _gauges: MmapWriter,
+    _gauges: SeriesFile,
     fixed: WorkerSeries,
     requests: Box<[AtomicPtr<RequestSeries>]>,
     failures: Mutex<HashMap<(Method, String), ValueSlot>>,
@@ -73,13 +74,16 @@ pub struct WorkerMeter {
 const MAX_ERROR_TYPE_CHARS: usize = 100;
 
 impl WorkerMeter {
-    pub fn open(config: &MeterConfig) -> io::Result<WorkerMeter> {
+    /// Opens the worker's files. Never fails: what cannot be recorded (no
+    /// space, no inodes, no permission) is counted as write errors and the
+    /// worker serves as usual.
+    pub fn open(config: &MeterConfig) -> WorkerMeter {
         let dir = &config.directory;
         let pid = config.pid;
         let id = worker_file_id(pid);
-        let mut counters = MmapWriter::open(&dir.join(format!("counter_{id}.db")))?;
-        let mut histograms = MmapWriter::open(&dir.join(format!("histogram_{id}.db")))?;
-        let mut gauges = MmapWriter::open(&dir.join(format!("gauge_livesum_{id}.db")))?;
+        let mut counters = SeriesFile::open(&dir.join(format!("counter_{id}.db")));
+        let mut histograms = SeriesFile::open(&dir.join(format!("histogram_{id}.db")));
+        let mut gauges = SeriesFile::open(&dir.join(format!("gauge_livesum_{id}.db")));
         let p = &config.prefix;
         let worker_id = config.worker_id.to_string();
         let wl: &[(&str, &str)] = &[("worker_id", &worker_id)];
@@ -94,11 +98,11 @@ impl WorkerMeter {
         let busy = counter(
             "worker_busy_seconds",
             "Wall time this worker spent handling requests.",
-        )?;
+        );
         let cpu_seconds = counter(
             "worker_cpu_seconds",
             "CPU time used by this worker process.",
-        )?;
+        );
         let mut gauge = |name: &str, help: &str| {
             let name = format!("{p}_{name}");
             gauges.slot(&key::encode(&name, &name, wl, help))
@@ -106,23 +110,23 @@ impl WorkerMeter {
         let in_flight = gauge(
             "worker_requests_in_flight",
             "Requests this worker is handling now.",
-        )?;
+        );
         let memory = gauge(
             "worker_memory_bytes",
             "Resident set size of this worker process.",
-        )?;
+        );
         let cpu_percent = gauge(
             "worker_cpu_percent",
             "CPU use of this worker over the last sampling interval.",
-        )?;
+        );
         let uptime = gauge(
             "worker_uptime_seconds",
             "Seconds since this worker process started.",
-        )?;
+        );
         let start_time = gauge(
             "worker_start_time_seconds",
             "Start time of this worker process since the Unix epoch.",
-        )?;
+        );
         start_time.set(unix_seconds());
         let request_size = HistogramSlots::open(
             &mut histograms,
@@ -130,14 +134,14 @@ impl WorkerMeter {
             "Size of request bodies (Content-Length).",
             wl,
             &SIZE_BUCKETS,
-        )?;
+        );
         let response_size = HistogramSlots::open(
             &mut histograms,
             &format!("{p}_worker_response_size_bytes"),
             "Size of response bodies sent.",
             wl,
             &SIZE_BUCKETS,
-        )?;
+        );
         let fixed = WorkerSeries {
             in_flight,
             busy,
@@ -170,10 +174,20 @@ impl WorkerMeter {
             last_cpu: Mutex::new((monotonic_seconds(), 0.0)),
         };
         meter.sample_resources();
-        Ok(meter)
+        meter
     }
 
     /// A request starts: returns its start time (monotonic ns).
+    ///
+    /// Busy-time accounting: the busy counter's value and timestamp are two
+    /// separate atomic cells updated with plain loads and stores, which is
+    /// sound because `begin` and `end` are only called from Python with the
+    /// GIL held (the compiled methods never release it), so two threads of a
+    /// worker never interleave between the in-flight transition (0 to 1, 1 to
+    /// 0, itself atomic) and the busy update. A reader in another process may
+    /// see the value stored and the timestamp not yet: it computes
+    /// `max(value, now + anchor)`, never less than the truth, so the counter
+    /// never goes down.
     #[inline]
     pub fn begin(&self) -> u64 {
         let now = monotonic_ns();
@@ -220,11 +234,9 @@ impl WorkerMeter {
         let mut series = self.requests[index].load(Ordering::Acquire);
         if series.is_null() {
             series = self.create_request_series(method, index);
-            if series.is_null() {
-                return;
-            }
         }
-        // Published series are never freed: the table owns them for the life of the process.
+        // SAFETY: a non-null pointer in the table came from Box::into_raw and
+        // is never freed: published series live as long as the process.
         let series = unsafe { &*series };
         series.total.add(1.0);
         series.duration.observe(&self.duration_bounds, seconds);
@@ -250,6 +262,8 @@ impl WorkerMeter {
             ("status", &status),
             ("worker_id", &self.worker_id),
         ];
+        // A series that cannot be recorded gets sink slots: counted once, and
+        // never retried per request.
         let total = files.counters.slot(&key::encode(
             &format!("{p}_worker_requests"),
             &format!("{p}_worker_requests_total"),
@@ -263,9 +277,6 @@ impl WorkerMeter {
             labels,
             &self.duration_bounds,
         );
-        let (Ok(total), Ok(duration)) = (total, duration) else {
-            return std::ptr::null_mut();
-        };
         let series = Box::into_raw(Box::new(RequestSeries { total, duration }));
         self.requests[index].store(series, Ordering::Release);
         series
@@ -290,9 +301,7 @@ impl WorkerMeter {
                     labels,
                     "Requests where the application raised instead of answering.",
                 );
-                let Ok(slot) = self.files.lock().counters.slot(&key) else {
-                    return;
-                };
+                let slot = self.files.lock().counters.slot(&key);
                 failures.insert((method, error_type), slot);
                 slot
             }
@@ -321,9 +330,14 @@ impl WorkerMeter {
         *last = (now, stats.cpu_seconds);
     }
 
-    /// Leaves the reason this process is exiting for the master to read.
-    pub fn note_exit(&self, reason: &str) -> io::Result<()> {
-        std::fs::write(exit_note_path(&self.directory, self.pid), reason)
+    /// Leaves the reason this process is exiting for the master to read;
+    /// whether it could (a failure is a counted write error).
+    pub fn note_exit(&self, reason: &str) -> bool {
+        let written = write_exit_note(&self.directory, self.pid, reason);
+        if let Err(e) = &written {
+            failures::write_error(1, format_args!("cannot leave the exit note: {e}"));
+        }
+        written.is_ok()
     }
 
     /// Samples resources every `interval` on a thread of its own.
@@ -357,7 +371,6 @@ mod tests {
             prefix: "gunicorn".into(),
             duration_buckets: crate::histogram::DEFAULT_DURATION_BUCKETS.to_vec(),
         })
-        .unwrap()
     }
 
     #[test]

@@ -17,6 +17,7 @@ fn read_small(path: &str, buf: &mut [u8]) -> Option<usize> {
 }
 
 fn sysconf(name: libc::c_int) -> f64 {
+    // SAFETY: sysconf only reads a system constant; any name is allowed.
     unsafe { libc::sysconf(name) as f64 }
 }
 
@@ -66,6 +67,7 @@ pub fn fds() -> Option<(f64, f64)> {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: getrlimit writes into the rlimit struct we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return None;
     }

@@ -13,6 +13,7 @@ use pyo3::{ffi, intern};
 use crate::archive;
 use crate::config;
 use crate::directory;
+use crate::failures;
 use crate::labels::{parse_status, Method};
 use crate::master_meter;
 use crate::meter::{MeterConfig, WorkerMeter as Meter};
@@ -30,12 +31,14 @@ fn ascii_prefix<'b, const N: usize>(
     buf: &'b mut [u8; N],
 ) -> Option<&'b [u8]> {
     let s = obj.cast::<PyString>().ok()?;
+    // SAFETY: `s` is a live str object and the GIL is held (we have a Bound).
     let len = unsafe { ffi::PyUnicode_GetLength(s.as_ptr()) };
     if len < 0 {
         return None;
     }
     let n = (len as usize).min(N);
     for (i, slot) in buf.iter_mut().enumerate().take(n) {
+        // SAFETY: as above, and `i < len`: the index is in range.
         let c = unsafe { ffi::PyUnicode_ReadChar(s.as_ptr(), i as ffi::Py_ssize_t) };
         *slot = if c < 128 { c as u8 } else { 0 };
     }
@@ -131,7 +134,7 @@ impl WorkerMeter {
         prefix: String,
         duration_buckets: Vec<f64>,
         sample_interval: f64,
-    ) -> PyResult<Self> {
+    ) -> Self {
         let config = MeterConfig {
             directory,
             pid,
@@ -139,11 +142,12 @@ impl WorkerMeter {
             prefix,
             duration_buckets,
         };
-        let meter = Arc::new(Meter::open(&config).map_err(|e| PyOSError::new_err(e.to_string()))?);
-        meter
-            .start_sampler(Duration::from_secs_f64(sample_interval))
-            .map_err(|e| PyOSError::new_err(e.to_string()))?;
-        Ok(WorkerMeter { meter })
+        // Never fails: a metrics problem must not keep the worker from booting.
+        let meter = Arc::new(Meter::open(&config));
+        if let Err(e) = meter.start_sampler(Duration::from_secs_f64(sample_interval)) {
+            failures::write_error(1, format_args!("cannot start the resource sampler: {e}"));
+        }
+        WorkerMeter { meter }
     }
 
     /// A request starts: counts it in flight and notes its start on `req`.
@@ -206,11 +210,10 @@ impl WorkerMeter {
         );
     }
 
-    /// Leaves the reason this worker exits (`max_requests`, `graceful`, `crashed`).
-    fn note_exit(&self, reason: &str) -> PyResult<()> {
-        self.meter
-            .note_exit(reason)
-            .map_err(|e| PyOSError::new_err(e.to_string()))
+    /// Leaves the reason this worker exits (`max_requests`, `graceful`,
+    /// `crashed`); never raises (a failure is a counted write error).
+    fn note_exit(&self, reason: &str) -> bool {
+        self.meter.note_exit(reason)
     }
 
     /// The application raised `exc` while handling `req` (a Gunicorn request
@@ -315,10 +318,10 @@ struct MasterMeter {
 #[pymethods]
 impl MasterMeter {
     #[new]
-    fn new(directory: PathBuf, pid: u32, prefix: &str) -> PyResult<Self> {
-        let meter = master_meter::MasterMeter::open(&directory, pid, prefix)
-            .map_err(|e| PyOSError::new_err(e.to_string()))?;
-        Ok(MasterMeter { meter })
+    fn new(directory: PathBuf, pid: u32, prefix: &str) -> Self {
+        MasterMeter {
+            meter: master_meter::MasterMeter::open(&directory, pid, prefix),
+        }
     }
 
     fn restart(&self, reason: &str) -> PyResult<()> {
@@ -342,7 +345,7 @@ impl MasterMeter {
 }
 
 /// Folds the files of exited processes into archives (keeps them open).
-#[pyclass(module = "gunicorn_prometheus_exporter._core")]
+#[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
 #[derive(Default)]
 struct ArchiveCompactor {
     inner: archive::ArchiveCompactor,
@@ -355,11 +358,17 @@ impl ArchiveCompactor {
         Self::default()
     }
 
-    /// Retires `pid`: returns the exit note it left, if any.
-    fn retire(&mut self, py: Python<'_>, directory: PathBuf, pid: u32) -> PyResult<Option<String>> {
-        let inner = &mut self.inner;
+    /// Retires `pid`: returns the exit note it left, if any. Waits for the
+    /// directory lock only a short while: the fold is deferred otherwise.
+    fn retire(&self, py: Python<'_>, directory: PathBuf, pid: u32) -> PyResult<Option<String>> {
+        let inner = &self.inner;
         py.detach(|| inner.retire(&directory, pid))
             .map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
+    /// Number of exited processes whose files still wait to be folded.
+    fn deferred(&self) -> usize {
+        self.inner.deferred()
     }
 }
 
@@ -404,15 +413,25 @@ fn close_inherited_metrics_sockets() -> usize {
     server::inherited::close_inherited_sockets()
 }
 
-/// Makes the directory and clears files of an earlier run.
+/// Makes the directory and takes it over for this master (one master per
+/// directory). Returns the pid of the old master when this is Gunicorn's
+/// USR2 upgrade (our parent owns the directory: nothing is cleared), else
+/// None (files of an earlier run were cleared).
 #[pyfunction]
-fn prepare_directory(directory: PathBuf) -> PyResult<()> {
-    directory::prepare(&directory).map_err(|e| {
-        PyOSError::new_err(format!(
-            "PROMETHEUS_MULTIPROC_DIR={:?} is not usable: {e}",
-            directory.display().to_string()
-        ))
-    })
+fn prepare_directory(directory: PathBuf) -> PyResult<Option<u32>> {
+    failures::share_with_children();
+    let shown = directory.display().to_string();
+    match directory::prepare(&directory) {
+        Ok(directory::Takeover::Fresh) => Ok(None),
+        Ok(directory::Takeover::Upgrade { from }) => Ok(Some(from)),
+        Err(directory::PrepareError::InUse { owner }) => Err(PyOSError::new_err(format!(
+            "PROMETHEUS_MULTIPROC_DIR={shown:?} is in use by the Gunicorn master pid {owner} \
+             (one master per directory)"
+        ))),
+        Err(directory::PrepareError::Io(e)) => Err(PyOSError::new_err(format!(
+            "PROMETHEUS_MULTIPROC_DIR={shown:?} is not usable: {e}"
+        ))),
+    }
 }
 
 #[pymodule]

@@ -1,10 +1,12 @@
 //! One scrape: the directory's families plus the exporter's own and those the
 //! serving process reads from the kernel at scrape time.
 
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -13,12 +15,18 @@ use crate::backlog;
 use crate::clock::monotonic_seconds;
 use crate::exposition::negotiate::Format;
 use crate::exposition::{openmetrics, text};
+use crate::failures;
 use crate::model::{Family, Kind, Labels};
 use crate::process_stats;
 use crate::storage::lock::DirectoryLock;
 
 /// File-name prefix of the one live-gauge file each live worker has.
 const LIVE_WORKER_FILE: &str = "gauge_livesum_worker";
+/// The longest a scrape waits for the directory lock (a compaction, or a
+/// foreign process holding it) before it serves the last families it read.
+const SCRAPE_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+static LOCK_TIMEOUT_LOGGED: AtomicU32 = AtomicU32::new(0);
 
 pub struct ScrapeSource {
     pub directory: PathBuf,
@@ -34,6 +42,10 @@ pub struct ScrapeSource {
     /// configured backlog), read from the kernel's socket table.
     bound_listeners: Mutex<Vec<(String, SocketAddr, u32)>>,
     aggregator: Mutex<Aggregator>,
+    /// The directory's families and file names at the last scrape that read
+    /// them, served again (counters never go down) if the lock cannot be had.
+    /// Refilled by `render` after encoding (moved, never copied).
+    last_read: Mutex<(Vec<Family>, usize)>,
     read_errors: AtomicU64,
 }
 
@@ -52,6 +64,7 @@ impl ScrapeSource {
             listeners: Mutex::new(Vec::new()),
             bound_listeners: Mutex::new(Vec::new()),
             aggregator: Mutex::new(Aggregator::default()),
+            last_read: Mutex::new((Vec::new(), 0)),
             read_errors: AtomicU64::new(0),
         }
     }
@@ -66,28 +79,53 @@ impl ScrapeSource {
 
     /// Every family this scrape serves.
     pub fn families(&self) -> Vec<Family> {
-        let collected = {
-            let _lock = DirectoryLock::shared(&self.directory);
-            self.aggregator
-                .lock()
-                .collect(&self.directory, monotonic_seconds())
+        let (families, from_directory, live_workers) = self.collect();
+        *self.last_read.lock() = (families[..from_directory].to_vec(), live_workers);
+        families
+    }
+
+    /// Every family, how many of the first ones come from the directory, and
+    /// the number of live workers.
+    fn collect(&self) -> (Vec<Family>, usize, usize) {
+        let lock = DirectoryLock::shared(&self.directory, SCRAPE_LOCK_WAIT);
+        let collected = match &lock {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                failures::log_once(
+                    &LOCK_TIMEOUT_LOGGED,
+                    format_args!(
+                        "a scrape could not take the lock of {} within {:?}: it served the \
+                         last values read (counted in exporter_read_errors_total)",
+                        self.directory.display(),
+                        SCRAPE_LOCK_WAIT
+                    ),
+                );
+                let (families, live_workers) = std::mem::take(&mut *self.last_read.lock());
+                (families, 1, live_workers)
+            }
+            // Any other error (a read-only directory of a sidecar): read unlocked, as before.
+            _ => {
+                let c = self
+                    .aggregator
+                    .lock()
+                    .collect(&self.directory, monotonic_seconds());
+                let live_workers = c
+                    .files
+                    .iter()
+                    .filter(|n| n.starts_with(LIVE_WORKER_FILE))
+                    .count();
+                (c.families, c.read_errors, live_workers)
+            }
         };
-        let errors = self
-            .read_errors
-            .fetch_add(collected.read_errors, Ordering::Relaxed)
-            + collected.read_errors;
-        let mut families = collected.families;
+        drop(lock);
+        let (mut families, new_errors, live_workers) = collected;
+        let from_directory = families.len();
+        let errors = self.read_errors.fetch_add(new_errors, Ordering::Relaxed) + new_errors;
         let p = &self.prefix;
         let gauge = |name: &str, help: &str, value: f64| {
             let mut f = Family::new(name, help, Kind::Gauge);
             f.push("", Vec::new(), value);
             f
         };
-        let live_workers = collected
-            .files
-            .iter()
-            .filter(|n| n.starts_with(LIVE_WORKER_FILE))
-            .count();
         families.push(gauge(
             &format!("{p}_workers"),
             "Live worker processes.",
@@ -100,6 +138,13 @@ impl ScrapeSource {
         );
         read_errors.push("_total", Vec::new(), errors as f64);
         families.push(read_errors);
+        let mut write_errors = Family::new(
+            format!("{p}_exporter_write_errors"),
+            "Files or entries that could not be recorded (by the master or its workers).",
+            Kind::Counter,
+        );
+        write_errors.push("_total", Vec::new(), failures::write_errors() as f64);
+        families.push(write_errors);
         let mut build_info = Family::new(
             format!("{p}_exporter_build_info"),
             "Versions of the exporter and what it runs in.",
@@ -109,7 +154,7 @@ impl ScrapeSource {
         families.push(build_info);
         families.extend(self.backlog_families());
         families.extend(process_families());
-        families
+        (families, from_directory, live_workers)
     }
 
     fn backlog_families(&self) -> Vec<Family> {
@@ -150,10 +195,14 @@ impl ScrapeSource {
     /// The body of a scrape in `format`.
     pub fn render(&self, format: Format) -> String {
         let mut out = String::with_capacity(64 << 10);
+        let (mut families, from_directory, live_workers) = self.collect();
         match format {
-            Format::Text => text::encode(&self.families(), &mut out),
-            Format::OpenMetrics => openmetrics::encode(&self.families(), self.created, &mut out),
+            Format::Text => text::encode(&families, &mut out),
+            Format::OpenMetrics => openmetrics::encode(&families, self.created, &mut out),
         }
+        // Kept for a scrape that cannot take the lock: served again, not copied.
+        families.truncate(from_directory);
+        *self.last_read.lock() = (families, live_workers);
         out
     }
 }

@@ -93,8 +93,18 @@ class Samples:
         self.samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
 
     def get(self, name: str, **labels: str) -> float:
-        return sum(s.value for s in self.samples
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+        """The sum of the matching samples; raises if there is none, so that a
+        series that disappeared cannot pass an `== 0` assertion."""
+        found = self.matching(name, **labels)
+        if not found:
+            raise AssertionError(f"no sample {name}{labels or ''} in the scrape")
+        return sum(s.value for s in found)
+
+    def get_or(self, name: str, default: float, **labels: str) -> float:
+        """As `get`, for a series whose absence legitimately means `default`
+        (a label value nothing recorded yet)."""
+        found = self.matching(name, **labels)
+        return sum(s.value for s in found) if found else default
 
     def matching(self, name: str, **labels: str) -> list:
         return [s for s in self.samples

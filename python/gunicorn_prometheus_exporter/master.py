@@ -39,6 +39,8 @@ class MasterExporter:
         self.pid = os.getpid()
         self.settings: _core.Settings | None = None
         self.directory: str | None = None
+        # The old master's pid when this one took the directory over by USR2.
+        self.upgraded_from: int | None = None
         self.exporter: _core.Exporter | None = None
         self.meter: _core.MasterMeter | None = None
         self.compactor = _core.ArchiveCompactor()
@@ -69,14 +71,17 @@ class MasterExporter:
         except (ValueError, OSError) as exc:
             raise RuntimeError(str(exc)) from None
         directory = settings.directory
+        made = directory is None or not os.path.exists(directory)
         if directory is None:
             directory = tempfile.mkdtemp(prefix="gunicorn-prometheus-")
             atexit.register(_remove_private_directory, directory, self.pid)
         try:
-            _core.prepare_directory(directory)
-            self.meter = _core.MasterMeter(directory, self.pid, settings.prefix)
+            self.upgraded_from = _core.prepare_directory(directory)
+            if made:
+                _give_to_workers(str(directory), cfg)
         except OSError as exc:
             raise RuntimeError(str(exc)) from None
+        self.meter = _core.MasterMeter(directory, self.pid, settings.prefix)
         os.environ[DIRECTORY_VARIABLE] = str(directory)
         self.directory = str(directory)
         self.settings = settings
@@ -279,6 +284,15 @@ def _count_signals(count: Callable[[str], None]) -> None:
 
         handler._prometheus_counted = True  # type: ignore[attr-defined]
         signal.signal(signum, handler)
+
+
+def _give_to_workers(directory: str, cfg: Any) -> None:
+    """Workers that drop privileges (`--user`/`--group`) must write in the
+    directory the master made: their exit notes, the application's own
+    prometheus_client files."""
+    uid, gid = getattr(cfg, "uid", None), getattr(cfg, "gid", None)
+    if os.geteuid() == 0 and isinstance(uid, int) and isinstance(gid, int) and (uid, gid) != (0, 0):
+        os.chown(directory, uid, gid)
 
 
 def _remove_private_directory(directory: str, owner_pid: int) -> None:

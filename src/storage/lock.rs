@@ -8,14 +8,20 @@
 //! `flock` would be, and a worker forked while a scrape held it would keep the
 //! master from ever compacting again.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::open::{create_fresh, open_write};
+
 pub const LOCK_FILE: &str = ".lock";
+
+/// Between two attempts at a record lock held by another process.
+const RETRY_EVERY: Duration = Duration::from_millis(5);
 
 static IN_PROCESS: RwLock<()> = RwLock::new(());
 
@@ -30,38 +36,57 @@ pub struct DirectoryLock {
     _guard: Guard,
 }
 
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the directory lock is held")
+}
+
 impl DirectoryLock {
-    pub fn shared(dir: &Path) -> io::Result<Self> {
-        let guard = Guard::Shared(IN_PROCESS.read());
-        Self::take(dir, libc::F_RDLCK, guard)
+    /// Takes the lock shared, waiting at most `wait` (ErrorKind::TimedOut).
+    pub fn shared(dir: &Path, wait: Duration) -> io::Result<Self> {
+        let deadline = Instant::now() + wait;
+        let guard = Guard::Shared(IN_PROCESS.try_read_for(wait).ok_or_else(timed_out)?);
+        Self::take(dir, libc::F_RDLCK, guard, deadline)
     }
 
-    pub fn exclusive(dir: &Path) -> io::Result<Self> {
-        let guard = Guard::Exclusive(IN_PROCESS.write());
-        Self::take(dir, libc::F_WRLCK, guard)
+    /// Takes the lock exclusive, waiting at most `wait` (ErrorKind::TimedOut).
+    pub fn exclusive(dir: &Path, wait: Duration) -> io::Result<Self> {
+        let deadline = Instant::now() + wait;
+        let guard = Guard::Exclusive(IN_PROCESS.try_write_for(wait).ok_or_else(timed_out)?);
+        Self::take(dir, libc::F_WRLCK, guard, deadline)
     }
 
-    fn take(dir: &Path, kind: libc::c_int, guard: Guard) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(LOCK_FILE))?;
+    fn take(dir: &Path, kind: libc::c_int, guard: Guard, deadline: Instant) -> io::Result<Self> {
+        let path = dir.join(LOCK_FILE);
+        let file = match open_write(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+            // A symlink or FIFO planted under the name: a regular file replaces it.
+            Err(_) => create_fresh(&path)?,
+        };
+        // SAFETY: flock is a plain C struct for which all-zero is valid.
         let mut region: libc::flock = unsafe { std::mem::zeroed() };
         region.l_type = kind as libc::c_short;
         region.l_whence = libc::SEEK_SET as libc::c_short;
         loop {
-            if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLKW, &region) } == 0 {
+            // SAFETY: F_SETLK (never blocks) on an fd `file` keeps open, with
+            // a valid flock struct.
+            if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &region) } == 0 {
                 return Ok(DirectoryLock {
                     _file: file,
                     _guard: guard,
                 });
             }
             let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::EACCES) => {}
+                _ => return Err(err),
             }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(timed_out());
+            }
+            std::thread::sleep(RETRY_EVERY.min(deadline - now));
         }
     }
 }
@@ -73,20 +98,62 @@ mod tests {
     #[test]
     fn a_forked_child_does_not_keep_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let shared = DirectoryLock::shared(dir.path()).unwrap();
+        let shared = DirectoryLock::shared(dir.path(), WAIT).unwrap();
+        // SAFETY: the child only sleeps and exits.
         let child = unsafe { libc::fork() };
         if child == 0 {
-            unsafe { libc::sleep(30) };
-            unsafe { libc::_exit(0) };
+            // SAFETY: async-signal-safe calls only, in the forked child.
+            unsafe {
+                libc::sleep(30);
+                libc::_exit(0)
+            };
         }
         drop(shared);
-        let _exclusive = DirectoryLock::exclusive(dir.path()).unwrap();
-        // Taken while the child that was forked under the shared lock still runs.
-        assert_eq!(
-            unsafe { libc::waitpid(child, std::ptr::null_mut(), libc::WNOHANG) },
-            0
-        );
-        unsafe { libc::kill(child, libc::SIGKILL) };
-        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        let _exclusive = DirectoryLock::exclusive(dir.path(), WAIT).unwrap();
+        // SAFETY: waitpid, kill and waitpid on the child forked above.
+        unsafe {
+            // Taken while the child that was forked under the shared lock still runs.
+            assert_eq!(libc::waitpid(child, std::ptr::null_mut(), libc::WNOHANG), 0);
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
     }
+
+    #[test]
+    fn a_lock_held_by_another_process_times_out_instead_of_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        std::fs::write(&path, b"").unwrap();
+        let (mut ready_r, mut ready_w) = std::os::unix::net::UnixStream::pair().unwrap();
+        // SAFETY: the child takes a record lock, signals, sleeps and exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            // SAFETY: all-zero flock is valid; fcntl on an open fd.
+            unsafe {
+                let mut region: libc::flock = std::mem::zeroed();
+                region.l_type = libc::F_WRLCK as libc::c_short;
+                libc::fcntl(file.as_raw_fd(), libc::F_SETLKW, &region);
+            }
+            let _ = std::io::Write::write_all(&mut ready_w, b"x");
+            // SAFETY: async-signal-safe calls only, in the forked child.
+            unsafe {
+                libc::sleep(30);
+                libc::_exit(0)
+            };
+        }
+        std::io::Read::read_exact(&mut ready_r, &mut [0u8; 1]).unwrap();
+        let err = DirectoryLock::shared(dir.path(), Duration::from_millis(50))
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // SAFETY: kill and reap the child forked above.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert!(DirectoryLock::shared(dir.path(), WAIT).is_ok());
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
 }

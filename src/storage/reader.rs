@@ -1,10 +1,17 @@
 //! Reading a file back: entries up to the published used length.
+//!
+//! Files of other processes are never mapped, only read with `pread` up to a
+//! used length checked against `fstat`: a file that its writer (or anyone)
+//! truncates meanwhile is a read error, never a SIGBUS, and a huge or sparse
+//! file is refused by its size, never read whole.
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{key_padding, HEADER_BYTES};
+use super::open::open_read_sized;
+use super::{key_padding, HEADER_BYTES, MAX_FILE_BYTES};
 
 /// One entry of a file: the key and its two doubles.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,26 +24,42 @@ pub struct Entry<'a> {
 /// Why a file could not be read to its end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadError {
+    /// Not openable: missing, not a regular file (symlink, FIFO), no permission.
     Io(String),
     BadHeader,
     Truncated,
-    BadEntry { offset: usize },
+    /// Larger than the format allows (`MAX_FILE_BYTES`): not read at all.
+    TooLarge,
+    BadEntry {
+        offset: usize,
+    },
 }
 
-/// Reads the file's used bytes into `buf` (reused across files). On a
-/// truncated file `buf` still holds what could be read.
+/// Reads the used bytes of the regular file at `path` into `buf` (reused
+/// across files). On a truncated file `buf` still holds what could be read.
 pub fn read_used(path: &Path, buf: &mut Vec<u8>) -> Result<(), ReadError> {
     buf.clear();
-    let mut file = File::open(path).map_err(|e| ReadError::Io(e.to_string()))?;
-    let mut header = [0u8; HEADER_BYTES];
-    let mut got = 0;
-    while got < HEADER_BYTES {
-        match file.read(&mut header[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) => return Err(ReadError::Io(e.to_string())),
-        }
+    let (file, size) = open_read_sized(path).map_err(|e| ReadError::Io(e.to_string()))?;
+    read_used_sized(&file, size, buf)
+}
+
+/// As `read_used`, from a file just opened (its offset must be 0).
+pub fn read_used_from(file: &File, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+    let size = file
+        .metadata()
+        .map_err(|e| ReadError::Io(e.to_string()))?
+        .len();
+    read_used_sized(file, size, buf)
+}
+
+/// Reads from `file`, whose `fstat` size is `size`.
+fn read_used_sized(file: &File, size: u64, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+    buf.clear();
+    if size > MAX_FILE_BYTES as u64 {
+        return Err(ReadError::TooLarge);
     }
+    let mut header = [0u8; HEADER_BYTES];
+    let got = read_at_most(file, &mut header, 0)?;
     let used = i32::from_le_bytes(header[..4].try_into().unwrap());
     // A file being created: no size yet, or no used length published yet.
     if got == 0 || (got == HEADER_BYTES && used == 0) {
@@ -46,16 +69,32 @@ pub fn read_used(path: &Path, buf: &mut Vec<u8>) -> Result<(), ReadError> {
     if got < HEADER_BYTES || used < HEADER_BYTES as i32 {
         return Err(ReadError::BadHeader);
     }
-    buf.extend_from_slice(&header);
-    let rest = used as usize - HEADER_BYTES;
-    let got = (&mut file)
-        .take(rest as u64)
+    let used = used as usize;
+    // Never more than fstat says the file holds, whatever the header claims.
+    let readable = used.min(size as usize);
+    // From offset 0 (the header was read with pread): no zero-filling of `buf`.
+    let got = file
+        .take(readable as u64)
         .read_to_end(buf)
         .map_err(|e| ReadError::Io(e.to_string()))?;
-    if got < rest {
+    if got < used {
         return Err(ReadError::Truncated);
     }
     Ok(())
+}
+
+/// Fills `out` from `offset` until it is full or the file ends.
+fn read_at_most(file: &File, out: &mut [u8], offset: u64) -> Result<usize, ReadError> {
+    let mut got = 0;
+    while got < out.len() {
+        match file.read_at(&mut out[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadError::Io(e.to_string())),
+        }
+    }
+    Ok(got)
 }
 
 /// Parses the entries of `data` (a file's first `used` bytes, header included).

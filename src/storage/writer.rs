@@ -1,7 +1,29 @@
 //! Writing a file: entries appended under the owner's lock, values updated lock-free.
+//!
+//! # The contract of a mapped file
+//! - The mapping covers `RESERVED_BYTES` of address space from the start, so
+//!   it never moves when the file grows: a `ValueSlot` stays valid for the
+//!   life of its `MmapWriter` without any lock on the hot path.
+//! - Only bytes below `capacity` are ever touched, and `capacity` bytes are
+//!   reserved on disk (`posix_fallocate`) before they are: on a full disk the
+//!   append fails (the series is not recorded), it never faults later.
+//! - A file is mapped for writing only if it is a regular file owned by our
+//!   effective user with a single name (`open::is_own_file`): only that user
+//!   (or root) could shrink it under the mapping, which would make a write
+//!   past the new end raise SIGBUS. That is the trust boundary: the directory
+//!   may be writable by others (they can unlink or replace names, which the
+//!   mapping does not see), our files may not.
+//! - Readers of other processes' files never map them: they `pread` the used
+//!   length after checking it against `fstat` (`reader.rs`), so a file that
+//!   another process truncates is a read error, never a SIGBUS.
+//! - Memory orderings: the used length is stored with `Release` after the
+//!   entry's bytes are written and loaded with `Acquire`, so whoever sees a
+//!   length sees complete entries. Values and timestamps are independent
+//!   8-byte cells updated with `Relaxed` atomics: each is always a whole
+//!   double, and no other memory is published through them.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -9,32 +31,49 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use super::{key_padding, read_entries, HEADER_BYTES};
+use super::open::{self, create_fresh, is_own_file, reserve, still_names};
+use super::reader::read_used_from;
+use super::{key_padding, read_entries, HEADER_BYTES, MAX_FILE_BYTES};
+use crate::failures;
 
 /// Size a new file starts with, as prometheus_client's `_INITIAL_MMAP_SIZE`.
 const INITIAL_FILE_BYTES: usize = 1 << 16;
 /// Address space reserved per file so the mapping never moves when the file
 /// grows: values handed out stay valid without any lock on the hot path.
-const RESERVED_BYTES: usize = 64 << 20;
+const RESERVED_BYTES: usize = MAX_FILE_BYTES;
+
+/// Where the values of a series that could not be recorded go: one shared
+/// pair of cells that nobody reads.
+static SINK: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
 /// A pointer to the value double of one entry (the timestamp double follows it).
 /// It must not outlive the `MmapWriter` that handed it out.
 #[derive(Clone, Copy, Debug)]
 pub struct ValueSlot(NonNull<AtomicU64>);
 
-// The slot points into a shared mapping that its writer keeps alive for the
-// life of the process; all access goes through atomics.
+// SAFETY: the slot points into a shared mapping that its writer keeps alive
+// for the life of the process (or into `SINK`); all access goes through atomics.
 unsafe impl Send for ValueSlot {}
+// SAFETY: as for Send: shared access is only through atomics.
 unsafe impl Sync for ValueSlot {}
 
 impl ValueSlot {
+    /// A slot whose values go nowhere, for a series that could not be recorded.
+    pub fn sink() -> ValueSlot {
+        ValueSlot(NonNull::from(&SINK[0]))
+    }
+
     #[inline]
     fn value(&self) -> &AtomicU64 {
+        // SAFETY: the pointer is 8-byte aligned (entries are padded to 8) and
+        // valid while the writer's mapping lives (the slot's contract).
         unsafe { self.0.as_ref() }
     }
 
     #[inline]
     fn timestamp(&self) -> &AtomicU64 {
+        // SAFETY: every entry (and SINK) has its timestamp double right after
+        // the value, inside the same reserved, allocated bytes.
         unsafe { &*self.0.as_ptr().add(1) }
     }
 
@@ -85,61 +124,94 @@ pub struct MmapWriter {
 
 impl MmapWriter {
     /// Opens or creates `path`. Entries already in the file are kept and reused,
-    /// as prometheus_client does.
+    /// as prometheus_client does. Whatever cannot be used as our own file (a
+    /// symlink, a FIFO, a foreign, oversized or corrupt file) is unlinked and
+    /// a fresh file takes its name, with the entries that could be read.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let mut capacity = file.metadata()?.len() as usize;
-        if capacity == 0 {
-            file.set_len(INITIAL_FILE_BYTES as u64)?;
-            capacity = INITIAL_FILE_BYTES;
+        let file = match open::open_write(path) {
+            Ok(file) if is_own_file(&file)? => file,
+            Ok(_) => return Self::replace(path, &[], "it is not our own file"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+            Err(e) => return Self::replace(path, &[], &e.to_string()),
+        };
+        let size = file.metadata()?.len() as usize;
+        if size > RESERVED_BYTES {
+            return Self::replace(path, &[], "it is larger than the format allows");
         }
-        if capacity > RESERVED_BYTES {
-            return Err(io::Error::other(format!(
-                "{} is larger than {} bytes",
-                path.display(),
-                RESERVED_BYTES
-            )));
+        let mut buf = Vec::new();
+        let read = read_used_from(&file, &mut buf);
+        let (entries, error) = read_entries(&buf);
+        if read.is_err() || error.is_some() {
+            let salvaged: Vec<(&str, f64, f64)> = entries
+                .iter()
+                .map(|e| (e.key, e.value, e.timestamp))
+                .collect();
+            return Self::replace(path, &salvaged, "it is corrupt");
         }
+        // A file that prometheus_client sized with ftruncate has no blocks yet.
+        let capacity = size.max(INITIAL_FILE_BYTES);
+        reserve(&file, capacity as u64)?;
+        let base = buf.as_ptr() as usize;
+        let positions = entries
+            .iter()
+            .map(|e| {
+                let at = e.key.as_ptr() as usize - base + e.key.len() + key_padding(e.key.len());
+                (e.key.to_owned(), at)
+            })
+            .collect();
+        Self::map(path, file, capacity, buf.len().max(HEADER_BYTES), positions)
+    }
+
+    /// A fresh file at `path` holding `entries` (key, value, timestamp).
+    fn replace(path: &Path, entries: &[(&str, f64, f64)], why: &str) -> io::Result<Self> {
+        failures::write_error(
+            1,
+            format_args!("replaced {} with a fresh file: {why}", path.display()),
+        );
+        let file = create_fresh(path)?;
+        reserve(&file, INITIAL_FILE_BYTES as u64)?;
+        let mut writer = Self::map(path, file, INITIAL_FILE_BYTES, HEADER_BYTES, HashMap::new())?;
+        for (key, value, timestamp) in entries {
+            let slot = writer.slot(key)?;
+            slot.set(*value);
+            slot.set_timestamp(*timestamp);
+        }
+        Ok(writer)
+    }
+
+    fn map(
+        path: &Path,
+        file: File,
+        capacity: usize,
+        used: usize,
+        positions: HashMap<String, usize>,
+    ) -> io::Result<Self> {
         let map = MmapOptions::new().len(RESERVED_BYTES).map_raw(&file)?;
-        let mut writer = MmapWriter {
+        let writer = MmapWriter {
             path: path.to_owned(),
             file,
             map,
             capacity,
-            used: 0,
-            positions: HashMap::new(),
+            used,
+            positions,
         };
-        let used = writer.used_cell().load(Ordering::Acquire) as usize;
-        if used == 0 {
-            writer.used = HEADER_BYTES;
-            writer
-                .used_cell()
-                .store(HEADER_BYTES as u32, Ordering::Release);
-        } else {
-            let data =
-                unsafe { std::slice::from_raw_parts(writer.map.as_ptr(), used.min(capacity)) };
-            let (entries, error) = read_entries(data);
-            if error.is_some() {
-                return Err(io::Error::other(format!("{} is corrupted", path.display())));
-            }
-            let base = data.as_ptr() as usize;
-            for e in entries {
-                let value_at =
-                    e.key.as_ptr() as usize - base + e.key.len() + key_padding(e.key.len());
-                writer.positions.insert(e.key.to_owned(), value_at);
-            }
-            writer.used = used;
-        }
+        writer.used_cell().store(used as u32, Ordering::Release);
         Ok(writer)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the path still names this file and the file was not shrunk
+    /// under the mapping (by root or by our own user): if not, it must be
+    /// dropped without touching its mapping again.
+    pub fn is_intact(&self) -> bool {
+        still_names(&self.path, &self.file)
+            && self
+                .file
+                .metadata()
+                .is_ok_and(|m| m.len() >= self.capacity as u64)
     }
 
     /// Whether `key` already has an entry.
@@ -148,6 +220,9 @@ impl MmapWriter {
     }
 
     fn used_cell(&self) -> &AtomicU32 {
+        // SAFETY: the first 4 bytes of the mapping are the used length, inside
+        // the reserved capacity (at least INITIAL_FILE_BYTES); the mapping is
+        // page-aligned and lives as long as `self`.
         unsafe { &*(self.map.as_mut_ptr() as *const AtomicU32) }
     }
 
@@ -158,6 +233,7 @@ impl MmapWriter {
             Some(&at) => at,
             None => self.append(key)?,
         };
+        // SAFETY: `at + 16 <= capacity <= RESERVED_BYTES`: inside the mapping.
         let ptr = unsafe { self.map.as_mut_ptr().add(at) } as *mut AtomicU64;
         Ok(ValueSlot(NonNull::new(ptr).expect("mapping is never null")))
     }
@@ -175,10 +251,15 @@ impl MmapWriter {
             while capacity < end {
                 capacity *= 2;
             }
-            self.file.set_len(capacity.min(RESERVED_BYTES) as u64)?;
-            self.capacity = capacity.min(RESERVED_BYTES);
+            let capacity = capacity.min(RESERVED_BYTES);
+            // Space first: a full disk fails here, not as a SIGBUS on write.
+            reserve(&self.file, capacity as u64)?;
+            self.capacity = capacity;
         }
         let base = self.map.as_mut_ptr();
+        // SAFETY: [used, end) lies below `capacity`, which is reserved on disk
+        // and inside the mapping; no other process writes past the published
+        // used length, and this writer's `&mut self` excludes other appends.
         unsafe {
             let entry = std::slice::from_raw_parts_mut(base.add(self.used), entry_len);
             entry[..4].copy_from_slice(&(key_bytes.len() as i32).to_le_bytes());
@@ -191,6 +272,59 @@ impl MmapWriter {
         self.used_cell().store(end as u32, Ordering::Release);
         self.positions.insert(key.to_owned(), value_at);
         Ok(value_at)
+    }
+}
+
+/// A file a process records its own series in. It never fails: a file that
+/// cannot be opened, or an entry that cannot be added (full disk, no inodes,
+/// permissions), gives a slot that records nothing, counted as a write error.
+pub struct SeriesFile {
+    path: PathBuf,
+    writer: Option<MmapWriter>,
+}
+
+impl SeriesFile {
+    pub fn open(path: &Path) -> SeriesFile {
+        let writer = match MmapWriter::open(path) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                failures::write_error(
+                    1,
+                    format_args!(
+                        "cannot open {}: {e}; its values are not recorded",
+                        path.display()
+                    ),
+                );
+                None
+            }
+        };
+        SeriesFile {
+            path: path.to_owned(),
+            writer,
+        }
+    }
+
+    /// Whether the file could be opened.
+    pub fn is_recording(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// The slot of `key`; a sink (and a counted write error) if it cannot be recorded.
+    pub fn slot(&mut self, key: &str) -> ValueSlot {
+        let Some(writer) = self.writer.as_mut() else {
+            failures::write_error(1, format_args!("cannot record in {}", self.path.display()));
+            return ValueSlot::sink();
+        };
+        writer.slot(key).unwrap_or_else(|e| {
+            failures::write_error(
+                1,
+                format_args!(
+                    "cannot add a series to {}: {e}; it is not recorded",
+                    self.path.display()
+                ),
+            );
+            ValueSlot::sink()
+        })
     }
 }
 
@@ -285,6 +419,46 @@ mod tests {
         let garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
         let (_, err) = read_entries(&garbage);
         assert!(err.is_some());
+    }
+
+    #[test]
+    fn a_huge_sparse_file_is_refused_by_its_size_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_9.db");
+        let file = std::fs::File::create(&path).unwrap();
+        std::io::Write::write_all(&mut &file, &(1_500_000_000i32).to_le_bytes()).unwrap();
+        file.set_len(2 << 30).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(read_used(&path, &mut buf), Err(ReadError::TooLarge));
+        assert_eq!(buf.capacity(), 0);
+        // A used length past the end: only what the file holds is read.
+        file.set_len(4096).unwrap();
+        assert_eq!(read_used(&path, &mut buf), Err(ReadError::Truncated));
+        assert_eq!(buf.len(), 4096);
+    }
+
+    #[test]
+    fn a_corrupt_or_planted_own_file_is_replaced_keeping_what_could_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_6.db");
+        let mut w = MmapWriter::open(&path).unwrap();
+        w.slot("kept").unwrap().set(4.0);
+        w.slot("lost").unwrap().set(5.0);
+        drop(w);
+        let mut data = std::fs::read(&path).unwrap();
+        let second = 8 + 4 + 4 + key_padding(4) + 16;
+        data[second..second + 4].copy_from_slice(&(-7i32).to_le_bytes());
+        std::fs::write(&path, &data).unwrap();
+        let mut w = MmapWriter::open(&path).unwrap();
+        assert_eq!(w.slot("kept").unwrap().get(), 4.0);
+        assert!(!w.contains("lost"));
+        drop(w);
+        let target = dir.path().join("target");
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        MmapWriter::open(&path).unwrap().slot("k").unwrap().add(1.0);
+        assert!(!target.exists());
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
     }
 
     use crate::storage::ReadError;

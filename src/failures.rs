@@ -1,0 +1,116 @@
+//! Failures that must stop nothing: values that could not be recorded are
+//! counted (`<prefix>_exporter_write_errors_total`) and logged once per process.
+//!
+//! The count lives in one page of memory the master maps shared and anonymous
+//! before it forks workers (`share_with_children`): every worker adds to the
+//! same counter without any file, so a full disk or a directory a worker cannot
+//! write to is still counted. A process that never called it (a test, the
+//! standalone exporter) counts in a private counter.
+
+use std::fmt::Display;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+static PRIVATE_WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
+static SHARED_WRITE_ERRORS: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// The pid that already logged a write error: a forked child inherits the
+/// value but has another pid, so it logs its own first error too.
+static LOGGED_BY: AtomicU32 = AtomicU32::new(0);
+
+/// Maps the shared counter page (once; later calls keep the first page).
+pub fn share_with_children() {
+    if !SHARED_WRITE_ERRORS.load(Ordering::Acquire).is_null() {
+        return;
+    }
+    // SAFETY: an anonymous shared mapping of one page, never unmapped: the
+    // pointer stays valid for the life of this process and of every child
+    // forked after this call. mmap zero-fills it; AtomicU64 has no invalid
+    // bit patterns and the page is 8-byte aligned.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return; // counted privately instead
+    }
+    if SHARED_WRITE_ERRORS
+        .compare_exchange(
+            std::ptr::null_mut(),
+            page.cast(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        // SAFETY: the page was mapped just above and never published.
+        unsafe { libc::munmap(page, 4096) };
+    }
+}
+
+fn counter() -> &'static AtomicU64 {
+    let shared = SHARED_WRITE_ERRORS.load(Ordering::Acquire);
+    if shared.is_null() {
+        &PRIVATE_WRITE_ERRORS
+    } else {
+        // SAFETY: a non-null pointer was published by `share_with_children`
+        // and points into a page that is never unmapped (see there).
+        unsafe { &*shared }
+    }
+}
+
+/// Counts `n` values (entries, files) that could not be recorded, and logs
+/// `what` if this process has not logged a write error yet.
+pub fn write_error(n: u64, what: impl Display) {
+    counter().fetch_add(n, Ordering::Relaxed);
+    log_once(&LOGGED_BY, what);
+}
+
+/// As `write_error`, logged once per process through `flag` (its own kind of failure).
+pub fn write_error_logged_by(flag: &AtomicU32, n: u64, what: impl Display) {
+    counter().fetch_add(n, Ordering::Relaxed);
+    log_once(flag, what);
+}
+
+/// Write errors counted so far (by this master and its workers).
+pub fn write_errors() -> u64 {
+    counter().load(Ordering::Relaxed)
+}
+
+/// Logs `what` on stderr (Gunicorn's error log by default) unless this
+/// process already logged through `flag`.
+pub fn log_once(flag: &AtomicU32, what: impl Display) {
+    let pid = std::process::id();
+    if flag.swap(pid, Ordering::Relaxed) != pid {
+        eprintln!(
+            "[{pid}] [WARNING] gunicorn_prometheus_exporter: {what} \
+             (further failures of this kind in this process are only counted)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_add_to_the_shared_count() {
+        share_with_children();
+        let before = write_errors();
+        // SAFETY: the child only counts and exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            write_error(2, "test");
+            // SAFETY: leaves the child without running the test harness.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        assert!(write_errors() >= before + 2);
+    }
+}
