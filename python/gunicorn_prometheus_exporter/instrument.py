@@ -12,7 +12,7 @@ import inspect
 import os
 from typing import Any, Callable
 
-from . import _core
+from . import _core, routes, saturation, timeouts
 from .master import DIRECTORY_VARIABLE, master
 
 RESOURCE_SAMPLE_SECONDS = 1.0
@@ -65,7 +65,10 @@ class MeteredWorker:
             settings.prefix,
             settings.duration_buckets,
             RESOURCE_SAMPLE_SECONDS,
+            settings.max_label_values,
         )
+        self.meter.set_concurrency(saturation.concurrency(self))
+        self.meter.set_kernel_wait(saturation.has_tcp_listener(self))
         self.log = MeteredLog(self.log, self.meter)
         note = "crashed"
         try:
@@ -77,6 +80,18 @@ class MeteredWorker:
             raise
         finally:
             self.meter.note_exit(note)
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()  # type: ignore[misc]
+        routes.watch_frameworks()
+
+    def handle_abort(self, sig: int, frame: Any) -> None:
+        # The arbiter's timeout: count and show the request(s) it interrupted.
+        try:
+            timeouts.report(self, frame)
+        except Exception:  # noqa: BLE001 - forensics must not stop the abort
+            self.log.exception("could not report the timed-out request")
+        super().handle_abort(sig, frame)  # type: ignore[misc]
 
 
 _METERED_TEMPLATE = """
@@ -105,7 +120,8 @@ def metered(handle: Callable[..., Any]) -> Callable[..., Any]:
         raise TypeError(f"cannot meter {handle.__qualname__}{inspect.signature(handle)}")
     namespace: dict[str, Any] = {"handle": handle}
     source = _METERED_TEMPLATE.format(name=handle.__name__, params=", ".join(params))
-    exec(source, namespace)  # noqa: S102 - the source is the template above
+    code = compile(source, timeouts.METERED_FILENAME, "exec")
+    exec(code, namespace)  # noqa: S102 - the source is the template above
     wrapper = namespace[handle.__name__]
     wrapper.__qualname__ = f"metered({handle.__qualname__})"
     wrapper.__doc__ = handle.__doc__
