@@ -75,6 +75,11 @@ pub struct WorkerMeter {
     last_cpu: Mutex<(f64, f64)>,
 }
 
+/// Lowest bit of a start time from `begin`: the worker had been idle for
+/// `queue_time::IDLE_NS` when the request began, so it did not queue (1 ns of
+/// error on its duration).
+const FRESH_FROM_IDLE: u64 = 1;
+
 /// Room in the request series table: (route, method, status) triples.
 const REQUEST_SERIES_CAPACITY: usize = 4096;
 
@@ -86,6 +91,10 @@ struct Signals {
     error_types: LabelValues,
     /// Off when the worker has no TCP listener: Unix sockets tell nothing.
     kernel_wait: AtomicBool,
+    /// When the worker last had nothing in flight (monotonic ns).
+    idle_since_ns: AtomicU64,
+    /// When the kernel was last asked (monotonic ns): at most once per `PROBE_INTERVAL_NS`.
+    probed_ns: AtomicU64,
     timeouts: Mutex<HashMap<(Method, u16), ValueSlot>>,
     overflows: Mutex<HashMap<&'static str, ValueSlot>>,
 }
@@ -173,6 +182,8 @@ impl WorkerMeter {
             routes: LabelValues::new(config.max_label_values),
             error_types: LabelValues::new(config.max_label_values),
             kernel_wait: AtomicBool::new(true),
+            idle_since_ns: AtomicU64::new(0),
+            probed_ns: AtomicU64::new(0),
             timeouts: Mutex::new(HashMap::new()),
             overflows: Mutex::new(HashMap::new()),
         };
@@ -213,11 +224,15 @@ impl WorkerMeter {
     /// A request starts: returns its start time (monotonic ns).
     #[inline]
     pub fn begin(&self) -> u64 {
-        let now = monotonic_ns();
+        let mut now = monotonic_ns() & !FRESH_FROM_IDLE;
         let busy = &self.fixed.busy;
         if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             // The busy clock runs from now on: its timestamp is `settled - now`.
             busy.set_timestamp(busy.get() - now as f64 / 1e9);
+            let idle_since = self.signals.idle_since_ns.load(Ordering::Relaxed);
+            if now.saturating_sub(idle_since) >= queue_time::IDLE_NS {
+                now |= FRESH_FROM_IDLE;
+            }
         }
         self.fixed.in_flight.add(1.0);
         now
@@ -230,6 +245,9 @@ impl WorkerMeter {
             .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if previous == Ok(1) {
+            self.signals
+                .idle_since_ns
+                .store(monotonic_ns(), Ordering::Relaxed);
             let busy = &self.fixed.busy;
             let anchor = busy.get_timestamp();
             if anchor < 0.0 {
@@ -374,13 +392,30 @@ impl WorkerMeter {
         self.signals.queue.observe(&QUEUE_BUCKETS, seconds.max(0.0));
     }
 
+    /// Whether to ask the kernel how long the request of `started` (from
+    /// `begin`) waited, now: not for a request that began on an idle worker
+    /// (it waited 0, observed here), and at most once per probe interval.
+    #[inline]
+    pub fn should_probe_kernel(&self, started: u64, now: u64) -> bool {
+        let signals = &self.signals;
+        if !signals.kernel_wait.load(Ordering::Relaxed) {
+            return false;
+        }
+        if started & FRESH_FROM_IDLE != 0 {
+            self.observe_queue(0.0);
+            return false;
+        }
+        let probed = signals.probed_ns.load(Ordering::Relaxed);
+        if now.saturating_sub(probed) < queue_time::PROBE_INTERVAL_NS {
+            return false;
+        }
+        signals.probed_ns.store(now, Ordering::Relaxed);
+        true
+    }
+
     /// Queue time from the kernel: the age of the bytes on TCP socket `fd`,
     /// less the `handled` seconds since the worker picked the request up.
-    /// Unix sockets tell nothing.
     pub fn observe_kernel_wait(&self, fd: i32, handled: f64) {
-        if !self.signals.kernel_wait.load(Ordering::Relaxed) {
-            return;
-        }
         if let Ok(age) = queue_time::last_data_age(fd) {
             self.observe_queue(age - handled);
         }

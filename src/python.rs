@@ -235,7 +235,8 @@ impl WorkerMeter {
     /// proxy's stamp, else from the kernel (the client socket `resp.sock`).
     fn observe_queue(&self, started: u64, resp: &Bound<'_, PyAny>, environ: &Bound<'_, PyAny>) {
         let py = resp.py();
-        let handled = crate::clock::monotonic_ns().saturating_sub(started) as f64 / 1e9;
+        let now = crate::clock::monotonic_ns();
+        let handled = now.saturating_sub(started) as f64 / 1e9;
         if let Ok(environ) = environ.cast::<PyDict>() {
             for key in [
                 intern!(py, "HTTP_X_REQUEST_START"),
@@ -253,6 +254,9 @@ impl WorkerMeter {
                     return;
                 }
             }
+        }
+        if !self.meter.should_probe_kernel(started, now) {
+            return;
         }
         let Ok(sock) = resp.getattr(intern!(py, "sock")) else {
             return;

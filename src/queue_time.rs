@@ -17,6 +17,15 @@ pub const CLOCK_SKEW_TOLERANCE_SECONDS: f64 = 1.0;
 /// A header older than this is not a queue time but a broken proxy: ignored.
 pub const MAX_QUEUE_SECONDS: f64 = 3600.0;
 
+/// A worker idle this long when a request began took it as it came: it did
+/// not queue, and the kernel is not asked. Longer than the worker's own loop
+/// between two queued requests (accept, parse: well under a millisecond).
+pub const IDLE_NS: u64 = 2_000_000;
+
+/// The kernel is asked at most this often per worker (one syscall each): a
+/// saturated worker's queue time is a sample of its requests, not all.
+pub const PROBE_INTERVAL_NS: u64 = 1_000_000;
+
 /// 2000-01-01 (New Relic's earliest acceptable time): a value is read as
 /// nanoseconds, microseconds, milliseconds or seconds, whichever first puts it
 /// after this date.
