@@ -177,7 +177,8 @@ def prometheus_client():
     return worker.handle_request
 
 
-MODES = {"plain": plain, "this": this, "this_no_signals": this_no_signals, "pypi024": pypi024, "prometheus_client": prometheus_client}
+MODES = {"plain": plain, "this": this, "this_no_signals": this_no_signals, "pypi024": pypi024,
+         "prometheus_client": prometheus_client}
 
 
 def run(handle, n: int) -> None:

@@ -15,24 +15,26 @@ from typing import Any
 METERED_FILENAME = "<gunicorn_prometheus_exporter.metered>"
 
 
-def _in_flight(leaf: FrameType) -> Iterator[tuple[Any, Any]]:
-    """(req, environ) of the metered request on the stack that ends at `leaf`;
-    (scope, None) for an ASGI request."""
+def _in_flight(leaf: FrameType) -> Iterator[tuple[Any, Any, int]]:
+    """(req, environ, depth) of the metered request on the stack that ends at
+    `leaf`, `depth` frames above it; (scope, None, depth) for an ASGI request."""
     from .asgi import MeteredASGI
 
     asgi_code = MeteredASGI.__call__.__code__
     inner: FrameType | None = None
     frame: FrameType | None = leaf
+    depth = 0
     while frame is not None:
         code = frame.f_code
         if code.co_filename == METERED_FILENAME and "req" in frame.f_locals:
             environ = inner.f_locals.get("environ") if inner is not None else None
-            yield frame.f_locals["req"], environ if isinstance(environ, dict) else None
+            yield frame.f_locals["req"], environ if isinstance(environ, dict) else None, depth
             return
         if code is asgi_code and "scope" in frame.f_locals:
-            yield frame.f_locals["scope"], None
+            yield frame.f_locals["scope"], None, depth
             return
         inner, frame = frame, frame.f_back
+        depth += 1
 
 
 def report(worker: Any, interrupted: FrameType | None) -> int:
@@ -43,11 +45,12 @@ def report(worker: Any, interrupted: FrameType | None) -> int:
         frames[main] = interrupted  # not the signal handler's own frame
     found = 0
     for thread_id, leaf in frames.items():
-        for req, environ in _in_flight(leaf):
+        for req, environ, depth in _in_flight(leaf):
             found += 1
             worker.meter.timeout(req, environ)
             method, path = _describe(req)
-            stack = "".join(traceback.format_stack(leaf))
+            # From the worker's handler down to the line the request hung on.
+            stack = "".join(traceback.format_stack(leaf, limit=depth))
             worker.log.error(
                 "Request %s %s timed out (worker pid %s, thread %s); it was here:\n%s",
                 method, path, worker.pid, thread_id, stack,
