@@ -24,7 +24,7 @@ pub const IDLE_NS: u64 = 2_000_000;
 
 /// The kernel is asked at most this often per worker (one syscall each): a
 /// saturated worker's queue time is a sample of its requests, not all.
-pub const PROBE_INTERVAL_NS: u64 = 1_000_000;
+pub const PROBE_INTERVAL_NS: u64 = 10_000_000;
 
 /// 2000-01-01 (New Relic's earliest acceptable time): a value is read as
 /// nanoseconds, microseconds, milliseconds or seconds, whichever first puts it
