@@ -58,7 +58,8 @@ mod unix_diag {
     const TCP_LISTEN: u8 = 10;
 
     pub fn of_listener(fd: RawFd) -> Option<Backlog> {
-        // SAFETY: fstat writes a `struct stat` into our zeroed one; a bad fd is an error.
+        // SAFETY: `stat` is plain integers (all-zero is valid); fstat writes one
+        // into ours, and a bad fd is an error, not undefined behaviour.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
             return None;

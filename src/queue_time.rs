@@ -67,6 +67,7 @@ pub fn from_stamp(stamped: f64, began: f64) -> Option<f64> {
 /// with the kernel's resolution (a jiffy, 1 to 10 ms).
 #[cfg(target_os = "linux")]
 pub fn last_data_age(fd: std::os::fd::RawFd) -> Result<f64, bool> {
+    // SAFETY: tcp_info is plain integers, for which all-zero bytes are valid.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     // Only the fields up to tcpi_last_data_recv: the kernel copies no more.
     let end = std::mem::offset_of!(libc::tcp_info, tcpi_last_data_recv) + 4;

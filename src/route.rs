@@ -182,6 +182,7 @@ mod tests {
             assert!(index.insert(k as u32 * 1000, &mut **b));
         }
         for k in 0..5u32 {
+            // SAFETY: the pointers are into `boxes`, alive to the end of the test.
             assert_eq!(unsafe { *index.get(k * 1000) }, k);
         }
         assert!(index.get(7).is_null());
