@@ -4,7 +4,11 @@ Each mode drives a stand-in for Gunicorn's SyncWorker.handle_request (which
 calls `log.access` once, as Gunicorn does) N times:
 
   plain              the stand-in alone
-  this               this project's PrometheusWorker wrapper and metered log
+  this               this project's PrometheusWorker wrapper and metered log,
+                     with a route template and the kernel's queue time (one
+                     getsockopt on a real TCP socket), as a Flask app on TCP has
+  this_no_signals    the same without route nor queue time (no socket: a Unix
+                     listener, a framework that matched nothing)
   pypi024            the Python package gunicorn-prometheus-exporter 0.2.4
   prometheus_client  prometheus_client in multiprocess mode recording the same
                      series as this project (requests, duration, sizes,
@@ -18,6 +22,7 @@ request from the wall clock instead.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -40,6 +45,29 @@ class Req:
 class Resp:
     status = "200 OK"
     sent = 6
+    sock = None
+
+
+_OPEN: list[socket.socket] = []
+
+
+def tcp_pair() -> socket.socket:
+    """The server side of a loopback TCP connection that received a request."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        server, _ = listener.accept()
+    _OPEN.append(client)  # kept open as long as the server side
+    return server
+
+
+class SignalsResp(Resp):
+    sock = tcp_pair()
+
+
+SIGNALS_ENVIRON = {**ENVIRON, "gunicorn_prometheus_exporter.route": "/users/<int:uid>"}
 
 
 class QuietLog:
@@ -64,6 +92,14 @@ def plain():
 
 
 def this():
+    return _this(signals=True)
+
+
+def this_no_signals():
+    return _this(signals=False)
+
+
+def _this(signals: bool):
     from gunicorn_prometheus_exporter import _core
     from gunicorn_prometheus_exporter.instrument import MeteredLog, metered
     from gunicorn_prometheus_exporter.sync import PrometheusWorker
@@ -75,6 +111,15 @@ def this():
     worker.meter = _core.WorkerMeter(os.environ["PROMETHEUS_MULTIPROC_DIR"], os.getpid(), 1,
                                      "gunicorn", DURATION_BUCKETS, 1.0)
     worker.log = MeteredLog(QuietLog(), worker.meter)
+    if signals:
+        class Signals(Metered):
+            def handle_request(self, listener, req, client, addr):
+                self.log.access(SignalsResp, req, SIGNALS_ENVIRON, None)
+
+        worker.__class__ = Signals
+        Signals.handle_request = metered(Signals.handle_request)
+    else:
+        worker.meter.set_kernel_wait(False)
     return worker.handle_request
 
 
@@ -132,7 +177,8 @@ def prometheus_client():
     return worker.handle_request
 
 
-MODES = {"plain": plain, "this": this, "pypi024": pypi024, "prometheus_client": prometheus_client}
+MODES = {"plain": plain, "this": this, "this_no_signals": this_no_signals, "pypi024": pypi024,
+         "prometheus_client": prometheus_client}
 
 
 def run(handle, n: int) -> None:

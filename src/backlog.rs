@@ -1,6 +1,7 @@
 //! Listen backlog of the master's listeners, read from the kernel at scrape
 //! time with TCP_INFO: for a listening socket `tcpi_unacked` is the accept
-//! queue's length and `tcpi_sacked` its configured maximum.
+//! queue's length and `tcpi_sacked` its configured maximum. Unix socket
+//! listeners: sock_diag (`ss -xl`), see `unix_diag`.
 //!
 //! With `--reuse-port` (Gunicorn >= 24) the master has no listener: each
 //! worker binds its own socket, with its own queue. Those are read by address
@@ -19,8 +20,12 @@ pub struct Backlog {
 /// `TCP_LISTEN` of the kernel's tcp_states.h.
 const TCP_LISTEN: u8 = 10;
 
-/// `None` for a socket that is not a TCP listener (a Unix socket, a closed fd).
+/// `None` for a socket that is not a listener (or a closed fd).
 pub fn of_listener(fd: RawFd) -> Option<Backlog> {
+    of_tcp_listener(fd).or_else(|| unix_diag::of_listener(fd))
+}
+
+fn of_tcp_listener(fd: RawFd) -> Option<Backlog> {
     // SAFETY: tcp_info is a plain C struct for which all-zero is valid.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -94,6 +99,131 @@ fn sum_listen_queues(table: &str, local: &str) -> Option<u32> {
     total
 }
 
+/// The accept queue of a listening Unix socket, asked of the kernel by its
+/// inode over NETLINK_SOCK_DIAG with UDIAG_SHOW_RQLEN: for a listener,
+/// `rqueue` is the connections waiting and `wqueue` the configured backlog.
+#[cfg(target_os = "linux")]
+mod unix_diag {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+    use super::Backlog;
+
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_RQLEN: u32 = 0x10;
+    const UNIX_DIAG_RQLEN: u16 = 4;
+    const NLMSG_HDR: usize = 16;
+    /// `struct unix_diag_msg`: family, type, state, pad, inode, cookie[2].
+    const UNIX_DIAG_MSG: usize = 16;
+    const TCP_LISTEN: u8 = 10;
+
+    pub fn of_listener(fd: RawFd) -> Option<Backlog> {
+        // SAFETY: `stat` is plain integers, for which all-zero is valid.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes one `stat` into ours; a bad fd is an error, not
+        // undefined behaviour.
+        let rc = unsafe { libc::fstat(fd, &mut st) };
+        if rc != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return None;
+        }
+        query(st.st_ino as u32)
+    }
+
+    fn query(inode: u32) -> Option<Backlog> {
+        // SAFETY: socket() has no memory preconditions; the fd is owned below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        if raw < 0 {
+            return None;
+        }
+        // SAFETY: `raw` is a new fd that nothing else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut request = [0u8; NLMSG_HDR + 24];
+        let len = request.len() as u32;
+        request[0..4].copy_from_slice(&len.to_ne_bytes());
+        request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        request[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        request[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        let body = &mut request[NLMSG_HDR..];
+        body[0] = libc::AF_UNIX as u8;
+        body[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        body[8..12].copy_from_slice(&inode.to_ne_bytes());
+        body[12..16].copy_from_slice(&UDIAG_SHOW_RQLEN.to_ne_bytes());
+        // No cookie.
+        body[16..24].copy_from_slice(&[0xff; 8]);
+        // SAFETY: the buffer is ours and `len` bytes long; a netlink socket
+        // with no address sends to the kernel.
+        let sent = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                request.as_ptr() as *const libc::c_void,
+                request.len(),
+                0,
+            )
+        };
+        if sent != request.len() as isize {
+            return None;
+        }
+        let mut reply = [0u8; 512];
+        // SAFETY: the kernel writes at most `reply.len()` bytes into our buffer;
+        // it answers a diag request before send returns, so never wait.
+        let got = unsafe {
+            libc::recv(
+                sock.as_raw_fd(),
+                reply.as_mut_ptr() as *mut libc::c_void,
+                reply.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        parse(reply.get(..usize::try_from(got).ok()?)?, inode)
+    }
+
+    fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+        Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+        Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    fn parse(reply: &[u8], inode: u32) -> Option<Backlog> {
+        let len = (u32_at(reply, 0)? as usize).min(reply.len());
+        if u16_at(reply, 4)? != SOCK_DIAG_BY_FAMILY {
+            return None; // NLMSG_ERROR: not a Unix socket, or gone
+        }
+        let msg = reply.get(NLMSG_HDR..len)?;
+        if msg.get(2) != Some(&TCP_LISTEN) || u32_at(msg, 4)? != inode {
+            return None;
+        }
+        let mut at = UNIX_DIAG_MSG;
+        while at + 4 <= msg.len() {
+            let attr_len = u16_at(msg, at)? as usize;
+            if attr_len < 4 {
+                return None;
+            }
+            if u16_at(msg, at + 2)? == UNIX_DIAG_RQLEN {
+                return Some(Backlog {
+                    waiting: u32_at(msg, at + 4)?,
+                    max: u32_at(msg, at + 8)?,
+                });
+            }
+            at += (attr_len + 3) & !3;
+        }
+        None
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod unix_diag {
+    pub fn of_listener(_fd: std::os::fd::RawFd) -> Option<super::Backlog> {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{TcpListener, TcpStream};
@@ -137,5 +267,23 @@ mod tests {
         );
         let v6 = "[::1]:8080".parse().unwrap();
         assert_eq!(super::table_address(v6).len(), 32 + 5);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn counts_unix_connections_not_yet_accepted() {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let empty = super::of_listener(listener.as_raw_fd()).unwrap();
+        assert_eq!(empty.waiting, 0);
+        assert!(empty.max >= 2);
+        let _clients: Vec<UnixStream> = (0..2)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        assert_eq!(super::of_listener(listener.as_raw_fd()).unwrap().waiting, 2);
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert_eq!(super::of_listener(a.as_raw_fd()), None);
     }
 }

@@ -5,6 +5,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::histogram::DEFAULT_DURATION_BUCKETS;
+use crate::route::DEFAULT_MAX_LABEL_VALUES;
+
+/// Largest cap on distinct label values per worker: route ids are 16-bit.
+pub const MAX_LABEL_VALUES: usize = 10_000;
 
 pub const DEFAULT_PORT: u16 = 9091;
 pub const DEFAULT_BIND_ADDRESS: &str = "127.0.0.1";
@@ -21,6 +25,8 @@ pub struct Settings {
     pub web_config_file: Option<PathBuf>,
     pub duration_buckets: Vec<f64>,
     pub prefix: String,
+    /// Cap on distinct `route` and `error_type` values per worker.
+    pub max_label_values: usize,
 }
 
 impl Settings {
@@ -54,7 +60,19 @@ impl Settings {
                 return Err(format!("PROMETHEUS_METRICS_PREFIX={v:?} is not a valid metric name prefix ([a-zA-Z_:][a-zA-Z0-9_:]*)"))
             }
         };
+        let max_label_values = match get("PROMETHEUS_MAX_LABEL_VALUES") {
+            None => DEFAULT_MAX_LABEL_VALUES,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LABEL_VALUES).contains(n))
+                .ok_or_else(|| {
+                    format!("PROMETHEUS_MAX_LABEL_VALUES={v:?} is not a whole number from 1 to {MAX_LABEL_VALUES}")
+                })?,
+        };
         Ok(Settings {
+            max_label_values,
             directory,
             port,
             bind_address,
@@ -114,6 +132,7 @@ mod tests {
             (9091, "127.0.0.1".into(), "gunicorn")
         );
         assert_eq!(s.duration_buckets.len(), 14);
+        assert_eq!(s.max_label_values, 100);
     }
 
     #[test]
@@ -125,6 +144,9 @@ mod tests {
             ("PROMETHEUS_DURATION_BUCKETS", "0.1,0.05"),
             ("PROMETHEUS_DURATION_BUCKETS", "0.1,x"),
             ("PROMETHEUS_METRICS_PREFIX", "9bad"),
+            ("PROMETHEUS_MAX_LABEL_VALUES", "0"),
+            ("PROMETHEUS_MAX_LABEL_VALUES", "lots"),
+            ("PROMETHEUS_MAX_LABEL_VALUES", "100000"),
         ] {
             let err = from(&[(k, v)]).unwrap_err();
             assert!(err.starts_with(k), "{err}");

@@ -18,6 +18,8 @@ pub mod master_meter;
 pub mod meter;
 pub mod model;
 pub mod process_stats;
+pub mod queue_time;
+pub mod route;
 pub mod scrape;
 pub mod server;
 pub mod storage;

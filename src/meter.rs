@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ use crate::failures;
 use crate::histogram::{HistogramSlots, SIZE_BUCKETS};
 use crate::labels::{status_label, status_slot, Method, STATUS_SLOTS};
 use crate::process_stats;
+use crate::queue_time::{self, QUEUE_BUCKETS};
+use crate::route::{LabelValues, SeriesIndex};
 use crate::storage::{key, SeriesFile, ValueSlot};
 
 /// What a worker needs to open its files.
@@ -29,6 +31,8 @@ pub struct MeterConfig {
     pub worker_id: u32,
     pub prefix: String,
     pub duration_buckets: Vec<f64>,
+    /// Cap on distinct routes, and on distinct error types, of this worker.
+    pub max_label_values: usize,
 }
 
 struct Files {
@@ -64,14 +68,37 @@ pub struct WorkerMeter {
     // Kept open for the life of the process: the slots point into it.
     _gauges: SeriesFile,
     fixed: WorkerSeries,
-    requests: Box<[AtomicPtr<RequestSeries>]>,
-    failures: Mutex<HashMap<(Method, String), ValueSlot>>,
+    requests: SeriesIndex<RequestSeries>,
+    failures: Mutex<HashMap<(Method, u16, u16), ValueSlot>>,
+    signals: Signals,
     in_flight: AtomicU64,
     started_monotonic: f64,
     last_cpu: Mutex<(f64, f64)>,
 }
 
-const MAX_ERROR_TYPE_CHARS: usize = 100;
+/// Lowest bit of a start time from `begin`: the worker had been idle for
+/// `queue_time::IDLE_NS` when the request began, so it did not queue (1 ns of
+/// error on its duration).
+const FRESH_FROM_IDLE: u64 = 1;
+
+/// Room in the request series table: (route, method, status) triples.
+const REQUEST_SERIES_CAPACITY: usize = 4096;
+
+/// What operators act on (SPEC 3.1): queue time, routes, timeouts, saturation.
+struct Signals {
+    queue: HistogramSlots,
+    concurrency: ValueSlot,
+    routes: LabelValues,
+    error_types: LabelValues,
+    /// Off when the worker has no TCP listener: Unix sockets tell nothing.
+    kernel_wait: AtomicBool,
+    /// When the worker last had nothing in flight (monotonic ns).
+    idle_since_ns: AtomicU64,
+    /// When the kernel was last asked (monotonic ns): at most once per `PROBE_INTERVAL_NS`.
+    probed_ns: AtomicU64,
+    timeouts: Mutex<HashMap<(Method, u16), ValueSlot>>,
+    overflows: Mutex<HashMap<&'static str, ValueSlot>>,
+}
 
 impl WorkerMeter {
     /// Opens the worker's files. Never fails: what cannot be recorded (no
@@ -142,6 +169,28 @@ impl WorkerMeter {
             wl,
             &SIZE_BUCKETS,
         );
+        let concurrency = gauge(
+            "worker_concurrency",
+            "Requests this worker can serve at once.",
+        );
+        let queue = HistogramSlots::open(
+            &mut histograms,
+            &format!("{p}_worker_request_queue_seconds"),
+            "Time a request waited before this worker picked it up.",
+            wl,
+            &QUEUE_BUCKETS,
+        );
+        let signals = Signals {
+            queue,
+            concurrency,
+            routes: LabelValues::new(config.max_label_values),
+            error_types: LabelValues::new(config.max_label_values),
+            kernel_wait: AtomicBool::new(true),
+            idle_since_ns: AtomicU64::new(0),
+            probed_ns: AtomicU64::new(0),
+            timeouts: Mutex::new(HashMap::new()),
+            overflows: Mutex::new(HashMap::new()),
+        };
         let fixed = WorkerSeries {
             in_flight,
             busy,
@@ -152,9 +201,7 @@ impl WorkerMeter {
             cpu_seconds,
             uptime,
         };
-        let requests = (0..Method::COUNT * STATUS_SLOTS)
-            .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-            .collect();
+        let requests = SeriesIndex::with_capacity(REQUEST_SERIES_CAPACITY);
         let meter = WorkerMeter {
             directory: dir.clone(),
             pid,
@@ -169,6 +216,7 @@ impl WorkerMeter {
             fixed,
             requests,
             failures: Mutex::new(HashMap::new()),
+            signals,
             in_flight: AtomicU64::new(0),
             started_monotonic: monotonic_seconds(),
             last_cpu: Mutex::new((monotonic_seconds(), 0.0)),
@@ -190,11 +238,15 @@ impl WorkerMeter {
     /// never goes down.
     #[inline]
     pub fn begin(&self) -> u64 {
-        let now = monotonic_ns();
+        let mut now = monotonic_ns() & !FRESH_FROM_IDLE;
         let busy = &self.fixed.busy;
         if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             // The busy clock runs from now on: its timestamp is `settled - now`.
             busy.set_timestamp(busy.get() - now as f64 / 1e9);
+            let idle_since = self.signals.idle_since_ns.load(Ordering::Relaxed);
+            if now.saturating_sub(idle_since) >= queue_time::IDLE_NS {
+                now |= FRESH_FROM_IDLE;
+            }
         }
         self.fixed.in_flight.add(1.0);
         now
@@ -207,6 +259,9 @@ impl WorkerMeter {
             .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if previous == Ok(1) {
+            self.signals
+                .idle_since_ns
+                .store(monotonic_ns(), Ordering::Relaxed);
             let busy = &self.fixed.busy;
             let anchor = busy.get_timestamp();
             if anchor < 0.0 {
@@ -228,12 +283,14 @@ impl WorkerMeter {
         status: u16,
         request_bytes: u64,
         response_bytes: u64,
+        route: u16,
     ) {
         let seconds = monotonic_ns().saturating_sub(started_ns) as f64 / 1e9;
         let index = method.index() * STATUS_SLOTS + status_slot(status);
-        let mut series = self.requests[index].load(Ordering::Acquire);
+        let key = (route as u32) << 14 | index as u32;
+        let mut series = self.requests.get(key);
         if series.is_null() {
-            series = self.create_request_series(method, index);
+            series = self.create_request_series(method, index, route, key);
         }
         // SAFETY: a non-null pointer in the table came from Box::into_raw and
         // is never freed: published series live as long as the process.
@@ -249,16 +306,24 @@ impl WorkerMeter {
     }
 
     #[cold]
-    fn create_request_series(&self, method: Method, index: usize) -> *mut RequestSeries {
+    fn create_request_series(
+        &self,
+        method: Method,
+        index: usize,
+        route: u16,
+        key: u32,
+    ) -> *mut RequestSeries {
         let mut files = self.files.lock();
-        let existing = self.requests[index].load(Ordering::Acquire);
+        let existing = self.requests.get(key);
         if !existing.is_null() {
             return existing;
         }
         let p = &self.prefix;
         let status = status_label(index % STATUS_SLOTS);
+        let route = self.signals.routes.name(route);
         let labels: &[(&str, &str)] = &[
             ("method", method.as_str()),
+            ("route", &route),
             ("status", &status),
             ("worker_id", &self.worker_id),
         ];
@@ -278,21 +343,32 @@ impl WorkerMeter {
             &self.duration_bounds,
         );
         let series = Box::into_raw(Box::new(RequestSeries { total, duration }));
-        self.requests[index].store(series, Ordering::Release);
+        let published = self.requests.insert(key, series);
+        drop(files);
+        if !published {
+            // Full: the (leaked, small) series records this request only.
+            self.count_overflow("series");
+        }
         series
     }
 
     /// The application raised instead of answering.
-    pub fn fail(&self, method: Method, error_type: &str) {
-        let error_type: String = error_type.chars().take(MAX_ERROR_TYPE_CHARS).collect();
+    pub fn fail(&self, method: Method, error_type: &str, route: u16) {
+        let (error_id, folded) = self.signals.error_types.intern(error_type);
+        if folded {
+            self.count_overflow("error_type");
+        }
         let mut failures = self.failures.lock();
-        let slot = match failures.get(&(method, error_type.clone())) {
+        let slot = match failures.get(&(method, route, error_id)) {
             Some(slot) => *slot,
             None => {
                 let p = &self.prefix;
+                let error_type = self.signals.error_types.name(error_id);
+                let route_name = self.signals.routes.name(route);
                 let labels: &[(&str, &str)] = &[
-                    ("method", method.as_str()),
                     ("error_type", &error_type),
+                    ("method", method.as_str()),
+                    ("route", &route_name),
                     ("worker_id", &self.worker_id),
                 ];
                 let key = key::encode(
@@ -302,7 +378,111 @@ impl WorkerMeter {
                     "Requests where the application raised instead of answering.",
                 );
                 let slot = self.files.lock().counters.slot(&key);
-                failures.insert((method, error_type), slot);
+                failures.insert((method, route, error_id), slot);
+                slot
+            }
+        };
+        slot.add(1.0);
+    }
+
+    /// The id of a route template (`""`: nothing matched); past the cap, the
+    /// id of `other`, counted in `label_overflow_total{label="route"}`.
+    pub fn route_id(&self, route: &str) -> (u16, bool) {
+        let (id, folded) = self.signals.routes.intern(route);
+        if folded {
+            self.count_overflow("route");
+        }
+        (id, folded)
+    }
+
+    /// A request waited `seconds` before the worker picked it up.
+    #[inline]
+    pub fn observe_queue(&self, seconds: f64) {
+        self.signals.queue.observe(&QUEUE_BUCKETS, seconds.max(0.0));
+    }
+
+    /// Whether to ask the kernel how long the request of `started` (from
+    /// `begin`) waited, now: not for a request that began on an idle worker
+    /// (it waited 0, observed here), and at most once per probe interval.
+    #[inline]
+    pub fn should_probe_kernel(&self, started: u64, now: u64) -> bool {
+        let signals = &self.signals;
+        if !signals.kernel_wait.load(Ordering::Relaxed) {
+            return false;
+        }
+        if started & FRESH_FROM_IDLE != 0 {
+            self.observe_queue(0.0);
+            return false;
+        }
+        let probed = signals.probed_ns.load(Ordering::Relaxed);
+        if now.saturating_sub(probed) < queue_time::PROBE_INTERVAL_NS {
+            return false;
+        }
+        signals.probed_ns.store(now, Ordering::Relaxed);
+        true
+    }
+
+    /// Queue time from the kernel: the age of the bytes on TCP socket `fd`,
+    /// less the `handled` seconds since the worker picked the request up.
+    pub fn observe_kernel_wait(&self, fd: i32, handled: f64) {
+        if let Ok(age) = queue_time::last_data_age(fd) {
+            self.observe_queue(age - handled);
+        }
+    }
+
+    /// Whether to ask the kernel (off for a worker with only Unix listeners).
+    pub fn set_kernel_wait(&self, on: bool) {
+        self.signals.kernel_wait.store(on, Ordering::Relaxed);
+    }
+
+    /// Requests this worker can serve at once (1 sync, threads, connections).
+    pub fn set_concurrency(&self, requests: u32) {
+        self.signals.concurrency.set(requests as f64);
+    }
+
+    /// The arbiter aborted this worker while it handled a `method` request on `route`.
+    pub fn timeout(&self, method: Method, route: u16) {
+        let mut timeouts = self.signals.timeouts.lock();
+        let slot = match timeouts.get(&(method, route)) {
+            Some(slot) => *slot,
+            None => {
+                let p = &self.prefix;
+                let route_name = self.signals.routes.name(route);
+                let labels: &[(&str, &str)] = &[
+                    ("method", method.as_str()),
+                    ("route", &route_name),
+                    ("worker_id", &self.worker_id),
+                ];
+                let key = key::encode(
+                    &format!("{p}_worker_request_timeouts"),
+                    &format!("{p}_worker_request_timeouts_total"),
+                    labels,
+                    "Requests in flight when the arbiter aborted this worker for its timeout.",
+                );
+                let slot = self.files.lock().counters.slot(&key);
+                timeouts.insert((method, route), slot);
+                slot
+            }
+        };
+        slot.add(1.0);
+    }
+
+    #[cold]
+    fn count_overflow(&self, label: &'static str) {
+        let mut overflows = self.signals.overflows.lock();
+        let slot = match overflows.get(label) {
+            Some(slot) => *slot,
+            None => {
+                let p = &self.prefix;
+                let labels: &[(&str, &str)] = &[("label", label), ("worker_id", &self.worker_id)];
+                let key = key::encode(
+                    &format!("{p}_worker_label_overflow"),
+                    &format!("{p}_worker_label_overflow_total"),
+                    labels,
+                    "Observations whose label value was past the cap (PROMETHEUS_MAX_LABEL_VALUES) and counted as other.",
+                );
+                let slot = self.files.lock().counters.slot(&key);
+                overflows.insert(label, slot);
                 slot
             }
         };
@@ -358,6 +538,7 @@ impl WorkerMeter {
 mod tests {
     use super::*;
     use crate::aggregate::collect;
+    use crate::route::NO_ROUTE;
 
     fn value(dir: &std::path::Path, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         crate::aggregate::find(&collect(dir, monotonic_seconds()), name, labels)
@@ -370,6 +551,7 @@ mod tests {
             worker_id: 3,
             prefix: "gunicorn".into(),
             duration_buckets: crate::histogram::DEFAULT_DURATION_BUCKETS.to_vec(),
+            max_label_values: 2,
         })
     }
 
@@ -379,17 +561,17 @@ mod tests {
         let m = meter(dir.path());
         for (method, status) in [(Method::Get, 200), (Method::Get, 200), (Method::Other, 404)] {
             let t = m.begin();
-            m.record(t, method, status, 10, 2000);
+            m.record(t, method, status, 10, 2000, NO_ROUTE);
             m.end();
         }
-        m.fail(Method::Post, "ValueError");
+        m.fail(Method::Post, "ValueError", NO_ROUTE);
         let w = ("worker_id", "3");
         let d = dir.path();
         assert_eq!(
             value(
                 d,
                 "gunicorn_worker_requests_total",
-                &[("method", "GET"), ("status", "200"), w]
+                &[("method", "GET"), ("route", ""), ("status", "200"), w]
             ),
             Some(2.0)
         );
@@ -397,7 +579,7 @@ mod tests {
             value(
                 d,
                 "gunicorn_worker_requests_total",
-                &[("method", "other"), ("status", "404"), w]
+                &[("method", "other"), ("route", ""), ("status", "404"), w]
             ),
             Some(1.0)
         );
@@ -405,7 +587,7 @@ mod tests {
             value(
                 d,
                 "gunicorn_worker_request_duration_seconds_count",
-                &[("method", "GET"), ("status", "200"), w]
+                &[("method", "GET"), ("route", ""), ("status", "200"), w]
             ),
             Some(2.0)
         );
@@ -429,13 +611,97 @@ mod tests {
             value(
                 d,
                 "gunicorn_worker_failed_requests_total",
-                &[("error_type", "ValueError"), ("method", "POST"), w]
+                &[
+                    ("error_type", "ValueError"),
+                    ("method", "POST"),
+                    ("route", ""),
+                    w
+                ]
             ),
             Some(1.0)
         );
         assert_eq!(
             value(d, "gunicorn_worker_requests_in_flight", &[w]),
             Some(0.0)
+        );
+    }
+
+    #[test]
+    fn routes_and_error_types_past_the_cap_are_other_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meter(dir.path());
+        let w = ("worker_id", "3");
+        for route in ["/a", "/b", "/c", "/d", "/a"] {
+            let (id, _) = m.route_id(route);
+            m.record(m.begin(), Method::Get, 200, 0, 0, id);
+            m.end();
+        }
+        for error_type in ["A", "B", "C"] {
+            m.fail(Method::Get, error_type, NO_ROUTE);
+        }
+        let d = dir.path();
+        let requests = |route| {
+            value(
+                d,
+                "gunicorn_worker_requests_total",
+                &[("method", "GET"), ("route", route), ("status", "200"), w],
+            )
+        };
+        assert_eq!(requests("/a"), Some(2.0));
+        assert_eq!(requests("/b"), Some(1.0));
+        assert_eq!(requests("other"), Some(2.0));
+        assert_eq!(requests("/c"), None);
+        let overflow = |label| {
+            value(
+                d,
+                "gunicorn_worker_label_overflow_total",
+                &[("label", label), w],
+            )
+        };
+        assert_eq!(overflow("route"), Some(2.0));
+        assert_eq!(overflow("error_type"), Some(1.0));
+        let failed = |e| {
+            value(
+                d,
+                "gunicorn_worker_failed_requests_total",
+                &[("error_type", e), ("method", "GET"), ("route", ""), w],
+            )
+        };
+        assert_eq!(
+            (failed("A"), failed("B"), failed("other")),
+            (Some(1.0), Some(1.0), Some(1.0))
+        );
+    }
+
+    #[test]
+    fn queue_time_timeouts_and_concurrency_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meter(dir.path());
+        let w = ("worker_id", "3");
+        m.observe_queue(0.3);
+        m.observe_queue(-1.0);
+        m.set_concurrency(4);
+        let (route, _) = m.route_id("/slow");
+        m.timeout(Method::Post, route);
+        let d = dir.path();
+        let bucket = |le| {
+            value(
+                d,
+                "gunicorn_worker_request_queue_seconds_bucket",
+                &[w, ("le", le)],
+            )
+        };
+        assert_eq!(bucket("0.001"), Some(1.0));
+        assert_eq!(bucket("0.25"), Some(1.0));
+        assert_eq!(bucket("0.5"), Some(2.0));
+        assert_eq!(value(d, "gunicorn_worker_concurrency", &[w]), Some(4.0));
+        assert_eq!(
+            value(
+                d,
+                "gunicorn_worker_request_timeouts_total",
+                &[("method", "POST"), ("route", "/slow"), w]
+            ),
+            Some(1.0)
         );
     }
 

@@ -17,6 +17,8 @@ use crate::failures;
 use crate::labels::{parse_status, Method};
 use crate::master_meter;
 use crate::meter::{MeterConfig, WorkerMeter as Meter};
+use crate::queue_time;
+use crate::route::{DEFAULT_MAX_LABEL_VALUES, NO_ROUTE};
 use crate::scrape::ScrapeSource;
 use crate::server;
 use crate::web_config::WebConfig;
@@ -58,18 +60,20 @@ fn method_of(req: &Bound<'_, PyAny>) -> Method {
         .unwrap_or(Method::Other)
 }
 
-/// The Content-Length of an ASGI scope's headers (a list of (bytes, bytes)).
-fn scope_content_length(scope: &Bound<'_, PyAny>) -> u64 {
+/// The Content-Length of an ASGI scope's headers (a list of (bytes, bytes)),
+/// and the time a proxy stamped on the request (`X-Request-Start`).
+fn scope_headers(scope: &Bound<'_, PyAny>) -> (u64, Option<f64>) {
     let py = scope.py();
     let Ok(Some(headers)) = scope
         .cast::<PyDict>()
         .map(|s| s.get_item(intern!(py, "headers")).ok().flatten())
     else {
-        return 0;
+        return (0, None);
     };
     let Ok(headers) = headers.try_iter() else {
-        return 0;
+        return (0, None);
     };
+    let (mut length, mut stamped) = (0, None);
     for header in headers.flatten() {
         let (Ok(name), Ok(value)) = (header.get_item(0), header.get_item(1)) else {
             continue;
@@ -77,14 +81,93 @@ fn scope_content_length(scope: &Bound<'_, PyAny>) -> u64 {
         let (Ok(name), Ok(value)) = (name.cast::<PyBytes>(), value.cast::<PyBytes>()) else {
             continue;
         };
-        if name.as_bytes().eq_ignore_ascii_case(b"content-length") {
-            return std::str::from_utf8(value.as_bytes())
+        let name = name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = std::str::from_utf8(value.as_bytes())
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
+        } else if stamped.is_none()
+            && (name.eq_ignore_ascii_case(b"x-request-start")
+                || name.eq_ignore_ascii_case(b"x-queue-start"))
+        {
+            stamped = queue_time::parse_request_start(value.as_bytes());
         }
     }
-    0
+    (length, stamped)
+}
+
+/// Key of the WSGI environ / ASGI scope where any framework can leave the route template.
+const ROUTE_KEY: &str = "gunicorn_prometheus_exporter.route";
+
+/// The route template of a WSGI request: the environ key, or the rule of a
+/// Flask / Werkzeug request still in flight. `None`: nothing matched.
+fn environ_route<'py>(environ: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let py = environ.py();
+    let environ = environ.cast::<PyDict>().ok()?;
+    if let Ok(Some(route)) = environ.get_item(intern!(py, ROUTE_KEY)) {
+        return Some(route);
+    }
+    let request = environ.get_item(intern!(py, "werkzeug.request")).ok()??;
+    if request.is_none() {
+        return None;
+    }
+    let rule = request.getattr(intern!(py, "url_rule")).ok()?;
+    if rule.is_none() {
+        return None;
+    }
+    rule.getattr(intern!(py, "rule")).ok()
+}
+
+/// The route template of an ASGI request: the scope key, or the path of the
+/// Starlette / FastAPI route that matched (behind the mounts that led to it).
+fn scope_route<'py>(scope: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let py = scope.py();
+    let scope = scope.cast::<PyDict>().ok()?;
+    if let Ok(Some(route)) = scope.get_item(intern!(py, ROUTE_KEY)) {
+        return Some(route);
+    }
+    let route = scope.get_item(intern!(py, "route")).ok()??;
+    let path = route.getattr(intern!(py, "path")).ok()?;
+    let mounted = |key| {
+        scope
+            .get_item(key)
+            .ok()
+            .flatten()
+            .and_then(|v| v.extract::<String>().ok())
+    };
+    let root = mounted(intern!(py, "root_path")).unwrap_or_default();
+    let app_root = mounted(intern!(py, "app_root_path")).unwrap_or_default();
+    match root.strip_prefix(&app_root) {
+        Some(mount) if !mount.is_empty() => {
+            let path = path.extract::<String>().ok()?;
+            Some(PyString::new(py, &format!("{mount}{path}")).into_any())
+        }
+        _ => Some(path),
+    }
+}
+
+/// The WSGI environ of the request an exception left: a local of the
+/// handler's frame (cold path, when the application raised).
+fn environ_of_exception<'py>(exc: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let py = exc.py();
+    let mut tb = exc.getattr(intern!(py, "__traceback__")).ok()?;
+    for _ in 0..8 {
+        if tb.is_none() {
+            return None;
+        }
+        let locals = tb
+            .getattr(intern!(py, "tb_frame"))
+            .and_then(|f| f.getattr(intern!(py, "f_locals")))
+            .ok()?;
+        if let Ok(environ) = locals.get_item("environ") {
+            if environ.cast::<PyDict>().is_ok() {
+                return Some(environ);
+            }
+        }
+        tb = tb.getattr(intern!(py, "tb_next")).ok()?;
+    }
+    None
 }
 
 fn status_of(status: &Bound<'_, PyAny>) -> Option<u16> {
@@ -122,18 +205,89 @@ fn content_length(environ: &Bound<'_, PyAny>) -> u64 {
 #[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
 struct WorkerMeter {
     meter: Arc<Meter>,
+    /// Route template (str) -> id: the hot path's lookup, no allocation.
+    route_ids: Py<PyDict>,
+}
+
+impl WorkerMeter {
+    /// The id of a route template object (`None`: nothing matched).
+    fn route_id(&self, route: Option<Bound<'_, PyAny>>) -> u16 {
+        let Some(route) = route else {
+            return NO_ROUTE;
+        };
+        let py = route.py();
+        let ids = self.route_ids.bind(py);
+        if let Ok(Some(id)) = ids.get_item(&route) {
+            return id.extract().unwrap_or(NO_ROUTE);
+        }
+        let Some(name) = route
+            .cast::<PyString>()
+            .ok()
+            .and_then(|r| r.to_cow().ok().map(|n| n.into_owned()))
+        else {
+            return NO_ROUTE;
+        };
+        let (id, folded) = self.meter.route_id(&name);
+        if !folded {
+            let _ = ids.set_item(&route, id);
+        }
+        id
+    }
+
+    /// Queue time of a WSGI request begun at `started`, answered now: from the
+    /// proxy's stamp, else from the kernel (the client socket `resp.sock`).
+    fn observe_queue(&self, started: u64, resp: &Bound<'_, PyAny>, environ: &Bound<'_, PyAny>) {
+        let py = resp.py();
+        let now = crate::clock::monotonic_ns();
+        let handled = now.saturating_sub(started) as f64 / 1e9;
+        if let Ok(environ) = environ.cast::<PyDict>() {
+            for key in [
+                intern!(py, "HTTP_X_REQUEST_START"),
+                intern!(py, "HTTP_X_QUEUE_START"),
+            ] {
+                let Ok(Some(value)) = environ.get_item(key) else {
+                    continue;
+                };
+                let mut buf = [0u8; 32];
+                let stamped =
+                    ascii_prefix(&value, &mut buf).and_then(queue_time::parse_request_start);
+                let began = crate::clock::unix_seconds() - handled;
+                if let Some(waited) = stamped.and_then(|t| queue_time::from_stamp(t, began)) {
+                    self.meter.observe_queue(waited);
+                    return;
+                }
+            }
+        }
+        if !self.meter.should_probe_kernel(started, now) {
+            return;
+        }
+        let Ok(sock) = resp.getattr(intern!(py, "sock")) else {
+            return;
+        };
+        // SAFETY: `sock` is a live object; the call has no other precondition.
+        let fd = unsafe { ffi::PyObject_AsFileDescriptor(sock.as_ptr()) };
+        if fd < 0 {
+            let _ = PyErr::take(py);
+            return;
+        }
+        self.meter.observe_kernel_wait(fd, handled);
+    }
 }
 
 #[pymethods]
 impl WorkerMeter {
     #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (directory, pid, worker_id, prefix, duration_buckets, sample_interval, max_label_values=DEFAULT_MAX_LABEL_VALUES))]
     fn new(
+        py: Python<'_>,
         directory: PathBuf,
         pid: u32,
         worker_id: u32,
         prefix: String,
         duration_buckets: Vec<f64>,
         sample_interval: f64,
+        max_label_values: usize,
     ) -> Self {
         let config = MeterConfig {
             directory,
@@ -141,13 +295,17 @@ impl WorkerMeter {
             worker_id,
             prefix,
             duration_buckets,
+            max_label_values,
         };
         // Never fails: a metrics problem must not keep the worker from booting.
         let meter = Arc::new(Meter::open(&config));
         if let Err(e) = meter.start_sampler(Duration::from_secs_f64(sample_interval)) {
             failures::write_error(1, format_args!("cannot start the resource sampler: {e}"));
         }
-        WorkerMeter { meter }
+        WorkerMeter {
+            meter,
+            route_ids: PyDict::new(py).unbind(),
+        }
     }
 
     /// A request starts: counts it in flight and notes its start on `req`.
@@ -163,12 +321,21 @@ impl WorkerMeter {
 
     /// An ASGI request that started at `started` got a response.
     fn record(&self, started: u64, scope: &Bound<'_, PyAny>, status: u16, sent: u64) {
+        let (length, stamped) = scope_headers(scope);
+        if let Some(stamped) = stamped {
+            let handled = crate::clock::monotonic_ns().saturating_sub(started) as f64 / 1e9;
+            let began = crate::clock::unix_seconds() - handled;
+            if let Some(waited) = queue_time::from_stamp(stamped, began) {
+                self.meter.observe_queue(waited);
+            }
+        }
         self.meter.record(
             started,
             method_of(scope),
             status,
-            scope_content_length(scope),
+            length,
             sent,
+            self.route_id(scope_route(scope)),
         );
     }
 
@@ -201,13 +368,36 @@ impl WorkerMeter {
             .getattr(intern!(py, "sent"))
             .and_then(|v| v.extract::<u64>())
             .unwrap_or(0);
+        self.observe_queue(started, resp, environ);
         self.meter.record(
             started,
             method_of(req),
             status,
             content_length(environ),
             sent,
+            self.route_id(environ_route(environ)),
         );
+    }
+
+    /// Whether to read queue time from the kernel (the worker has a TCP listener).
+    fn set_kernel_wait(&self, on: bool) {
+        self.meter.set_kernel_wait(on);
+    }
+
+    /// Requests this worker can serve at once.
+    fn set_concurrency(&self, requests: u32) {
+        self.meter.set_concurrency(requests);
+    }
+
+    /// The arbiter aborted this worker while it handled `req` (a Gunicorn
+    /// request, with its WSGI `environ` when known, or an ASGI scope).
+    #[pyo3(signature = (req, environ=None))]
+    fn timeout(&self, req: &Bound<'_, PyAny>, environ: Option<&Bound<'_, PyAny>>) {
+        let route = match environ {
+            Some(environ) => environ_route(environ),
+            None => scope_route(req),
+        };
+        self.meter.timeout(method_of(req), self.route_id(route));
     }
 
     /// Leaves the reason this worker exits (`max_requests`, `graceful`,
@@ -225,6 +415,11 @@ impl WorkerMeter {
         if exc.is_instance_of::<pyo3::exceptions::PyConnectionError>() {
             return; // the client went away: not the application's failure
         }
+        if exc.is_instance_of::<pyo3::exceptions::PySystemExit>()
+            || exc.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>()
+        {
+            return; // the worker is exiting (a timeout abort, a signal): not a failure
+        }
         if exc.is_instance_of::<pyo3::exceptions::PyStopIteration>() {
             if let Ok(context) = exc.getattr(intern!(py, "__context__")) {
                 if !context.is_none() {
@@ -237,7 +432,12 @@ impl WorkerMeter {
             .name()
             .map(|n| n.to_string())
             .unwrap_or_else(|_| "Exception".into());
-        self.meter.fail(method_of(req), &name);
+        let route = if req.cast::<PyDict>().is_ok() {
+            scope_route(req)
+        } else {
+            environ_of_exception(&exc).and_then(|e| environ_route(&e))
+        };
+        self.meter.fail(method_of(req), &name, self.route_id(route));
     }
 }
 
@@ -250,6 +450,7 @@ struct Settings {
     web_config_file: Option<PathBuf>,
     duration_buckets: Vec<f64>,
     prefix: String,
+    max_label_values: usize,
 }
 
 #[pymethods]
@@ -273,6 +474,7 @@ impl Settings {
             web_config_file: s.web_config_file,
             duration_buckets: s.duration_buckets,
             prefix: s.prefix,
+            max_label_values: s.max_label_values,
         })
     }
 }

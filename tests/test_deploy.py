@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import request
+from conftest import request, request_in_background, wait_for
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "rules.yml"
@@ -85,6 +85,17 @@ def test_kubernetes_manifests_agree_on_the_metrics_port():
     assert annotations["prometheus.io/port"] == "9091"
 
 
+def test_autoscaling_query_is_a_unit_tested_rule():
+    scaled = yaml.safe_load((DEPLOY / "kubernetes" / "keda-scaledobject.yaml").read_text())
+    assert scaled["kind"] == "ScaledObject"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "web"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "rules_test.yml").read_text())["tests"]
+    tested = {t["expr"] for case in tests for t in case.get("promql_expr_test", [])}
+    assert trigger["metadata"]["query"] in tested
+
+
 def test_sidecar_manifest_shares_the_directory():
     web, metrics = containers(DEPLOY / "kubernetes" / "deployment-sidecar.yaml")
     env = {e["name"]: e["value"] for e in web["env"]}
@@ -111,7 +122,9 @@ def concrete(expr: str) -> str:
 def test_every_dashboard_query_returns_data_from_a_real_scrape(gunicorn, prometheus):
     queries = dashboard_queries()
     metrics_used = {m for q in queries for m in re.findall(r"\b(gunicorn_[a-z_]+)", q)}
-    g = gunicorn(workers=2)
+    g = gunicorn(["--timeout", "2"], workers=2)
+    # One request the arbiter aborts: the timeout panels have data.
+    slow = request_in_background(g.port, "/sleep/8?route=/slow")
     server = prometheus(f"""
 global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}
 rule_files: [{DEPLOY / "prometheus" / "rules.yml"}]
@@ -125,7 +138,8 @@ scrape_configs:
         for i in range(20_000):  # bounded; stopped by the test
             if stop.is_set():
                 return
-            request(g.port, "GET", ["/", "/status/404", "/raise", "/sleep/0.01"][i % 4])
+            request(g.port, "GET",
+                    ["/?route=/", "/status/404", "/raise", "/sleep/0.01?route=/sleep"][i % 4])
 
     load = threading.Thread(target=traffic)
     load.start()
@@ -133,6 +147,8 @@ scrape_configs:
         server.wait_for(lambda: server.query("up") and server.query(
             "rate(gunicorn_worker_requests_total[30s]) > 0"), what="rates")
         time.sleep(3)
+        wait_for(lambda: g.scrape().get("gunicorn_worker_request_timeouts_total") == 1,
+                 what="the aborted request counted")
         served = {s.name for s in g.scrape().samples}
         assert metrics_used <= served, metrics_used - served  # only metrics that exist
         empty = [q for q in queries if not server.query(concrete(q))]
@@ -149,6 +165,8 @@ scrape_configs:
     finally:
         stop.set()
         load.join(timeout=30)
+        slow.kill()
+        slow.wait()
 
 
 def test_totals_across_two_hosts(gunicorn, prometheus):

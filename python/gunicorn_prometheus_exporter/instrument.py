@@ -12,7 +12,7 @@ import inspect
 import os
 from typing import Any, Callable
 
-from . import _core
+from . import _core, routes, saturation, timeouts
 from .master import DIRECTORY_VARIABLE, master
 
 RESOURCE_SAMPLE_SECONDS = 1.0
@@ -66,7 +66,10 @@ class MeteredWorker:
             settings.prefix,
             settings.duration_buckets,
             RESOURCE_SAMPLE_SECONDS,
+            settings.max_label_values,
         )
+        self.meter.set_concurrency(saturation.concurrency(self))
+        self.meter.set_kernel_wait(saturation.has_tcp_listener(self))
         self.log = MeteredLog(self.log, self.meter)
         note = "crashed"
         try:
@@ -104,6 +107,18 @@ class MeteredWorker:
         self.stop_signal = sig
         super().handle_quit(sig, frame)
 
+    def load_wsgi(self) -> None:
+        super().load_wsgi()  # type: ignore[misc]
+        routes.watch_frameworks()
+
+    def handle_abort(self, sig: int, frame: Any) -> None:
+        # The arbiter's timeout: count and show the request(s) it interrupted.
+        try:
+            timeouts.report(self, frame)
+        except Exception:  # noqa: BLE001 - forensics must not stop the abort
+            self.log.exception("could not report the timed-out request")
+        super().handle_abort(sig, frame)  # type: ignore[misc]
+
 
 _METERED_TEMPLATE = """
 def {name}(self, {params}):
@@ -131,7 +146,8 @@ def metered(handle: Callable[..., Any]) -> Callable[..., Any]:
         raise TypeError(f"cannot meter {handle.__qualname__}{inspect.signature(handle)}")
     namespace: dict[str, Any] = {"handle": handle}
     source = _METERED_TEMPLATE.format(name=handle.__name__, params=", ".join(params))
-    exec(source, namespace)  # noqa: S102 - the source is the template above
+    code = compile(source, timeouts.METERED_FILENAME, "exec")
+    exec(code, namespace)  # noqa: S102 - the source is the template above
     wrapper = namespace[handle.__name__]
     wrapper.__qualname__ = f"metered({handle.__qualname__})"
     wrapper.__doc__ = handle.__doc__

@@ -5,6 +5,7 @@ Paths: /           200 "hello"
        /raise      the application raises ValueError
        /sleep/S    sleeps S seconds, then 200
        /echo       200 with the request body
+       ?route=R    leaves R as the route template (the environ key of the exporter)
 """
 
 import time
@@ -16,6 +17,9 @@ class AppFailure(ValueError):
 
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
+    query = environ.get("QUERY_STRING", "")
+    if query.startswith("route="):
+        environ["gunicorn_prometheus_exporter.route"] = query[len("route="):]
     if path.startswith("/status/"):
         code = int(path.rsplit("/", 1)[1])
         start_response(f"{code} Status", [("Content-Type", "text/plain")])

@@ -1,0 +1,41 @@
+"""Route templates with no configuration.
+
+Any framework can leave the template it matched in the WSGI environ or the
+ASGI scope under `ROUTE_KEY`. Starlette / FastAPI routes (`scope["route"]`)
+and Flask / Werkzeug rules are read by the core itself; Flask clears its
+request from the environ before Gunicorn logs the response, so the template is
+copied to the environ when Flask tears the request down. Django needs
+`gunicorn_prometheus_exporter.django.RouteMiddleware`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+ROUTE_KEY = "gunicorn_prometheus_exporter.route"
+
+_flask_connected = False
+
+
+def _copy_flask_rule(sender: Any, **kwargs: Any) -> None:
+    ctx = _cv_request.get(None)
+    if ctx is None:
+        return
+    rule = ctx.request.url_rule
+    if rule is not None:
+        ctx.request.environ[ROUTE_KEY] = rule.rule
+
+
+def watch_frameworks() -> None:
+    """Called once the application is loaded: hooks the frameworks it imported."""
+    global _flask_connected, _cv_request
+    if _flask_connected or "flask" not in sys.modules:
+        return
+    try:
+        from flask.globals import _cv_request
+        from flask.signals import request_tearing_down
+    except ImportError:  # a Flask without them: only the environ key works
+        return
+    request_tearing_down.connect(_copy_flask_rule, weak=False)
+    _flask_connected = True

@@ -1,0 +1,64 @@
+"""Timeout forensics: when the arbiter aborts a worker that missed its
+timeout (SIGABRT), count each request it was handling and log the Python
+stack it hung in, once, in Gunicorn's error log."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+#: File name given to the code of `instrument.metered` wrappers, to find them on a stack.
+METERED_FILENAME = "<gunicorn_prometheus_exporter.metered>"
+
+
+def _in_flight(leaf: FrameType) -> Iterator[tuple[Any, Any, int]]:
+    """(req, environ, depth) of the metered request on the stack that ends at
+    `leaf`, `depth` frames above it; (scope, None, depth) for an ASGI request."""
+    from .asgi import MeteredASGI
+
+    asgi_code = MeteredASGI.__call__.__code__
+    inner: FrameType | None = None
+    frame: FrameType | None = leaf
+    depth = 0
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename == METERED_FILENAME and "req" in frame.f_locals:
+            environ = inner.f_locals.get("environ") if inner is not None else None
+            yield frame.f_locals["req"], environ if isinstance(environ, dict) else None, depth
+            return
+        if code is asgi_code and "scope" in frame.f_locals:
+            yield frame.f_locals["scope"], None, depth
+            return
+        inner, frame = frame, frame.f_back
+        depth += 1
+
+
+def report(worker: Any, interrupted: FrameType | None) -> int:
+    """Counts and logs every request in flight in `worker`; returns how many."""
+    frames = sys._current_frames()
+    main = threading.main_thread().ident
+    if interrupted is not None and main is not None:
+        frames[main] = interrupted  # not the signal handler's own frame
+    found = 0
+    for thread_id, leaf in frames.items():
+        for req, environ, depth in _in_flight(leaf):
+            found += 1
+            worker.meter.timeout(req, environ)
+            method, path = _describe(req)
+            # From the worker's handler down to the line the request hung on.
+            stack = "".join(traceback.format_stack(leaf, limit=depth))
+            worker.log.error(
+                "Request %s %s timed out (worker pid %s, thread %s); it was here:\n%s",
+                method, path, worker.pid, thread_id, stack,
+            )
+    return found
+
+
+def _describe(req: Any) -> tuple[str, str]:
+    if isinstance(req, dict):
+        return str(req.get("method", "?")), str(req.get("path", "?"))
+    return str(getattr(req, "method", "?")), str(getattr(req, "path", "?"))

@@ -1,0 +1,32 @@
+"""A one-file Django application for the route tests, with the route middleware."""
+
+import django
+from django.conf import settings
+from django.core.wsgi import get_wsgi_application
+from django.http import HttpResponse
+from django.urls import path
+
+settings.configure(
+    DEBUG=False,
+    ALLOWED_HOSTS=["*"],
+    ROOT_URLCONF=__name__,
+    SECRET_KEY="tests",
+    MIDDLEWARE=["gunicorn_prometheus_exporter.django.RouteMiddleware"],
+)
+django.setup()
+
+
+def user(request, uid):
+    return HttpResponse(f"user {uid}\n")
+
+
+def index(request):
+    return HttpResponse("hello\n")
+
+
+urlpatterns = [
+    path("users/<int:uid>", user),
+    path("", index),
+]
+
+app = get_wsgi_application()

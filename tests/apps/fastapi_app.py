@@ -1,0 +1,23 @@
+"""A FastAPI application (with a mounted Starlette router) for the route tests."""
+
+from fastapi import FastAPI
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route, Router
+
+
+async def report(request):
+    return PlainTextResponse(f"report {request.path_params['rid']}\n")
+
+
+app = FastAPI()
+app.mount("/admin", Router(routes=[Route("/reports/{rid}", report)]))
+
+
+@app.get("/users/{uid}")
+async def user(uid: int):
+    return {"uid": uid}
+
+
+@app.get("/")
+async def index():
+    return {"hello": "world"}
