@@ -8,6 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::clock::monotonic_seconds;
+use crate::native_histogram;
 use crate::storage::lock::DirectoryLock;
 use crate::storage::reader::{read_entries, read_used};
 use crate::storage::MmapWriter;
@@ -99,6 +100,12 @@ impl ArchiveCompactor {
                 }
             }
             remove_if_present(&path)?;
+        }
+        // Native histogram buckets (`*.ndb`): summed into their own archive.
+        let native = dir.join(native_histogram::file_name(pid));
+        if native.exists() {
+            native_histogram::fold_into(self.archive(dir, native_histogram::ARCHIVE)?, &native)?;
+            remove_if_present(&native)?;
         }
         let note_path = exit_note_path(dir, pid);
         let note = fs::read_to_string(&note_path)

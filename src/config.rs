@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::histogram::DEFAULT_DURATION_BUCKETS;
+use crate::native_histogram;
 
 pub const DEFAULT_PORT: u16 = 9091;
 pub const DEFAULT_BIND_ADDRESS: &str = "127.0.0.1";
@@ -21,6 +22,8 @@ pub struct Settings {
     pub web_config_file: Option<PathBuf>,
     pub duration_buckets: Vec<f64>,
     pub prefix: String,
+    /// Schema of the native duration histogram (`PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA`).
+    pub native_histogram_schema: i8,
 }
 
 impl Settings {
@@ -54,6 +57,11 @@ impl Settings {
                 return Err(format!("PROMETHEUS_METRICS_PREFIX={v:?} is not a valid metric name prefix ([a-zA-Z_:][a-zA-Z0-9_:]*)"))
             }
         };
+        let native_histogram_schema = match get(native_histogram::SCHEMA_VARIABLE) {
+            None => native_histogram::DEFAULT_SCHEMA,
+            Some(v) => native_histogram::parse_schema(&v)
+                .map_err(|why| format!("{}={v:?} {why}", native_histogram::SCHEMA_VARIABLE))?,
+        };
         Ok(Settings {
             directory,
             port,
@@ -61,6 +69,7 @@ impl Settings {
             web_config_file,
             duration_buckets,
             prefix,
+            native_histogram_schema,
         })
     }
 }
@@ -114,6 +123,9 @@ mod tests {
             (9091, "127.0.0.1".into(), "gunicorn")
         );
         assert_eq!(s.duration_buckets.len(), 14);
+        assert_eq!(s.native_histogram_schema, 3);
+        let s = from(&[("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "-4")]).unwrap();
+        assert_eq!(s.native_histogram_schema, -4);
     }
 
     #[test]
@@ -125,6 +137,9 @@ mod tests {
             ("PROMETHEUS_DURATION_BUCKETS", "0.1,0.05"),
             ("PROMETHEUS_DURATION_BUCKETS", "0.1,x"),
             ("PROMETHEUS_METRICS_PREFIX", "9bad"),
+            ("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "9"),
+            ("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "-5"),
+            ("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "3.5"),
         ] {
             let err = from(&[(k, v)]).unwrap_err();
             assert!(err.starts_with(k), "{err}");

@@ -5,13 +5,15 @@ use std::io;
 use std::path::Path;
 
 /// Makes `dir` if needed and removes the files an earlier run left (`*.db`,
-/// exit notes).
+/// native histograms' `*.ndb`, exit notes).
 pub fn prepare(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if (name.ends_with(".db") || name.ends_with(".note")) && entry.file_type()?.is_file() {
+        if (name.ends_with(".db") || name.ends_with(".ndb") || name.ends_with(".note"))
+            && entry.file_type()?.is_file()
+        {
             fs::remove_file(entry.path())?;
         }
     }

@@ -17,6 +17,7 @@ use crate::archive::{exit_note_path, worker_file_id};
 use crate::clock::{monotonic_ns, monotonic_seconds, unix_seconds};
 use crate::histogram::{HistogramSlots, SIZE_BUCKETS};
 use crate::labels::{status_label, status_slot, Method, STATUS_SLOTS};
+use crate::native_histogram::{self, NativeFile, NativeSeries};
 use crate::process_stats;
 use crate::storage::{key, MmapWriter, ValueSlot};
 
@@ -39,6 +40,8 @@ struct Files {
 struct RequestSeries {
     total: ValueSlot,
     duration: HistogramSlots,
+    /// The duration as a native histogram too (none if its file is unusable).
+    native: Option<NativeSeries>,
 }
 
 /// Per-process series that exist from the start.
@@ -68,6 +71,7 @@ pub struct WorkerMeter {
     in_flight: AtomicU64,
     started_monotonic: f64,
     last_cpu: Mutex<(f64, f64)>,
+    native: Option<Arc<NativeFile>>,
 }
 
 const MAX_ERROR_TYPE_CHARS: usize = 100;
@@ -168,6 +172,9 @@ impl WorkerMeter {
             in_flight: AtomicU64::new(0),
             started_monotonic: monotonic_seconds(),
             last_cpu: Mutex::new((monotonic_seconds(), 0.0)),
+            // Native histograms are an extra: a file that cannot be opened only disables them.
+            native: native_histogram::schema_from_env()
+                .and_then(|schema| NativeFile::open(dir, pid, schema).ok()),
         };
         meter.sample_resources();
         Ok(meter)
@@ -228,6 +235,9 @@ impl WorkerMeter {
         let series = unsafe { &*series };
         series.total.add(1.0);
         series.duration.observe(&self.duration_bounds, seconds);
+        if let Some(native) = &series.native {
+            native.observe(seconds);
+        }
         self.fixed
             .request_size
             .observe(&SIZE_BUCKETS, request_bytes as f64);
@@ -266,7 +276,15 @@ impl WorkerMeter {
         let (Ok(total), Ok(duration)) = (total, duration) else {
             return std::ptr::null_mut();
         };
-        let series = Box::into_raw(Box::new(RequestSeries { total, duration }));
+        let native = self
+            .native
+            .as_ref()
+            .map(|file| file.series(&format!("{p}_worker_request_duration_seconds"), labels));
+        let series = Box::into_raw(Box::new(RequestSeries {
+            total,
+            duration,
+            native,
+        }));
         self.requests[index].store(series, Ordering::Release);
         series
     }

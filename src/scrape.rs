@@ -11,8 +11,9 @@ use crate::aggregate::Aggregator;
 use crate::backlog;
 use crate::clock::monotonic_seconds;
 use crate::exposition::negotiate::Format;
-use crate::exposition::{openmetrics, text};
+use crate::exposition::{openmetrics, protobuf, text};
 use crate::model::{Family, Kind, Labels};
+use crate::native_histogram::{NativeAggregator, NativeHistograms};
 use crate::process_stats;
 use crate::storage::lock::DirectoryLock;
 
@@ -31,6 +32,8 @@ pub struct ScrapeSource {
     listeners: Mutex<Vec<(String, RawFd)>>,
     aggregator: Mutex<Aggregator>,
     read_errors: AtomicU64,
+    /// Native histograms, read only for the protobuf format.
+    native: Mutex<NativeAggregator>,
 }
 
 impl ScrapeSource {
@@ -48,6 +51,7 @@ impl ScrapeSource {
             listeners: Mutex::new(Vec::new()),
             aggregator: Mutex::new(Aggregator::default()),
             read_errors: AtomicU64::new(0),
+            native: Mutex::new(NativeAggregator::default()),
         }
     }
 
@@ -132,12 +136,36 @@ impl ScrapeSource {
     }
 
     /// The body of a scrape in `format`.
-    pub fn render(&self, format: Format) -> String {
+    pub fn render(&self, format: Format) -> Vec<u8> {
         let mut out = String::with_capacity(64 << 10);
         match format {
             Format::Text => text::encode(&self.families(), &mut out),
             Format::OpenMetrics => openmetrics::encode(&self.families(), self.created, &mut out),
+            Format::Protobuf => return self.render_protobuf(),
         }
+        out.into_bytes()
+    }
+
+    /// The native histograms of the directory, merged across processes.
+    pub fn native_histograms(&self) -> NativeHistograms {
+        let (native, errors) = {
+            let _lock = DirectoryLock::shared(&self.directory);
+            self.native.lock().collect(&self.directory)
+        };
+        self.read_errors.fetch_add(errors, Ordering::Relaxed);
+        native
+    }
+
+    fn render_protobuf(&self) -> Vec<u8> {
+        let families = self.families();
+        let native = self.native_histograms();
+        let extras = protobuf::Extras {
+            created: self.created,
+            native: Some(&native),
+            exemplars: None,
+        };
+        let mut out = Vec::with_capacity(64 << 10);
+        protobuf::encode(&families, &extras, &mut out);
         out
     }
 }
