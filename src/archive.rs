@@ -8,6 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::clock::monotonic_seconds;
+use crate::exemplar;
 use crate::native_histogram;
 use crate::storage::lock::DirectoryLock;
 use crate::storage::reader::{read_entries, read_used};
@@ -106,6 +107,12 @@ impl ArchiveCompactor {
         if native.exists() {
             native_histogram::fold_into(self.archive(dir, native_histogram::ARCHIVE)?, &native)?;
             remove_if_present(&native)?;
+        }
+        // Exemplars: the latest of each sample is kept.
+        let exemplars = dir.join(exemplar::file_name(pid));
+        if exemplars.exists() {
+            exemplar::fold_into(self.archive(dir, exemplar::ARCHIVE)?, &exemplars)?;
+            remove_if_present(&exemplars)?;
         }
         let note_path = exit_note_path(dir, pid);
         let note = fs::read_to_string(&note_path)

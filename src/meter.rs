@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 
 use crate::archive::{exit_note_path, worker_file_id};
 use crate::clock::{monotonic_ns, monotonic_seconds, unix_seconds};
+use crate::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
 use crate::histogram::{HistogramSlots, SIZE_BUCKETS};
 use crate::labels::{status_label, status_slot, Method, STATUS_SLOTS};
 use crate::native_histogram::{self, NativeFile, NativeSeries};
@@ -42,6 +43,8 @@ struct RequestSeries {
     duration: HistogramSlots,
     /// The duration as a native histogram too (none if its file is unusable).
     native: Option<NativeSeries>,
+    /// Exemplars of traced requests, per bucket.
+    exemplars: Option<HistogramExemplars>,
 }
 
 /// Per-process series that exist from the start.
@@ -72,6 +75,8 @@ pub struct WorkerMeter {
     started_monotonic: f64,
     last_cpu: Mutex<(f64, f64)>,
     native: Option<Arc<NativeFile>>,
+    exemplars: Option<Arc<ExemplarFile>>,
+    failure_exemplars: Mutex<HashMap<(Method, String), Arc<ExemplarSlot>>>,
 }
 
 const MAX_ERROR_TYPE_CHARS: usize = 100;
@@ -175,6 +180,8 @@ impl WorkerMeter {
             // Native histograms are an extra: a file that cannot be opened only disables them.
             native: native_histogram::schema_from_env()
                 .and_then(|schema| NativeFile::open(dir, pid, schema).ok()),
+            exemplars: ExemplarFile::open(dir, pid).ok(),
+            failure_exemplars: Mutex::new(HashMap::new()),
         };
         meter.sample_resources();
         Ok(meter)
@@ -280,13 +287,70 @@ impl WorkerMeter {
             .native
             .as_ref()
             .map(|file| file.series(&format!("{p}_worker_request_duration_seconds"), labels));
+        let exemplars = self.exemplars.as_ref().map(|file| {
+            HistogramExemplars::new(
+                file,
+                &format!("{p}_worker_request_duration_seconds"),
+                labels,
+                &self.duration_bounds,
+            )
+        });
         let series = Box::into_raw(Box::new(RequestSeries {
             total,
             duration,
             native,
+            exemplars,
         }));
         self.requests[index].store(series, Ordering::Release);
         series
+    }
+
+    /// A traced request that began at `started_ns`, already `record`ed:
+    /// its trace becomes the exemplar of the duration bucket it fell in.
+    pub fn exemplar(&self, started_ns: u64, method: Method, status: u16, trace: &TraceParent) {
+        let index = method.index() * STATUS_SLOTS + status_slot(status);
+        let series = self.requests[index].load(Ordering::Acquire);
+        if series.is_null() {
+            return;
+        }
+        // SAFETY: published series are never freed (see `record`).
+        let series = unsafe { &*series };
+        if let Some(exemplars) = &series.exemplars {
+            let seconds = monotonic_ns().saturating_sub(started_ns) as f64 / 1e9;
+            exemplars.observe(&self.duration_bounds, seconds, trace, unix_seconds());
+        }
+    }
+
+    /// A traced request failed (after `fail`): the exemplar of its failed-requests counter.
+    pub fn fail_exemplar(&self, method: Method, error_type: &str, trace: &TraceParent) {
+        let Some(file) = &self.exemplars else {
+            return;
+        };
+        let error_type: String = error_type.chars().take(MAX_ERROR_TYPE_CHARS).collect();
+        let mut slots = self.failure_exemplars.lock();
+        let slot = match slots.get(&(method, error_type.clone())) {
+            Some(slot) => Arc::clone(slot),
+            None => {
+                let p = &self.prefix;
+                let labels: &[(&str, &str)] = &[
+                    ("method", method.as_str()),
+                    ("error_type", &error_type),
+                    ("worker_id", &self.worker_id),
+                ];
+                let Ok(slot) = ExemplarSlot::open(
+                    &mut file.writer.lock(),
+                    &format!("{p}_worker_failed_requests"),
+                    &format!("{p}_worker_failed_requests_total"),
+                    labels,
+                ) else {
+                    return;
+                };
+                let slot = Arc::new(slot);
+                slots.insert((method, error_type), Arc::clone(&slot));
+                slot
+            }
+        };
+        slot.store(trace, 1.0, unix_seconds());
     }
 
     /// The application raised instead of answering.

@@ -367,7 +367,7 @@ impl NativeAggregator {
         };
         let mut names: Vec<String> = listing
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.ends_with(SUFFIX))
+            .filter(|n| n.starts_with("native_") && n.ends_with(SUFFIX))
             .collect();
         names.sort();
         // Per series: one accumulator per schema seen, merged at the end.

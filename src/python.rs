@@ -13,6 +13,7 @@ use pyo3::{ffi, intern};
 use crate::archive;
 use crate::config;
 use crate::directory;
+use crate::exemplar::TraceParent;
 use crate::labels::{parse_status, Method};
 use crate::master_meter;
 use crate::meter::{MeterConfig, WorkerMeter as Meter};
@@ -82,6 +83,45 @@ fn scope_content_length(scope: &Bound<'_, PyAny>) -> u64 {
         }
     }
     0
+}
+
+/// The `traceparent` of a WSGI environ, if valid.
+fn environ_traceparent(environ: &Bound<'_, PyAny>) -> Option<TraceParent> {
+    let environ = environ.cast::<PyDict>().ok()?;
+    let value = environ
+        .get_item(intern!(environ.py(), "HTTP_TRACEPARENT"))
+        .ok()??;
+    let mut buf = [0u8; 64];
+    TraceParent::parse(ascii_prefix(&value, &mut buf)?)
+}
+
+/// The `traceparent` of an ASGI scope (bytes headers) or of a Gunicorn
+/// request (`req.headers`: upper-case str pairs), if valid.
+fn request_traceparent(req: &Bound<'_, PyAny>) -> Option<TraceParent> {
+    let py = req.py();
+    let headers = match req.cast::<PyDict>() {
+        Ok(scope) => scope.get_item(intern!(py, "headers")).ok()??,
+        Err(_) => req.getattr(intern!(py, "headers")).ok()?,
+    };
+    for header in headers.try_iter().ok()?.flatten() {
+        let (Ok(name), Ok(value)) = (header.get_item(0), header.get_item(1)) else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (name.cast::<PyBytes>(), value.cast::<PyBytes>()) {
+            if name.as_bytes().eq_ignore_ascii_case(b"traceparent") {
+                return TraceParent::parse(value.as_bytes());
+            }
+            continue;
+        }
+        let mut name_buf = [0u8; 12];
+        if ascii_prefix(&name, &mut name_buf)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"traceparent"))
+        {
+            let mut buf = [0u8; 64];
+            return TraceParent::parse(ascii_prefix(&value, &mut buf)?);
+        }
+    }
+    None
 }
 
 fn status_of(status: &Bound<'_, PyAny>) -> Option<u16> {
@@ -159,13 +199,12 @@ impl WorkerMeter {
 
     /// An ASGI request that started at `started` got a response.
     fn record(&self, started: u64, scope: &Bound<'_, PyAny>, status: u16, sent: u64) {
-        self.meter.record(
-            started,
-            method_of(scope),
-            status,
-            scope_content_length(scope),
-            sent,
-        );
+        let method = method_of(scope);
+        self.meter
+            .record(started, method, status, scope_content_length(scope), sent);
+        if let Some(trace) = request_traceparent(scope) {
+            self.meter.exemplar(started, method, status, &trace);
+        }
     }
 
     /// The request left the worker's hands (answered or not).
@@ -197,13 +236,12 @@ impl WorkerMeter {
             .getattr(intern!(py, "sent"))
             .and_then(|v| v.extract::<u64>())
             .unwrap_or(0);
-        self.meter.record(
-            started,
-            method_of(req),
-            status,
-            content_length(environ),
-            sent,
-        );
+        let method = method_of(req);
+        self.meter
+            .record(started, method, status, content_length(environ), sent);
+        if let Some(trace) = environ_traceparent(environ) {
+            self.meter.exemplar(started, method, status, &trace);
+        }
     }
 
     /// Leaves the reason this worker exits (`max_requests`, `graceful`, `crashed`).
@@ -234,7 +272,11 @@ impl WorkerMeter {
             .name()
             .map(|n| n.to_string())
             .unwrap_or_else(|_| "Exception".into());
-        self.meter.fail(method_of(req), &name);
+        let method = method_of(req);
+        self.meter.fail(method, &name);
+        if let Some(trace) = request_traceparent(req) {
+            self.meter.fail_exemplar(method, &name, &trace);
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use crate::aggregate::Aggregator;
 use crate::backlog;
 use crate::clock::monotonic_seconds;
+use crate::exemplar::{ExemplarAggregator, Exemplars};
 use crate::exposition::negotiate::Format;
 use crate::exposition::{openmetrics, protobuf, text};
 use crate::model::{Family, Kind, Labels};
@@ -34,6 +35,8 @@ pub struct ScrapeSource {
     read_errors: AtomicU64,
     /// Native histograms, read only for the protobuf format.
     native: Mutex<NativeAggregator>,
+    /// Exemplars, read for OpenMetrics and protobuf.
+    exemplars: Mutex<ExemplarAggregator>,
 }
 
 impl ScrapeSource {
@@ -52,6 +55,7 @@ impl ScrapeSource {
             aggregator: Mutex::new(Aggregator::default()),
             read_errors: AtomicU64::new(0),
             native: Mutex::new(NativeAggregator::default()),
+            exemplars: Mutex::new(ExemplarAggregator::default()),
         }
     }
 
@@ -140,7 +144,12 @@ impl ScrapeSource {
         let mut out = String::with_capacity(64 << 10);
         match format {
             Format::Text => text::encode(&self.families(), &mut out),
-            Format::OpenMetrics => openmetrics::encode(&self.families(), self.created, &mut out),
+            Format::OpenMetrics => openmetrics::encode_with_exemplars(
+                &self.families(),
+                self.created,
+                Some(&self.exemplars()),
+                &mut out,
+            ),
             Format::Protobuf => return self.render_protobuf(),
         }
         out.into_bytes()
@@ -156,13 +165,24 @@ impl ScrapeSource {
         native
     }
 
+    /// The latest exemplar of every sample, across processes.
+    pub fn exemplars(&self) -> Exemplars {
+        let (exemplars, errors) = {
+            let _lock = DirectoryLock::shared(&self.directory);
+            self.exemplars.lock().collect(&self.directory)
+        };
+        self.read_errors.fetch_add(errors, Ordering::Relaxed);
+        exemplars
+    }
+
     fn render_protobuf(&self) -> Vec<u8> {
         let families = self.families();
         let native = self.native_histograms();
+        let exemplars = self.exemplars();
         let extras = protobuf::Extras {
             created: self.created,
             native: Some(&native),
-            exemplars: None,
+            exemplars: Some(&exemplars),
         };
         let mut out = Vec::with_capacity(64 << 10);
         protobuf::encode(&families, &extras, &mut out);

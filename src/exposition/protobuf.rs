@@ -54,7 +54,8 @@ fn timestamp(seconds: f64) -> prost_types::Timestamp {
 }
 
 fn exemplar(extras: &Extras, name: &str, sample: &Sample) -> Option<pb::Exemplar> {
-    let e = extras.exemplars?.get(&ExemplarKey::of(name, sample))?;
+    let exemplars = extras.exemplars.filter(|e| !e.is_empty())?;
+    let e = exemplars.get(&ExemplarKey::of(name, sample))?;
     Some(pb::Exemplar {
         label: label_pairs(e.labels()),
         value: e.value,
