@@ -11,9 +11,17 @@ pub struct Backlog {
 }
 
 /// `TCP_LISTEN` of the kernel's tcp_states.h.
+#[cfg(target_os = "linux")]
 const TCP_LISTEN: u8 = 10;
 
+/// Not measured outside Linux (no TCP_INFO queue lengths there).
+#[cfg(not(target_os = "linux"))]
+pub fn of_listener(_fd: RawFd) -> Option<Backlog> {
+    None
+}
+
 /// `None` for a socket that is not a TCP listener (a Unix socket, a closed fd).
+#[cfg(target_os = "linux")]
 pub fn of_listener(fd: RawFd) -> Option<Backlog> {
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -35,7 +43,7 @@ pub fn of_listener(fd: RawFd) -> Option<Backlog> {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
