@@ -327,11 +327,10 @@ fn read_parts(
         if keys.len() > MAX_CACHED_KEYS {
             keys.clear();
         }
-        let Some(k) = keys
-            .entry(e.key.into())
-            .or_insert_with(|| parse_part(e.key))
-            .clone()
-        else {
+        if !keys.contains_key(e.key) {
+            keys.insert(e.key.into(), parse_part(e.key));
+        }
+        let Some(k) = keys[e.key].clone() else {
             errors += 1;
             continue;
         };

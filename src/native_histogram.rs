@@ -386,11 +386,10 @@ impl NativeAggregator {
                 self.keys.clear();
             }
             for entry in entries {
-                let parsed = self
-                    .keys
-                    .entry(entry.key.into())
-                    .or_insert_with(|| parse_key(entry.key));
-                let Some(k) = parsed else {
+                if !self.keys.contains_key(entry.key) {
+                    self.keys.insert(entry.key.into(), parse_key(entry.key));
+                }
+                let Some(k) = &self.keys[entry.key] else {
                     errors += 1;
                     continue;
                 };

@@ -182,8 +182,9 @@ impl ScrapeSource {
         let extras = protobuf::Extras {
             created: self.created,
             native: Some(&native),
-            exemplars: Some(&exemplars),
-        };
+            ..Default::default()
+        }
+        .with_exemplars(&exemplars);
         let mut out = Vec::with_capacity(64 << 10);
         protobuf::encode(&families, &extras, &mut out);
         out

@@ -6,6 +6,8 @@
 //! registry types, so the families aggregated from the files are mapped onto
 //! the messages here and framed with prost.
 
+use std::collections::HashSet;
+
 use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as pb;
 use prost::Message;
 
@@ -25,6 +27,17 @@ pub struct Extras<'a> {
     pub created: Option<f64>,
     pub native: Option<&'a NativeHistograms>,
     pub exemplars: Option<&'a Exemplars>,
+    /// Names of the families that have an exemplar (see `with_exemplars`).
+    pub exemplar_families: HashSet<String>,
+}
+
+impl<'a> Extras<'a> {
+    /// Sets the exemplars, and which families have one.
+    pub fn with_exemplars(mut self, exemplars: &'a Exemplars) -> Self {
+        self.exemplar_families = exemplars.keys().map(|k| k.family.clone()).collect();
+        self.exemplars = Some(exemplars);
+        self
+    }
 }
 
 fn metric_name(name: &str) -> String {
@@ -55,6 +68,10 @@ fn timestamp(seconds: f64) -> prost_types::Timestamp {
 
 fn exemplar(extras: &Extras, name: &str, sample: &Sample) -> Option<pb::Exemplar> {
     let exemplars = extras.exemplars.filter(|e| !e.is_empty())?;
+    // Most families have none: ask before building a key per sample.
+    if !extras.exemplar_families.contains(name) {
+        return None;
+    }
     let e = exemplars.get(&ExemplarKey::of(name, sample))?;
     Some(pb::Exemplar {
         label: label_pairs(e.labels()),
@@ -278,7 +295,7 @@ mod tests {
         let extras = Extras {
             created: Some(1000.5),
             native: Some(&native),
-            exemplars: None,
+            ..Default::default()
         };
         let mut out = Vec::new();
         encode(&[c, g, h], &extras, &mut out);
