@@ -93,8 +93,11 @@ def test_the_latest_exemplar_wins_and_survives_its_worker(gunicorn, tmp_path):
     # The latest traced request's exemplar, though the worker that served it is gone.
     wait_for(lambda: (directory / "exemplar_archive.ndb").exists(), 30, "an exemplar archive")
     found = exemplars(scrape(g.metrics_port, OPENMETRICS).decode())
-    (e,) = found.values()
-    assert e.labels["trace_id"] == f"{5:032x}"
+    # Fast requests share a bucket (a slow one may land in the next).
+    latest = max(found.values(), key=lambda e: float(e.timestamp))
+    assert latest.labels["trace_id"] == f"{5:032x}"
+    assert {e.labels["trace_id"] for e in found.values()} <= {f"{i:032x}" for i in range(1, 6)}
+    assert len(found) < 5
 
 
 def test_prometheus_stores_the_exemplars(gunicorn, prometheus):
