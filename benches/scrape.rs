@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use _core::archive::{worker_file_id, ArchiveCompactor};
+use _core::exemplar::{ExemplarFile, HistogramExemplars, TraceParent};
 use _core::exposition::negotiate::Format;
+use _core::native_histogram::NativeFile;
 use _core::scrape::ScrapeSource;
 use _core::storage::{key::encode, MmapWriter};
 
@@ -126,6 +128,71 @@ print(sorted(ts)[len(ts) // 2])
         .unwrap()
 }
 
+/// The native buckets and exemplars of one worker's 5 duration histograms:
+/// durations from 1 ms to 1 s (about 80 buckets at schema 3), an exemplar per
+/// classic bucket.
+fn write_worker_native(dir: &Path, pid: u32, worker_id: u32) {
+    let wid = worker_id.to_string();
+    let native = NativeFile::open(dir, pid, 3).unwrap();
+    let exemplars = ExemplarFile::open(dir, pid).unwrap();
+    let bounds = [
+        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    ];
+    let trace = TraceParent {
+        trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+        span_id: 0x00f067aa0ba902b7,
+    };
+    let name = "gunicorn_worker_request_duration_seconds";
+    for h in 0..HISTOGRAMS {
+        let status = (200 + h).to_string();
+        let labels = [
+            ("method", "GET"),
+            ("status", status.as_str()),
+            ("worker_id", wid.as_str()),
+        ];
+        let series = native.series(name, &labels);
+        let traced = HistogramExemplars::new(&exemplars, name, &labels, &bounds);
+        let mut v = 0.001;
+        while v < 1.0 {
+            series.observe(v);
+            traced.observe(&bounds, v, &trace, 1.7e9);
+            v *= 1.09;
+        }
+    }
+}
+
+/// Scrape time of 32 workers x 200 series (with native buckets and
+/// exemplars) in each format.
+fn formats(scrapes: usize) {
+    let workers = 32;
+    let dir = tempfile::tempdir().unwrap();
+    for slot in 1..=workers {
+        write_worker(dir.path(), slot, slot);
+        write_worker_native(dir.path(), slot, slot);
+    }
+    let source = ScrapeSource::new(dir.path().to_owned(), "gunicorn".into(), Vec::new(), None);
+    println!();
+    println!("scrape of {workers} live workers x 200 series, native buckets and exemplars on the 5 histograms (median of {scrapes})");
+    println!("{:<14}{:>11}{:>10}", "format", "ms", "bytes");
+    for (name, format) in [
+        ("text 0.0.4", Format::Text),
+        ("openmetrics", Format::OpenMetrics),
+        ("protobuf", Format::Protobuf),
+    ] {
+        let mut bytes = 0;
+        let times = (0..scrapes)
+            .map(|_| {
+                let t = Instant::now();
+                bytes = source.render(format).len();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        let ms = median_ms(times);
+        println!("{name:<14}{ms:>11.2}{bytes:>10}");
+        println!("RESULT {{\"format\": \"{name}\", \"workers\": {workers}, \"ms\": {ms:.3}}}");
+    }
+}
+
 fn list(var: &str, default: &[u32]) -> Vec<u32> {
     match std::env::var(var) {
         Ok(v) => v
@@ -146,6 +213,10 @@ fn main() {
         "{:<9}{:<9}{:>11}{:>11}{:>13}{:>10}{:>8}",
         "workers", "deaths", "this (ms)", "MPC (ms)", "MPC / this", "bytes", "files"
     );
+    if std::env::var("FORMATS_ONLY").is_ok() {
+        formats(scrapes);
+        return;
+    }
     for workers in list("WORKERS", &[1, 8, 32, 64]) {
         for deaths in list("DEATHS", &[0, 10_000]) {
             let dir = tempfile::tempdir().unwrap();
@@ -184,4 +255,5 @@ fn main() {
             );
         }
     }
+    formats(scrapes);
 }

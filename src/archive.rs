@@ -13,7 +13,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::clock::monotonic_seconds;
+use crate::exemplar;
 use crate::failures;
+use crate::native_histogram;
 use crate::storage::lock::DirectoryLock;
 use crate::storage::open::{open_read, remove_entry};
 use crate::storage::reader::{read_entries, read_used};
@@ -281,6 +283,29 @@ impl Archives {
                     result = Err(e);
                     continue;
                 }
+            }
+            remove_entry(&path)?;
+        }
+        // Native histogram buckets and exemplars (`*.ndb`): their own archives.
+        for (path, archive, fold_into) in [
+            (
+                dir.join(native_histogram::file_name(pid)),
+                native_histogram::ARCHIVE,
+                native_histogram::fold_into as fn(&mut MmapWriter, &Path) -> io::Result<()>,
+            ),
+            (
+                dir.join(exemplar::file_name(pid)),
+                exemplar::ARCHIVE,
+                exemplar::fold_into,
+            ),
+        ] {
+            if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            let folded = self.archive(dir, archive).and_then(|w| fold_into(w, &path));
+            if let Err(e) = folded {
+                result = Err(e);
+                continue;
             }
             remove_entry(&path)?;
         }

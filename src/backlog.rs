@@ -18,6 +18,7 @@ pub struct Backlog {
 }
 
 /// `TCP_LISTEN` of the kernel's tcp_states.h.
+#[cfg(target_os = "linux")]
 const TCP_LISTEN: u8 = 10;
 
 /// `None` for a socket that is not a listener (or a closed fd).
@@ -25,6 +26,20 @@ pub fn of_listener(fd: RawFd) -> Option<Backlog> {
     of_tcp_listener(fd).or_else(|| unix_diag::of_listener(fd))
 }
 
+/// Not measured outside Linux (no TCP_INFO queue lengths there).
+#[cfg(not(target_os = "linux"))]
+fn of_tcp_listener(_fd: RawFd) -> Option<Backlog> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+/// Not measured outside Linux (no TCP_INFO queue lengths there).
+#[cfg(not(target_os = "linux"))]
+fn of_tcp_listener(_fd: RawFd) -> Option<Backlog> {
+    None
+}
+
+#[cfg(target_os = "linux")]
 fn of_tcp_listener(fd: RawFd) -> Option<Backlog> {
     // SAFETY: tcp_info is a plain C struct for which all-zero is valid.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -224,7 +239,7 @@ mod unix_diag {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::histogram::DEFAULT_DURATION_BUCKETS;
+use crate::native_histogram;
 use crate::route::DEFAULT_MAX_LABEL_VALUES;
 
 /// Largest cap on distinct label values per worker: route ids are 16-bit.
@@ -27,6 +28,8 @@ pub struct Settings {
     pub prefix: String,
     /// Cap on distinct `route` and `error_type` values per worker.
     pub max_label_values: usize,
+    /// Schema of the native duration histogram (`PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA`).
+    pub native_histogram_schema: i8,
 }
 
 impl Settings {
@@ -71,6 +74,11 @@ impl Settings {
                     format!("PROMETHEUS_MAX_LABEL_VALUES={v:?} is not a whole number from 1 to {MAX_LABEL_VALUES}")
                 })?,
         };
+        let native_histogram_schema = match get(native_histogram::SCHEMA_VARIABLE) {
+            None => native_histogram::DEFAULT_SCHEMA,
+            Some(v) => native_histogram::parse_schema(&v)
+                .map_err(|why| format!("{}={v:?} {why}", native_histogram::SCHEMA_VARIABLE))?,
+        };
         Ok(Settings {
             max_label_values,
             directory,
@@ -79,6 +87,7 @@ impl Settings {
             web_config_file,
             duration_buckets,
             prefix,
+            native_histogram_schema,
         })
     }
 }
@@ -133,6 +142,9 @@ mod tests {
         );
         assert_eq!(s.duration_buckets.len(), 14);
         assert_eq!(s.max_label_values, 100);
+        assert_eq!(s.native_histogram_schema, 3);
+        let s = from(&[("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "-4")]).unwrap();
+        assert_eq!(s.native_histogram_schema, -4);
     }
 
     #[test]
@@ -147,6 +159,9 @@ mod tests {
             ("PROMETHEUS_MAX_LABEL_VALUES", "0"),
             ("PROMETHEUS_MAX_LABEL_VALUES", "lots"),
             ("PROMETHEUS_MAX_LABEL_VALUES", "100000"),
+            ("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "9"),
+            ("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "-5"),
+            ("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "3.5"),
         ] {
             let err = from(&[(k, v)]).unwrap_err();
             assert!(err.starts_with(k), "{err}");

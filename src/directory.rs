@@ -50,7 +50,7 @@ impl From<io::Error> for PrepareError {
 }
 
 /// Makes `dir` if needed and takes it over: clears the files an earlier run
-/// left (`*.db`, exit notes) unless this is an upgrade (see `Takeover`).
+/// left (`*.db`, native histograms' and exemplars' `*.ndb`, exit notes) unless this is an upgrade (see `Takeover`).
 pub fn prepare(dir: &Path) -> Result<Takeover, PrepareError> {
     fs::create_dir_all(dir)?;
     let path = dir.join(OWNER_FILE);
@@ -143,7 +143,8 @@ fn clear(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if (name.ends_with(".db") || name.ends_with(".note")) && !entry.file_type()?.is_dir() {
+        let ours = name.ends_with(".db") || name.ends_with(".ndb") || name.ends_with(".note");
+        if ours && !entry.file_type()?.is_dir() {
             crate::storage::open::remove_entry(&entry.path())?;
         }
     }

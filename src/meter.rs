@@ -15,9 +15,11 @@ use parking_lot::Mutex;
 
 use crate::archive::{worker_file_id, write_exit_note};
 use crate::clock::{monotonic_ns, monotonic_seconds, unix_seconds};
+use crate::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
 use crate::failures;
 use crate::histogram::{HistogramSlots, SIZE_BUCKETS};
 use crate::labels::{status_label, status_slot, Method, STATUS_SLOTS};
+use crate::native_histogram::{self, NativeFile, NativeSeries};
 use crate::process_stats;
 use crate::queue_time::{self, QUEUE_BUCKETS};
 use crate::route::{LabelValues, SeriesIndex};
@@ -44,6 +46,10 @@ struct Files {
 struct RequestSeries {
     total: ValueSlot,
     duration: HistogramSlots,
+    /// The duration as a native histogram too (none if its file is unusable).
+    native: Option<NativeSeries>,
+    /// Exemplars of traced requests, per bucket.
+    exemplars: Option<HistogramExemplars>,
 }
 
 /// Per-process series that exist from the start.
@@ -74,6 +80,9 @@ pub struct WorkerMeter {
     in_flight: AtomicU64,
     started_monotonic: f64,
     last_cpu: Mutex<(f64, f64)>,
+    native: Option<Arc<NativeFile>>,
+    exemplars: Option<Arc<ExemplarFile>>,
+    failure_exemplars: Mutex<HashMap<(Method, u16, u16), Arc<ExemplarSlot>>>,
 }
 
 /// Lowest bit of a start time from `begin`: the worker had been idle for
@@ -220,6 +229,11 @@ impl WorkerMeter {
             in_flight: AtomicU64::new(0),
             started_monotonic: monotonic_seconds(),
             last_cpu: Mutex::new((monotonic_seconds(), 0.0)),
+            // Native histograms are an extra: a file that cannot be opened only disables them.
+            native: native_histogram::schema_from_env()
+                .and_then(|schema| NativeFile::open(dir, pid, schema).ok()),
+            exemplars: ExemplarFile::open(dir, pid).ok(),
+            failure_exemplars: Mutex::new(HashMap::new()),
         };
         meter.sample_resources();
         meter
@@ -297,6 +311,9 @@ impl WorkerMeter {
         let series = unsafe { &*series };
         series.total.add(1.0);
         series.duration.observe(&self.duration_bounds, seconds);
+        if let Some(native) = &series.native {
+            native.observe(seconds);
+        }
         self.fixed
             .request_size
             .observe(&SIZE_BUCKETS, request_bytes as f64);
@@ -342,7 +359,24 @@ impl WorkerMeter {
             labels,
             &self.duration_bounds,
         );
-        let series = Box::into_raw(Box::new(RequestSeries { total, duration }));
+        let native = self
+            .native
+            .as_ref()
+            .map(|file| file.series(&format!("{p}_worker_request_duration_seconds"), labels));
+        let exemplars = self.exemplars.as_ref().map(|file| {
+            HistogramExemplars::new(
+                file,
+                &format!("{p}_worker_request_duration_seconds"),
+                labels,
+                &self.duration_bounds,
+            )
+        });
+        let series = Box::into_raw(Box::new(RequestSeries {
+            total,
+            duration,
+            native,
+            exemplars,
+        }));
         let published = self.requests.insert(key, series);
         drop(files);
         if !published {
@@ -350,6 +384,66 @@ impl WorkerMeter {
             self.count_overflow("series");
         }
         series
+    }
+
+    /// A traced request that began at `started_ns`, already `record`ed:
+    /// its trace becomes the exemplar of the duration bucket it fell in.
+    pub fn exemplar(
+        &self,
+        started_ns: u64,
+        method: Method,
+        status: u16,
+        route: u16,
+        trace: &TraceParent,
+    ) {
+        let index = method.index() * STATUS_SLOTS + status_slot(status);
+        let series = self.requests.get((route as u32) << 14 | index as u32);
+        if series.is_null() {
+            return;
+        }
+        // SAFETY: published series are never freed (see `record`).
+        let series = unsafe { &*series };
+        if let Some(exemplars) = &series.exemplars {
+            let seconds = monotonic_ns().saturating_sub(started_ns) as f64 / 1e9;
+            exemplars.observe(&self.duration_bounds, seconds, trace, unix_seconds());
+        }
+    }
+
+    /// A traced request failed (after `fail`): the exemplar of its
+    /// failed-requests counter, with the same labels as that counter.
+    pub fn fail_exemplar(&self, method: Method, error_type: &str, route: u16, trace: &TraceParent) {
+        let Some(file) = &self.exemplars else {
+            return;
+        };
+        // Already interned (and any overflow counted) by `fail`.
+        let (error_id, _) = self.signals.error_types.intern(error_type);
+        let mut slots = self.failure_exemplars.lock();
+        let slot = match slots.get(&(method, route, error_id)) {
+            Some(slot) => Arc::clone(slot),
+            None => {
+                let p = &self.prefix;
+                let error_type = self.signals.error_types.name(error_id);
+                let route_name = self.signals.routes.name(route);
+                let labels: &[(&str, &str)] = &[
+                    ("error_type", &error_type),
+                    ("method", method.as_str()),
+                    ("route", &route_name),
+                    ("worker_id", &self.worker_id),
+                ];
+                let Ok(slot) = ExemplarSlot::open(
+                    &mut file.writer.lock(),
+                    &format!("{p}_worker_failed_requests"),
+                    &format!("{p}_worker_failed_requests_total"),
+                    labels,
+                ) else {
+                    return;
+                };
+                let slot = Arc::new(slot);
+                slots.insert((method, route, error_id), Arc::clone(&slot));
+                slot
+            }
+        };
+        slot.store(trace, 1.0, unix_seconds());
     }
 
     /// The application raised instead of answering.

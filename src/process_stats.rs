@@ -1,7 +1,10 @@
-//! Resource usage of this process, read from /proc off the request path.
+//! Resource usage of this process, from the sysinfo crate (Linux, macOS, ...),
+//! off the request path. Only this process is refreshed, and only its memory
+//! and CPU time; open file descriptors are read from /proc on Linux only.
 
-use std::fs::File;
-use std::io::Read;
+use std::cell::RefCell;
+
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcessStats {
@@ -12,77 +15,95 @@ pub struct ProcessStats {
     pub start_after_boot_seconds: f64,
 }
 
-fn read_small(path: &str, buf: &mut [u8]) -> Option<usize> {
-    File::open(path).ok()?.read(buf).ok()
+thread_local! {
+    /// Kept between samples, so sysinfo reuses what it learnt of this process.
+    /// Per thread, not behind a lock: a worker forked while another thread of
+    /// the master held a lock would inherit it held. Keyed by pid, since a
+    /// forked worker inherits its master's thread's copy.
+    static SYSTEM: RefCell<Option<(u32, System)>> = const { RefCell::new(None) };
 }
 
-fn sysconf(name: libc::c_int) -> f64 {
-    // SAFETY: sysconf only reads a system constant; any name is allowed.
-    unsafe { libc::sysconf(name) as f64 }
-}
-
-/// Reads /proc/self/stat and /proc/self/statm.
+/// Memory, CPU time and start of this process.
 pub fn own_process() -> Option<ProcessStats> {
-    let mut buf = [0u8; 1024];
-    let n = read_small("/proc/self/stat", &mut buf)?;
-    let stat = std::str::from_utf8(&buf[..n]).ok()?;
-    // Fields after the command name, which may itself hold spaces and ')'.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..]
-        .split_ascii_whitespace()
-        .collect();
-    let field = |i: usize| -> Option<f64> { fields.get(i - 3)?.parse().ok() };
-    let ticks = sysconf(libc::_SC_CLK_TCK);
-    let cpu_seconds = (field(14)? + field(15)?) / ticks;
-    let start_after_boot_seconds = field(22)? / ticks;
-    let n = read_small("/proc/self/statm", &mut buf)?;
-    let statm = std::str::from_utf8(&buf[..n]).ok()?;
-    let mut pages = statm
-        .split_ascii_whitespace()
-        .map(|v| v.parse::<f64>().ok());
-    let page = sysconf(libc::_SC_PAGESIZE);
-    let virtual_bytes = pages.next()?? * page;
-    let resident_bytes = pages.next()?? * page;
-    Some(ProcessStats {
-        resident_bytes,
-        virtual_bytes,
-        cpu_seconds,
-        start_after_boot_seconds,
+    SYSTEM.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let id = std::process::id();
+        let system = match &mut *cell {
+            Some((owner, system)) if *owner == id => system,
+            slot => &mut slot.insert((id, System::new())).1,
+        };
+        sample(system, Pid::from_u32(id))
     })
 }
 
-/// Boot time of the machine, seconds since the Unix epoch (`btime` of /proc/stat).
+fn sample(system: &mut System, pid: Pid) -> Option<ProcessStats> {
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[pid]),
+        false,
+        ProcessRefreshKind::nothing().with_memory().with_cpu(),
+    );
+    let process = system.process(pid)?;
+    Some(ProcessStats {
+        resident_bytes: process.memory() as f64,
+        virtual_bytes: process.virtual_memory() as f64,
+        cpu_seconds: process.accumulated_cpu_time() as f64 / 1e3,
+        start_after_boot_seconds: process.start_time().saturating_sub(System::boot_time()) as f64,
+    })
+}
+
+/// Boot time of the machine, seconds since the Unix epoch.
 pub fn boot_time_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    stat.lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()
+    Some(System::boot_time() as f64).filter(|&t| t > 0.0)
 }
 
 /// Open file descriptors of this process and their limit.
+#[cfg(target_os = "linux")]
 pub fn fds() -> Option<(f64, f64)> {
     let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit writes into the rlimit struct we own.
+    // SAFETY: getrlimit writes only into `limit`, a valid rlimit we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return None;
     }
     Some((open, limit.rlim_cur as f64))
 }
 
+/// Not measured outside Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn fds() -> Option<(f64, f64)> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     #[test]
     fn reads_own_process() {
         let s = super::own_process().unwrap();
         assert!(s.resident_bytes > 1e6 && s.virtual_bytes >= s.resident_bytes);
         assert!(s.cpu_seconds >= 0.0 && s.start_after_boot_seconds > 0.0);
         assert!(super::boot_time_seconds().unwrap() > 1e9);
-        let (open, max) = super::fds().unwrap();
-        assert!(open >= 3.0 && max >= open);
+        #[cfg(target_os = "linux")]
+        {
+            let (open, max) = super::fds().unwrap();
+            assert!(open >= 3.0 && max >= open);
+        }
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let before = super::own_process().unwrap().cpu_seconds;
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed().as_millis() < 300 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let after = super::own_process().unwrap().cpu_seconds;
+        assert!(after - before >= 0.1, "{before} -> {after}");
     }
 }

@@ -13,6 +13,7 @@ use pyo3::{ffi, intern};
 use crate::archive;
 use crate::config;
 use crate::directory;
+use crate::exemplar::TraceParent;
 use crate::failures;
 use crate::labels::{parse_status, Method};
 use crate::master_meter;
@@ -166,6 +167,45 @@ fn environ_of_exception<'py>(exc: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny
             }
         }
         tb = tb.getattr(intern!(py, "tb_next")).ok()?;
+    }
+    None
+}
+
+/// The `traceparent` of a WSGI environ, if valid.
+fn environ_traceparent(environ: &Bound<'_, PyAny>) -> Option<TraceParent> {
+    let environ = environ.cast::<PyDict>().ok()?;
+    let value = environ
+        .get_item(intern!(environ.py(), "HTTP_TRACEPARENT"))
+        .ok()??;
+    let mut buf = [0u8; 64];
+    TraceParent::parse(ascii_prefix(&value, &mut buf)?)
+}
+
+/// The `traceparent` of an ASGI scope (bytes headers) or of a Gunicorn
+/// request (`req.headers`: upper-case str pairs), if valid.
+fn request_traceparent(req: &Bound<'_, PyAny>) -> Option<TraceParent> {
+    let py = req.py();
+    let headers = match req.cast::<PyDict>() {
+        Ok(scope) => scope.get_item(intern!(py, "headers")).ok()??,
+        Err(_) => req.getattr(intern!(py, "headers")).ok()?,
+    };
+    for header in headers.try_iter().ok()?.flatten() {
+        let (Ok(name), Ok(value)) = (header.get_item(0), header.get_item(1)) else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (name.cast::<PyBytes>(), value.cast::<PyBytes>()) {
+            if name.as_bytes().eq_ignore_ascii_case(b"traceparent") {
+                return TraceParent::parse(value.as_bytes());
+            }
+            continue;
+        }
+        let mut name_buf = [0u8; 12];
+        if ascii_prefix(&name, &mut name_buf)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"traceparent"))
+        {
+            let mut buf = [0u8; 64];
+            return TraceParent::parse(ascii_prefix(&value, &mut buf)?);
+        }
     }
     None
 }
@@ -329,14 +369,13 @@ impl WorkerMeter {
                 self.meter.observe_queue(waited);
             }
         }
-        self.meter.record(
-            started,
-            method_of(scope),
-            status,
-            length,
-            sent,
-            self.route_id(scope_route(scope)),
-        );
+        let method = method_of(scope);
+        let route = self.route_id(scope_route(scope));
+        self.meter
+            .record(started, method, status, length, sent, route);
+        if let Some(trace) = request_traceparent(scope) {
+            self.meter.exemplar(started, method, status, route, &trace);
+        }
     }
 
     /// The request left the worker's hands (answered or not).
@@ -369,14 +408,19 @@ impl WorkerMeter {
             .and_then(|v| v.extract::<u64>())
             .unwrap_or(0);
         self.observe_queue(started, resp, environ);
+        let method = method_of(req);
+        let route = self.route_id(environ_route(environ));
         self.meter.record(
             started,
-            method_of(req),
+            method,
             status,
             content_length(environ),
             sent,
-            self.route_id(environ_route(environ)),
+            route,
         );
+        if let Some(trace) = environ_traceparent(environ) {
+            self.meter.exemplar(started, method, status, route, &trace);
+        }
     }
 
     /// Whether to read queue time from the kernel (the worker has a TCP listener).
@@ -437,7 +481,12 @@ impl WorkerMeter {
         } else {
             environ_of_exception(&exc).and_then(|e| environ_route(&e))
         };
-        self.meter.fail(method_of(req), &name, self.route_id(route));
+        let method = method_of(req);
+        let route = self.route_id(route);
+        self.meter.fail(method, &name, route);
+        if let Some(trace) = request_traceparent(req) {
+            self.meter.fail_exemplar(method, &name, route, &trace);
+        }
     }
 }
 

@@ -13,10 +13,12 @@ use parking_lot::Mutex;
 use crate::aggregate::Aggregator;
 use crate::backlog;
 use crate::clock::monotonic_seconds;
+use crate::exemplar::{ExemplarAggregator, Exemplars};
 use crate::exposition::negotiate::Format;
-use crate::exposition::{openmetrics, text};
+use crate::exposition::{openmetrics, protobuf, text};
 use crate::failures;
 use crate::model::{Family, Kind, Labels};
+use crate::native_histogram::{NativeAggregator, NativeHistograms};
 use crate::process_stats;
 use crate::storage::lock::DirectoryLock;
 
@@ -47,6 +49,10 @@ pub struct ScrapeSource {
     /// Refilled by `render` after encoding (moved, never copied).
     last_read: Mutex<(Vec<Family>, usize)>,
     read_errors: AtomicU64,
+    /// Native histograms, read only for the protobuf format.
+    native: Mutex<NativeAggregator>,
+    /// Exemplars, read for OpenMetrics and protobuf.
+    exemplars: Mutex<ExemplarAggregator>,
 }
 
 impl ScrapeSource {
@@ -66,6 +72,8 @@ impl ScrapeSource {
             aggregator: Mutex::new(Aggregator::default()),
             last_read: Mutex::new((Vec::new(), 0)),
             read_errors: AtomicU64::new(0),
+            native: Mutex::new(NativeAggregator::default()),
+            exemplars: Mutex::new(ExemplarAggregator::default()),
         }
     }
 
@@ -193,17 +201,69 @@ impl ScrapeSource {
     }
 
     /// The body of a scrape in `format`.
-    pub fn render(&self, format: Format) -> String {
+    pub fn render(&self, format: Format) -> Vec<u8> {
         let mut out = String::with_capacity(64 << 10);
-        let (mut families, from_directory, live_workers) = self.collect();
+        let (families, from_directory, live_workers) = self.collect();
         match format {
             Format::Text => text::encode(&families, &mut out),
-            Format::OpenMetrics => openmetrics::encode(&families, self.created, &mut out),
+            Format::OpenMetrics => openmetrics::encode_with_exemplars(
+                &families,
+                self.created,
+                Some(&self.exemplars()),
+                &mut out,
+            ),
+            Format::Protobuf => {
+                let native = self.native_histograms();
+                let exemplars = self.exemplars();
+                let extras = protobuf::Extras {
+                    created: self.created,
+                    native: Some(&native),
+                    ..Default::default()
+                }
+                .with_exemplars(&exemplars);
+                let mut bytes = Vec::with_capacity(64 << 10);
+                protobuf::encode(&families, &extras, &mut bytes);
+                self.keep_last_read(families, from_directory, live_workers);
+                return bytes;
+            }
         }
-        // Kept for a scrape that cannot take the lock: served again, not copied.
+        self.keep_last_read(families, from_directory, live_workers);
+        out.into_bytes()
+    }
+
+    /// Kept for a scrape that cannot take the lock: served again, not copied.
+    fn keep_last_read(
+        &self,
+        mut families: Vec<Family>,
+        from_directory: usize,
+        live_workers: usize,
+    ) {
         families.truncate(from_directory);
         *self.last_read.lock() = (families, live_workers);
-        out
+    }
+
+    /// The native histograms of the directory, merged across processes
+    /// (none if the directory lock cannot be had: counted as a read error).
+    pub fn native_histograms(&self) -> NativeHistograms {
+        let Ok(_lock) = DirectoryLock::shared(&self.directory, SCRAPE_LOCK_WAIT) else {
+            self.read_errors.fetch_add(1, Ordering::Relaxed);
+            return NativeHistograms::default();
+        };
+        let (native, errors) = self.native.lock().collect(&self.directory);
+        self.read_errors.fetch_add(errors, Ordering::Relaxed);
+        native
+    }
+
+    /// The latest exemplar of every sample, across processes (none if the
+    /// directory lock cannot be had: counted as a read error).
+    pub fn exemplars(&self) -> Exemplars {
+        let Ok(_lock) = DirectoryLock::shared(&self.directory, SCRAPE_LOCK_WAIT) else {
+            self.read_errors.fetch_add(1, Ordering::Relaxed);
+            return Exemplars::default();
+        };
+        let (exemplars, errors) = self.exemplars.lock().collect(&self.directory);
+        self.read_errors.fetch_add(errors, Ordering::Relaxed);
+        exemplars
     }
 }
 

@@ -33,7 +33,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::basic_auth::{BasicAuth, Check};
 use crate::exposition::negotiate::{self, Format};
-use crate::exposition::{openmetrics, text};
+use crate::exposition::{openmetrics, protobuf, text};
 use crate::scrape::ScrapeSource;
 use crate::web_config::WebConfig;
 
@@ -332,9 +332,9 @@ async fn metrics(headers: &HeaderMap, shared: &Shared) -> Response<Full<Bytes>> 
         let _permit = permit;
         let body = source.render(format);
         if gzip {
-            compress(body.as_bytes())
+            compress(&body)
         } else {
-            Ok(body.into_bytes())
+            Ok(body)
         }
     })
     .await
@@ -374,6 +374,7 @@ fn metrics_response(
     let content_type = match format {
         Format::Text => text::CONTENT_TYPE,
         Format::OpenMetrics => openmetrics::CONTENT_TYPE,
+        Format::Protobuf => protobuf::CONTENT_TYPE,
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     let headers = resp.headers_mut();

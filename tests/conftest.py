@@ -225,14 +225,14 @@ def gunicorn(tmp_path):
 class Prometheus:
     """A real Prometheus server (Debian's `prometheus`) on 127.0.0.1."""
 
-    def __init__(self, tmp: Path, config: str) -> None:
+    def __init__(self, tmp: Path, config: str, flags: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         config_file = tmp / f"prometheus-{self.port}.yml"
         config_file.write_text(config)
         self.proc = subprocess.Popen(
             ["prometheus", f"--config.file={config_file}",
              f"--storage.tsdb.path={tmp / f'tsdb-{self.port}'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
+             f"--web.listen-address=127.0.0.1:{self.port}", *flags],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def api(self, path: str, **params: str) -> dict:
@@ -267,8 +267,9 @@ def prometheus(tmp_path):
     """Start real Prometheus servers: `prometheus(config_text)`; all stopped at the end."""
     started: list[Prometheus] = []
 
-    def start(config: str) -> Prometheus:
-        p = Prometheus(tmp_path, config)
+    def start(config: str, flags: tuple[str, ...] = ()) -> Prometheus:
+        """`flags`: more command-line flags, e.g. `--enable-feature=native-histograms`."""
+        p = Prometheus(tmp_path, config, flags)
         started.append(p)
         return p
 

@@ -4,4 +4,5 @@ pub mod float;
 pub mod names;
 pub mod negotiate;
 pub mod openmetrics;
+pub mod protobuf;
 pub mod text;

@@ -4,6 +4,8 @@
 pub enum Format {
     Text,
     OpenMetrics,
+    /// Delimited `io.prometheus.client.MetricFamily` messages.
+    Protobuf,
 }
 
 /// The supported media range of `Accept` with the highest quality; the text
@@ -15,11 +17,14 @@ pub fn format(accept: Option<&str>) -> Format {
         let media = parts.next().unwrap_or("").to_ascii_lowercase();
         let mut q = 1.0f32;
         let mut version = None;
+        let (mut proto, mut encoding) = (None, None);
         for param in parts {
             if let Some((k, v)) = param.split_once('=') {
                 match k.trim().to_ascii_lowercase().as_str() {
                     "q" => q = v.trim().parse().unwrap_or(0.0),
                     "version" => version = Some(v.trim().to_owned()),
+                    "proto" => proto = Some(v.trim().to_owned()),
+                    "encoding" => encoding = Some(v.trim().to_owned()),
                     _ => {}
                 }
             }
@@ -29,6 +34,12 @@ pub fn format(accept: Option<&str>) -> Format {
                 if matches!(version.as_deref(), None | Some("1.0.0") | Some("0.0.1")) =>
             {
                 Format::OpenMetrics
+            }
+            "application/vnd.google.protobuf"
+                if proto.as_deref() == Some("io.prometheus.client.MetricFamily")
+                    && encoding.as_deref() == Some("delimited") =>
+            {
+                Format::Protobuf
             }
             "text/plain" | "*/*" | "text/*" => Format::Text,
             _ => continue,
@@ -75,6 +86,27 @@ mod tests {
         );
         assert_eq!(format(None), Format::Text);
         assert_eq!(format(Some("application/json")), Format::Text);
+    }
+
+    #[test]
+    fn protobuf_when_prometheus_prefers_it() {
+        // Prometheus 2.42 with --enable-feature=native-histograms.
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+            encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(format(Some(native)), Format::Protobuf);
+        assert_eq!(
+            format(Some(
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text"
+            )),
+            Format::Text
+        );
+        assert_eq!(
+            format(Some(
+                "application/openmetrics-text;version=1.0.0;q=0.9,application/vnd.google.protobuf;\
+                 proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
     }
 
     #[test]

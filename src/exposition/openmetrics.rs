@@ -3,7 +3,10 @@
 use super::float::push_go_float;
 use super::names::push_metric_name;
 use super::text::push_labels;
+use crate::exemplar::{ExemplarKey, Exemplars};
 use crate::model::{Family, Kind, Sample};
+use std::collections::HashSet;
+use std::fmt::Write as _;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -22,7 +25,22 @@ fn push_help(out: &mut String, s: &str) {
 /// `_created` of every counter, histogram and summary series that started
 /// counting then.
 pub fn encode(families: &[Family], created: Option<f64>, out: &mut String) {
+    encode_with_exemplars(families, created, None, out)
+}
+
+/// As `encode`, with each sample's exemplar (if any) after its value.
+pub fn encode_with_exemplars(
+    families: &[Family],
+    created: Option<f64>,
+    exemplars: Option<&Exemplars>,
+    out: &mut String,
+) {
+    let with_exemplars: HashSet<&str> = exemplars
+        .into_iter()
+        .flat_map(|e| e.keys().map(|k| k.family.as_str()))
+        .collect();
     for family in families {
+        let exemplars = exemplars.filter(|_| with_exemplars.contains(family.name.as_str()));
         out.push_str("# HELP ");
         push_metric_name(out, &family.name);
         out.push(' ');
@@ -39,6 +57,14 @@ pub fn encode(families: &[Family], created: Option<f64>, out: &mut String) {
             push_labels(out, sample.label_pairs());
             out.push(' ');
             push_go_float(out, sample.value);
+            if let Some(e) = exemplars.and_then(|e| e.get(&ExemplarKey::of(&family.name, sample))) {
+                out.push_str(" # ");
+                push_labels(out, e.labels());
+                out.push(' ');
+                push_go_float(out, e.value);
+                // Plain decimal seconds: parsers of exemplar timestamps take no exponent.
+                let _ = write!(out, " {:.3}", e.timestamp);
+            }
             out.push('\n');
             // A series' samples are contiguous: `_created` follows its last one.
             let last_of_series = samples

@@ -1,0 +1,506 @@
+//! Exemplars: the trace of a recent request, attached to the bucket it fell
+//! in (and to the failed-requests counter), from a W3C `traceparent`.
+//!
+//! Each worker keeps the latest exemplar per sample in `exemplar_worker<pid>.ndb`
+//! (the multiprocess file format; prometheus_client globs only `*.db`); a
+//! scrape takes the latest of every file, and a dead worker's are kept in
+//! `exemplar_archive.ndb`, latest wins. Exemplars are best-effort: a write
+//! that meets another one in flight on the same slot is skipped.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+
+use crate::archive::worker_file_id;
+use crate::exposition::float::go_float;
+use crate::model::{Labels, Sample};
+use crate::storage::reader::{read_entries, read_used};
+use crate::storage::{key, MmapWriter, ValueSlot};
+
+/// An exemplar as served: W3C trace context ids, the observed value, when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemplar {
+    /// 32 lower-case hex digits.
+    pub trace_id: String,
+    /// 16 lower-case hex digits.
+    pub span_id: String,
+    pub value: f64,
+    /// Unix seconds.
+    pub timestamp: f64,
+}
+
+impl Exemplar {
+    /// Its labels in exposition order.
+    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        [
+            ("trace_id", self.trace_id.as_str()),
+            ("span_id", self.span_id.as_str()),
+        ]
+        .into_iter()
+    }
+}
+
+/// The sample an exemplar belongs to: metric family name and every label of
+/// the sample (`le` last for a bucket), in the sample's order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExemplarKey {
+    pub family: String,
+    pub labels: Labels,
+}
+
+impl ExemplarKey {
+    pub fn of(family: &str, sample: &Sample) -> ExemplarKey {
+        ExemplarKey {
+            family: family.to_owned(),
+            labels: sample
+                .label_pairs()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+}
+
+/// The latest exemplar of each sample that has one.
+pub type Exemplars = HashMap<ExemplarKey, Exemplar>;
+
+/// A W3C trace context (`traceparent`, version 00).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: u128,
+    pub span_id: u64,
+}
+
+fn hex(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |acc, &d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | v as u128)
+    })
+}
+
+impl TraceParent {
+    /// `00-<32 hex>-<16 hex>-<2 hex>`, lower-case, ids not all zero; anything
+    /// else is `None`.
+    pub fn parse(header: &[u8]) -> Option<TraceParent> {
+        let h = header.trim_ascii();
+        if h.len() != 55 || &h[..3] != b"00-" || h[35] != b'-' || h[52] != b'-' {
+            return None;
+        }
+        let trace_id = hex(&h[3..35])?;
+        let span_id = hex(&h[36..52])? as u64;
+        hex(&h[53..55])?;
+        (trace_id != 0 && span_id != 0).then_some(TraceParent { trace_id, span_id })
+    }
+}
+
+/// One exemplar's place in a worker's file: three entries (`value`: value
+/// and Unix time; `trace`: the id's two halves; `span`: the span id and a
+/// sequence, odd while a write is under way).
+pub struct ExemplarSlot {
+    value: ValueSlot,
+    trace: ValueSlot,
+    span: ValueSlot,
+    /// The sequence as this process last wrote it: the writers' lock.
+    seq: AtomicU64,
+}
+
+impl ExemplarSlot {
+    /// Opens (creates) the entries of the sample `sample_name{labels}` of `family`.
+    pub fn open(
+        file: &mut MmapWriter,
+        family: &str,
+        sample_name: &str,
+        labels: &[(&str, &str)],
+    ) -> io::Result<ExemplarSlot> {
+        let mut part = |part: &str| file.slot(&key::encode(family, sample_name, labels, part));
+        let (value, trace, span) = (part(PART_VALUE)?, part(PART_TRACE)?, part(PART_SPAN)?);
+        // An odd sequence left by a writer that died mid-write is made even.
+        let seq = (span.get_timestamp().to_bits() + 1) & !1;
+        Ok(ExemplarSlot {
+            value,
+            trace,
+            span,
+            seq: AtomicU64::new(seq),
+        })
+    }
+
+    /// Replaces the exemplar; skipped if another thread is writing it now.
+    pub fn store(&self, trace: &TraceParent, value: f64, unix_seconds: f64) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        if seq % 2 == 1
+            || self
+                .seq
+                .compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.span.set_timestamp(f64::from_bits(seq + 1));
+        self.value.set(value);
+        self.value.set_timestamp(unix_seconds);
+        self.trace
+            .set(f64::from_bits((trace.trace_id >> 64) as u64));
+        self.trace
+            .set_timestamp(f64::from_bits(trace.trace_id as u64));
+        self.span.set(f64::from_bits(trace.span_id));
+        self.span.set_timestamp(f64::from_bits(seq + 2));
+        self.seq.store(seq + 2, Ordering::Release);
+    }
+}
+
+const PART_VALUE: &str = "value";
+const PART_TRACE: &str = "trace";
+const PART_SPAN: &str = "span";
+/// Suffix-sharing name of the exemplar files: `exemplar_worker<pid>.ndb`.
+pub const FILE_PREFIX: &str = "exemplar_";
+pub const ARCHIVE: &str = "exemplar_archive.ndb";
+
+/// The file of worker `pid`'s exemplars.
+pub fn file_name(pid: u32) -> String {
+    format!(
+        "{FILE_PREFIX}{}{}",
+        worker_file_id(pid),
+        crate::native_histogram::SUFFIX
+    )
+}
+
+/// A worker's exemplar file, shared by its series.
+pub struct ExemplarFile {
+    pub writer: Mutex<MmapWriter>,
+}
+
+impl ExemplarFile {
+    pub fn open(dir: &Path, pid: u32) -> io::Result<Arc<ExemplarFile>> {
+        Ok(Arc::new(ExemplarFile {
+            writer: Mutex::new(MmapWriter::open(&dir.join(file_name(pid)))?),
+        }))
+    }
+}
+
+/// The exemplar slots of one histogram series: one per bucket, made when a
+/// traced request first falls in it.
+pub struct HistogramExemplars {
+    file: Arc<ExemplarFile>,
+    family: Box<str>,
+    labels: Vec<(String, String)>,
+    /// `le` of each bucket, `+Inf` last.
+    les: Box<[String]>,
+    slots: Box<[OnceLock<ExemplarSlot>]>,
+}
+
+impl HistogramExemplars {
+    pub fn new(
+        file: &Arc<ExemplarFile>,
+        family: &str,
+        labels: &[(&str, &str)],
+        bounds: &[f64],
+    ) -> HistogramExemplars {
+        let les: Box<[String]> = bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .map(go_float)
+            .collect();
+        HistogramExemplars {
+            file: Arc::clone(file),
+            family: family.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            slots: les.iter().map(|_| OnceLock::new()).collect(),
+            les,
+        }
+    }
+
+    /// Attaches `trace` to the bucket of `value` (`bounds` as in `new`).
+    pub fn observe(&self, bounds: &[f64], value: f64, trace: &TraceParent, unix_seconds: f64) {
+        let i = bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(bounds.len());
+        let slot = match self.slots[i].get() {
+            Some(slot) => slot,
+            None => {
+                let mut labels: Vec<(&str, &str)> = self
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                labels.push(("le", &self.les[i]));
+                let bucket = format!("{}_bucket", self.family);
+                let Ok(slot) = ExemplarSlot::open(
+                    &mut self.file.writer.lock(),
+                    &self.family,
+                    &bucket,
+                    &labels,
+                ) else {
+                    return;
+                };
+                self.slots[i].get_or_init(|| slot)
+            }
+        };
+        slot.store(trace, value, unix_seconds);
+    }
+}
+
+/// A key read back: which sample, which part.
+#[derive(Clone)]
+struct PartKey {
+    sample: Arc<ExemplarKey>,
+    part: u8,
+}
+
+fn parse_part(raw: &str) -> Option<PartKey> {
+    let parsed = key::parse(raw)?;
+    let part = match parsed.help.as_str() {
+        PART_VALUE => 0,
+        PART_TRACE => 1,
+        PART_SPAN => 2,
+        _ => return None,
+    };
+    let mut labels = parsed.labels;
+    // Samples write `le` last.
+    if let Some(i) = labels.iter().position(|(k, _)| k == "le") {
+        let le = labels.remove(i);
+        labels.push(le);
+    }
+    Some(PartKey {
+        sample: Arc::new(ExemplarKey {
+            family: parsed.metric_name,
+            labels,
+        }),
+        part,
+    })
+}
+
+/// The three parts of one stored exemplar, as read.
+#[derive(Default, Clone, Copy)]
+struct Parts {
+    value: Option<(f64, f64)>,
+    trace: Option<(u64, u64)>,
+    span: Option<(u64, u64)>,
+}
+
+impl Parts {
+    fn exemplar(&self) -> Option<Exemplar> {
+        let ((value, timestamp), (hi, lo), (span, seq)) = (self.value?, self.trace?, self.span?);
+        let trace_id = (hi as u128) << 64 | lo as u128;
+        // Never written, or caught mid-write.
+        if seq == 0 || seq % 2 == 1 || trace_id == 0 || span == 0 {
+            return None;
+        }
+        Some(Exemplar {
+            trace_id: format!("{trace_id:032x}"),
+            span_id: format!("{span:016x}"),
+            value,
+            timestamp,
+        })
+    }
+}
+
+/// Reads the exemplar files of a directory, remembering keys.
+#[derive(Default)]
+pub struct ExemplarAggregator {
+    keys: HashMap<Box<str>, Option<PartKey>>,
+    buf: Vec<u8>,
+}
+
+const MAX_CACHED_KEYS: usize = 1 << 18;
+
+fn read_parts(
+    keys: &mut HashMap<Box<str>, Option<PartKey>>,
+    data: &[u8],
+    mut each: impl FnMut(&Arc<ExemplarKey>, Parts),
+) -> u64 {
+    let (entries, error) = read_entries(data);
+    let mut errors = error.is_some() as u64;
+    let mut current: Option<(Arc<ExemplarKey>, Parts)> = None;
+    for e in entries {
+        if keys.len() > MAX_CACHED_KEYS {
+            keys.clear();
+        }
+        if !keys.contains_key(e.key) {
+            keys.insert(e.key.into(), parse_part(e.key));
+        }
+        let Some(k) = keys[e.key].clone() else {
+            errors += 1;
+            continue;
+        };
+        if current
+            .as_ref()
+            .is_some_and(|(s, _)| !Arc::ptr_eq(s, &k.sample) && **s != *k.sample)
+        {
+            let (s, parts) = current.take().expect("checked");
+            each(&s, parts);
+        }
+        let parts = &mut current
+            .get_or_insert_with(|| (Arc::clone(&k.sample), Parts::default()))
+            .1;
+        let bits = (e.value.to_bits(), e.timestamp.to_bits());
+        match k.part {
+            0 => parts.value = Some((e.value, e.timestamp)),
+            1 => parts.trace = Some(bits),
+            _ => parts.span = Some(bits),
+        }
+    }
+    if let Some((s, parts)) = current {
+        each(&s, parts);
+    }
+    errors
+}
+
+impl ExemplarAggregator {
+    /// The latest exemplar of every sample, over every file of `dir`.
+    pub fn collect(&mut self, dir: &Path) -> (Exemplars, u64) {
+        let mut out = Exemplars::new();
+        let Ok(listing) = std::fs::read_dir(dir) else {
+            return (out, 1);
+        };
+        let mut errors = 0;
+        let mut buf = std::mem::take(&mut self.buf);
+        for entry in listing.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !name.starts_with(FILE_PREFIX) || !name.ends_with(crate::native_histogram::SUFFIX) {
+                continue;
+            }
+            match read_used(&dir.join(&name), &mut buf) {
+                Ok(()) => {}
+                Err(crate::storage::ReadError::Io(_)) => continue,
+                Err(_) => errors += 1,
+            }
+            errors += read_parts(&mut self.keys, &buf, |sample, parts| {
+                let Some(e) = parts.exemplar() else { return };
+                match out.get(&**sample) {
+                    Some(cur) if cur.timestamp >= e.timestamp => {}
+                    _ => {
+                        out.insert((**sample).clone(), e);
+                    }
+                }
+            });
+        }
+        self.buf = buf;
+        (out, errors)
+    }
+}
+
+/// Keeps in `archive` the later of its exemplars and those of the file at `path`.
+pub fn fold_into(archive: &mut MmapWriter, path: &Path) -> io::Result<()> {
+    let mut buf = Vec::new();
+    if read_used(path, &mut buf).is_err() {
+        return Ok(());
+    }
+    let mut latest: Vec<(Arc<ExemplarKey>, Exemplar)> = Vec::new();
+    read_parts(&mut HashMap::new(), &buf, |sample, parts| {
+        if let Some(e) = parts.exemplar() {
+            latest.push((Arc::clone(sample), e));
+        }
+    });
+    for (sample, e) in latest {
+        let labels: Vec<(&str, &str)> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let sample_name = if labels.iter().any(|(k, _)| *k == "le") {
+            format!("{}_bucket", sample.family)
+        } else {
+            format!("{}_total", sample.family)
+        };
+        let slot = ExemplarSlot::open(archive, &sample.family, &sample_name, &labels)?;
+        if slot.value.get_timestamp() >= e.timestamp {
+            continue;
+        }
+        let trace = TraceParent {
+            trace_id: u128::from_str_radix(&e.trace_id, 16).unwrap_or(0),
+            span_id: u64::from_str_radix(&e.span_id, 16).unwrap_or(0),
+        };
+        slot.store(&trace, e.value, e.timestamp);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRACE: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn only_valid_version_00_traceparents_are_taken() {
+        let t = TraceParent::parse(TRACE).unwrap();
+        assert_eq!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(t.span_id, 0x00f067aa0ba902b7);
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+            b"",
+        ] {
+            assert_eq!(
+                TraceParent::parse(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn the_latest_exemplar_wins_across_workers_and_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let labels = [("method", "GET"), ("worker_id", "1")];
+        let bounds = [0.1, 1.0];
+        let t1 = TraceParent::parse(TRACE).unwrap();
+        let t2 = TraceParent {
+            trace_id: 7,
+            span_id: 9,
+        };
+        let a =
+            HistogramExemplars::new(&ExemplarFile::open(d, 1).unwrap(), "dur", &labels, &bounds);
+        let b =
+            HistogramExemplars::new(&ExemplarFile::open(d, 2).unwrap(), "dur", &labels, &bounds);
+        a.observe(&bounds, 0.05, &t1, 100.0);
+        b.observe(&bounds, 0.07, &t2, 200.0);
+        a.observe(&bounds, 0.5, &t1, 150.0);
+        let (got, errors) = ExemplarAggregator::default().collect(d);
+        assert_eq!(errors, 0);
+        let key = |le: &str| ExemplarKey {
+            family: "dur".into(),
+            labels: vec![
+                ("method".into(), "GET".into()),
+                ("worker_id".into(), "1".into()),
+                ("le".into(), le.into()),
+            ],
+        };
+        let low = &got[&key("0.1")];
+        assert_eq!((low.value, low.timestamp), (0.07, 200.0));
+        assert_eq!(low.trace_id, format!("{:032x}", 7));
+        assert_eq!(
+            got[&key("1.0")].trace_id,
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(got[&key("1.0")].span_id, "00f067aa0ba902b7");
+        assert_eq!(got.len(), 2);
+        let mut archive = MmapWriter::open(&d.join(ARCHIVE)).unwrap();
+        fold_into(&mut archive, &d.join(file_name(2))).unwrap();
+        fold_into(&mut archive, &d.join(file_name(1))).unwrap();
+        std::fs::remove_file(d.join(file_name(1))).unwrap();
+        std::fs::remove_file(d.join(file_name(2))).unwrap();
+        let (after, _) = ExemplarAggregator::default().collect(d);
+        assert_eq!(after, got);
+    }
+}

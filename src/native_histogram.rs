@@ -1,0 +1,549 @@
+//! Prometheus native histograms (sparse exponential buckets) of the request
+//! duration: per-worker recording, per-scrape merging.
+//!
+//! A bucket of schema `s` and index `i` holds the values in
+//! `(2^((i-1)/2^s), 2^(i/2^s)]`; values at or below `ZERO_THRESHOLD` go to the
+//! zero bucket. Counts live in the worker's `native_worker<pid>.ndb`, in the
+//! multiprocess file format, one entry per bucket that was ever hit, keyed by
+//! the series' labels plus `__schema` and `__bucket` (`zero` or the index).
+//! prometheus_client globs `*.db` only, so it never sees these files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+
+use crate::archive::worker_file_id;
+use crate::model::Labels;
+use crate::storage::reader::{read_entries, read_used};
+use crate::storage::{key, MmapWriter, ValueSlot};
+
+/// The environment variable that chooses the schema.
+pub const SCHEMA_VARIABLE: &str = "PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA";
+pub const DEFAULT_SCHEMA: i8 = 3;
+/// The schemas Prometheus accepts for exponential buckets.
+pub const SCHEMAS: std::ops::RangeInclusive<i8> = -4..=8;
+/// Width of the zero bucket, as the Go client's default (2^-128).
+pub const ZERO_THRESHOLD: f64 = 2.938735877055719e-39;
+/// The archive that dead workers' buckets are summed into.
+pub const ARCHIVE: &str = "native_archive.ndb";
+/// Suffix of the native histogram files.
+pub const SUFFIX: &str = ".ndb";
+
+const SCHEMA_LABEL: &str = "__schema";
+const BUCKET_LABEL: &str = "__bucket";
+/// Buckets of values in `(2^LOWEST_EXP, 2^HIGHEST_EXP]` seconds (1 µs to
+/// 17 min) have a lock-free slot; others take a mutex the first time and
+/// every time (rare: a request slower than 17 minutes).
+const LOWEST_EXP: i32 = -20;
+const HIGHEST_EXP: i32 = 10;
+
+/// The file of a worker's native buckets.
+pub fn file_name(pid: u32) -> String {
+    format!("native_{}{SUFFIX}", worker_file_id(pid))
+}
+
+/// The schema of `PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA` (validated at start-up
+/// by `config`; here a bad value disables native histograms).
+pub fn schema_from_env() -> Option<i8> {
+    match std::env::var(SCHEMA_VARIABLE) {
+        Ok(v) if !v.trim().is_empty() => parse_schema(&v).ok(),
+        _ => Some(DEFAULT_SCHEMA),
+    }
+}
+
+/// A schema from its text; the error says what is wrong.
+pub fn parse_schema(v: &str) -> Result<i8, String> {
+    match v.trim().parse::<i8>() {
+        Ok(s) if SCHEMAS.contains(&s) => Ok(s),
+        _ => Err(format!(
+            "is not a native histogram schema (an integer from {} to {})",
+            SCHEMAS.start(),
+            SCHEMAS.end()
+        )),
+    }
+}
+
+/// `frexp`: `v = frac * 2^exp` with `frac` in `[0.5, 1)`, for a positive normal `v`.
+#[inline]
+fn frexp(v: f64) -> (f64, i32) {
+    let bits = v.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i32;
+    if exp == 0 {
+        // Subnormal: scale into the normal range first.
+        let (frac, e) = frexp(v * 2f64.powi(64));
+        return (frac, e - 64);
+    }
+    let frac = f64::from_bits((bits & ((1 << 52) - 1)) | (1022 << 52));
+    (frac, exp - 1022)
+}
+
+/// The bucket layout of one schema.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    schema: i8,
+    /// For a positive schema: the upper bounds of the buckets of `[0.5, 1)`.
+    bounds: Box<[f64]>,
+}
+
+impl Schema {
+    pub fn new(schema: i8) -> Schema {
+        let bounds = if schema > 0 {
+            let n = 1u32 << schema;
+            (0..n)
+                .map(|i| 2f64.powf(i as f64 / n as f64 - 1.0))
+                .collect()
+        } else {
+            Box::default()
+        };
+        Schema { schema, bounds }
+    }
+
+    pub fn schema(&self) -> i8 {
+        self.schema
+    }
+
+    /// The index of the bucket holding `v` (> 0), as client_golang computes it.
+    #[inline]
+    pub fn index(&self, v: f64) -> i32 {
+        let (frac, exp) = frexp(v);
+        if self.schema > 0 {
+            let n = self.bounds.len() as i32;
+            self.bounds.partition_point(|&b| b < frac) as i32 + (exp - 1) * n
+        } else {
+            let key = if frac == 0.5 { exp - 1 } else { exp };
+            let shift = -self.schema as i32;
+            (key + (1 << shift) - 1) >> shift
+        }
+    }
+}
+
+/// The bucket index at a lower schema (`to <= from`) that covers `index`.
+pub fn reduce_index(index: i32, from: i8, to: i8) -> i32 {
+    ((index - 1) >> (from - to) as i32) + 1
+}
+
+/// A worker's file of native buckets, shared by its series.
+pub struct NativeFile {
+    schema: Schema,
+    writer: Mutex<MmapWriter>,
+    /// Index of the first lock-free slot, and how many there are.
+    lowest: i32,
+    slots: usize,
+}
+
+impl NativeFile {
+    /// Opens (creates) the file of worker `pid` in `dir`.
+    pub fn open(dir: &Path, pid: u32, schema: i8) -> io::Result<Arc<NativeFile>> {
+        let writer = MmapWriter::open(&dir.join(file_name(pid)))?;
+        let schema = Schema::new(schema);
+        let lowest = schema.index(2f64.powi(LOWEST_EXP) * 1.0000001);
+        let highest = schema.index(2f64.powi(HIGHEST_EXP));
+        Ok(Arc::new(NativeFile {
+            schema,
+            writer: Mutex::new(writer),
+            lowest,
+            slots: (highest - lowest + 1) as usize,
+        }))
+    }
+
+    /// The native histogram of one series (`name` with `labels`).
+    pub fn series(self: &Arc<Self>, name: &str, labels: &[(&str, &str)]) -> NativeSeries {
+        let schema = self.schema.schema.to_string();
+        let mut key_labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        key_labels.push((SCHEMA_LABEL.into(), schema));
+        NativeSeries {
+            file: Arc::clone(self),
+            name: name.into(),
+            labels: key_labels,
+            zero: OnceLock::new(),
+            table: (0..self.slots).map(|_| OnceLock::new()).collect(),
+            others: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// The buckets of one series. Lock-free once a bucket has its entry.
+pub struct NativeSeries {
+    file: Arc<NativeFile>,
+    name: Box<str>,
+    labels: Vec<(String, String)>,
+    zero: OnceLock<ValueSlot>,
+    table: Box<[OnceLock<ValueSlot>]>,
+    /// Buckets outside the table's range.
+    others: Mutex<HashMap<i32, ValueSlot>>,
+}
+
+impl NativeSeries {
+    /// Counts one observation of `v` seconds.
+    #[inline]
+    pub fn observe(&self, v: f64) {
+        if v.is_nan() {
+            return;
+        }
+        if v <= ZERO_THRESHOLD {
+            if let Some(slot) = self.zero.get().copied().or_else(|| self.create_zero()) {
+                slot.add(1.0);
+            }
+            return;
+        }
+        let index = self.file.schema.index(v);
+        let slot = match self
+            .table
+            .get(index.wrapping_sub(self.file.lowest) as usize)
+        {
+            Some(cell) => cell.get().copied().or_else(|| self.create(index)),
+            None => self.other(index),
+        };
+        if let Some(slot) = slot {
+            slot.add(1.0);
+        }
+    }
+
+    #[cold]
+    fn entry(&self, bucket: &str) -> Option<ValueSlot> {
+        let mut labels: Vec<(&str, &str)> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        labels.push((BUCKET_LABEL, bucket));
+        let key = key::encode(&self.name, &self.name, &labels, "");
+        self.file.writer.lock().slot(&key).ok()
+    }
+
+    #[cold]
+    fn create_zero(&self) -> Option<ValueSlot> {
+        let slot = self.entry("zero")?;
+        Some(*self.zero.get_or_init(|| slot))
+    }
+
+    #[cold]
+    fn create(&self, index: i32) -> Option<ValueSlot> {
+        let slot = self.entry(&index.to_string())?;
+        let cell = &self.table[(index - self.file.lowest) as usize];
+        Some(*cell.get_or_init(|| slot))
+    }
+
+    #[cold]
+    fn other(&self, index: i32) -> Option<ValueSlot> {
+        let mut others = self.others.lock();
+        if let Some(slot) = others.get(&index) {
+            return Some(*slot);
+        }
+        let slot = self.entry(&index.to_string())?;
+        others.insert(index, slot);
+        Some(slot)
+    }
+}
+
+/// A native histogram merged across processes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NativeBuckets {
+    pub schema: i8,
+    pub zero_count: f64,
+    /// Count per bucket index, not cumulative.
+    pub positive: BTreeMap<i32, f64>,
+}
+
+impl NativeBuckets {
+    /// Every observation counted: the zero bucket's and the others'.
+    pub fn count(&self) -> f64 {
+        self.zero_count + self.positive.values().sum::<f64>()
+    }
+
+    /// Lowers the resolution to `schema` (no higher than the current one).
+    pub fn reduce_to(&mut self, schema: i8) {
+        if schema >= self.schema {
+            return;
+        }
+        let mut reduced = BTreeMap::new();
+        for (&i, &c) in &self.positive {
+            *reduced
+                .entry(reduce_index(i, self.schema, schema))
+                .or_insert(0.0) += c;
+        }
+        self.positive = reduced;
+        self.schema = schema;
+    }
+
+    /// Adds `other` in, at the lower of the two resolutions.
+    pub fn merge(&mut self, mut other: NativeBuckets) {
+        let schema = self.schema.min(other.schema);
+        self.reduce_to(schema);
+        other.reduce_to(schema);
+        self.zero_count += other.zero_count;
+        for (i, c) in other.positive {
+            *self.positive.entry(i).or_insert(0.0) += c;
+        }
+    }
+
+    /// Spans `(offset, length)` and delta-encoded counts, as the protobuf
+    /// format wants them (empty buckets inside a span are written as 0).
+    pub fn spans_and_deltas(&self) -> (Vec<(i32, u32)>, Vec<i64>) {
+        let mut spans: Vec<(i32, u32)> = Vec::new();
+        let mut deltas = Vec::new();
+        let (mut previous_index, mut previous_count) = (None::<i32>, 0i64);
+        for (&i, &c) in self.positive.iter().filter(|(_, &c)| c > 0.0) {
+            let count = c as i64;
+            match previous_index {
+                // A gap of up to two empty buckets costs less as zeros than as a new span.
+                Some(p) if i - p <= 3 => {
+                    for _ in p + 1..i {
+                        deltas.push(-previous_count);
+                        previous_count = 0;
+                    }
+                    spans.last_mut().expect("a span is open").1 += (i - p) as u32;
+                }
+                Some(p) => spans.push((i - p - 1, 1)),
+                None => spans.push((i, 1)),
+            }
+            deltas.push(count - previous_count);
+            previous_count = count;
+            previous_index = Some(i);
+        }
+        (spans, deltas)
+    }
+}
+
+/// Native histograms by (metric name, sorted labels).
+pub type NativeHistograms = HashMap<(String, Labels), NativeBuckets>;
+
+/// What an entry's key says, parsed once.
+#[derive(Clone)]
+struct NativeKey {
+    name: Arc<str>,
+    labels: Arc<Labels>,
+    schema: i8,
+    /// `None` for the zero bucket.
+    bucket: Option<i32>,
+}
+
+fn parse_key(raw: &str) -> Option<NativeKey> {
+    let parsed = key::parse(raw)?;
+    let mut labels = parsed.labels;
+    let take = |labels: &mut Labels, name: &str| {
+        let i = labels.iter().position(|(k, _)| k == name)?;
+        Some(labels.remove(i).1)
+    };
+    let schema: i8 = take(&mut labels, SCHEMA_LABEL)?.parse().ok()?;
+    if !SCHEMAS.contains(&schema) {
+        return None;
+    }
+    let bucket = match take(&mut labels, BUCKET_LABEL)?.as_str() {
+        "zero" => None,
+        i => Some(i.parse().ok()?),
+    };
+    Some(NativeKey {
+        name: Arc::from(parsed.metric_name),
+        labels: Arc::new(labels),
+        schema,
+        bucket,
+    })
+}
+
+/// Reads the native files of a directory again and again, remembering keys.
+#[derive(Default)]
+pub struct NativeAggregator {
+    keys: HashMap<Box<str>, Option<NativeKey>>,
+    buf: Vec<u8>,
+}
+
+/// Keys remembered before the cache is cleared (a churning directory cannot grow it).
+const MAX_CACHED_KEYS: usize = 1 << 18;
+
+impl NativeAggregator {
+    /// Every native histogram of `dir`, merged; and how many files or
+    /// entries could not be read.
+    pub fn collect(&mut self, dir: &Path) -> (NativeHistograms, u64) {
+        let mut errors = 0;
+        let Ok(listing) = std::fs::read_dir(dir) else {
+            return (HashMap::new(), 1);
+        };
+        let mut names: Vec<String> = listing
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("native_") && n.ends_with(SUFFIX))
+            .collect();
+        names.sort();
+        // Per series: one accumulator per schema seen, merged at the end.
+        let mut acc: HashMap<(Arc<str>, Arc<Labels>), BTreeMap<i8, NativeBuckets>> = HashMap::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        for name in &names {
+            match read_used(&dir.join(name), &mut buf) {
+                Ok(()) => {}
+                // A worker's file may be retired between listing and reading.
+                Err(crate::storage::ReadError::Io(_)) => continue,
+                Err(_) => errors += 1,
+            }
+            let (entries, error) = read_entries(&buf);
+            errors += error.is_some() as u64;
+            if self.keys.len() > MAX_CACHED_KEYS {
+                self.keys.clear();
+            }
+            for entry in entries {
+                if !self.keys.contains_key(entry.key) {
+                    self.keys.insert(entry.key.into(), parse_key(entry.key));
+                }
+                let Some(k) = &self.keys[entry.key] else {
+                    errors += 1;
+                    continue;
+                };
+                let buckets = acc
+                    .entry((Arc::clone(&k.name), Arc::clone(&k.labels)))
+                    .or_default()
+                    .entry(k.schema)
+                    .or_insert_with(|| NativeBuckets {
+                        schema: k.schema,
+                        ..Default::default()
+                    });
+                match k.bucket {
+                    None => buckets.zero_count += entry.value,
+                    Some(i) => *buckets.positive.entry(i).or_insert(0.0) += entry.value,
+                }
+            }
+        }
+        self.buf = buf;
+        let merged = acc
+            .into_iter()
+            .filter_map(|((name, labels), by_schema)| {
+                let mut all = by_schema.into_values();
+                let mut first = all.next()?;
+                for other in all {
+                    first.merge(other);
+                }
+                Some(((name.to_string(), (*labels).clone()), first))
+            })
+            .collect();
+        (merged, errors)
+    }
+}
+
+/// Adds every bucket of the native file at `path` into `archive`.
+pub fn fold_into(archive: &mut MmapWriter, path: &Path) -> io::Result<()> {
+    let mut buf = Vec::new();
+    if read_used(path, &mut buf).is_err() {
+        return Ok(());
+    }
+    let (entries, _) = read_entries(&buf);
+    for e in entries {
+        archive.slot(e.key)?.add(e.value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_match_client_golang() {
+        // Upper bounds are inclusive: 1.0 is in bucket 0 of every schema.
+        for s in -4..=8 {
+            assert_eq!(Schema::new(s).index(1.0), 0, "schema {s}");
+            assert_eq!(Schema::new(s).index(1.0000001), 1, "schema {s}");
+        }
+        let s3 = Schema::new(3);
+        assert_eq!(s3.index(2.0), 8);
+        assert_eq!(s3.index(0.5), -8);
+        // 0.05 s: 2^(-35/8) = 0.0483 < 0.05 <= 2^(-34/8) = 0.0526
+        assert_eq!(s3.index(0.05), -34);
+        let s0 = Schema::new(0);
+        assert_eq!((s0.index(3.0), s0.index(4.0), s0.index(4.1)), (2, 2, 3));
+        let s_2 = Schema::new(-2);
+        // Buckets of width 2^4: (1, 16] is index 1.
+        assert_eq!(
+            (s_2.index(16.0), s_2.index(16.5), s_2.index(2.0)),
+            (1, 2, 1)
+        );
+        assert_eq!(frexp(5e-324), (0.5, -1073));
+    }
+
+    #[test]
+    fn every_value_falls_within_its_buckets_bounds() {
+        for s in -4..=8i8 {
+            let schema = Schema::new(s);
+            let mut v = 1e-7;
+            while v < 1e4 {
+                let i = schema.index(v);
+                let width = 2f64.powi(-(s as i32));
+                let upper = 2f64.powf(i as f64 * width);
+                let lower = 2f64.powf((i - 1) as f64 * width);
+                assert!(
+                    v <= upper * (1.0 + 1e-12) && v > lower * (1.0 - 1e-12),
+                    "{s} {v} {i}"
+                );
+                v *= 1.37;
+            }
+        }
+    }
+
+    #[test]
+    fn reducing_resolution_keeps_every_value_in_a_covering_bucket() {
+        for (from, to) in [(3, 0), (8, 3), (1, -4), (3, 3)] {
+            let (a, b) = (Schema::new(from), Schema::new(to));
+            let mut v = 1e-6;
+            while v < 1e3 {
+                assert_eq!(
+                    reduce_index(a.index(v), from, to),
+                    b.index(v),
+                    "{from}->{to} {v}"
+                );
+                v *= 1.11;
+            }
+        }
+    }
+
+    #[test]
+    fn spans_and_deltas_are_what_prometheus_expects() {
+        let b = NativeBuckets {
+            schema: 3,
+            zero_count: 0.0,
+            positive: [(-34, 5.0), (-33, 2.0), (-31, 1.0), (10, 4.0)].into(),
+        };
+        let (spans, deltas) = b.spans_and_deltas();
+        assert_eq!(spans, vec![(-34, 4), (40, 1)]);
+        assert_eq!(deltas, vec![5, -3, -2, 1, 3]);
+        assert_eq!(b.count(), 12.0);
+    }
+
+    #[test]
+    fn workers_merge_and_dead_ones_fold_into_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let labels = [("method", "GET"), ("worker_id", "1")];
+        let a = NativeFile::open(d, 10, 3).unwrap().series("dur", &labels);
+        let b = NativeFile::open(d, 11, 1).unwrap().series("dur", &labels);
+        for v in [0.05, 0.05, 0.0, 2.0, 5000.0] {
+            a.observe(v);
+        }
+        b.observe(0.05);
+        let mut agg = NativeAggregator::default();
+        let (merged, errors) = agg.collect(d);
+        assert_eq!(errors, 0);
+        let key = (
+            "dur".to_string(),
+            vec![
+                ("method".to_string(), "GET".to_string()),
+                ("worker_id".into(), "1".into()),
+            ],
+        );
+        let h = &merged[&key];
+        assert_eq!(h.schema, 1);
+        assert_eq!(h.zero_count, 1.0);
+        // 0.05 at schema 1: (2^(-9/2), 2^(-8/2)] = (0.044, 0.0625], index -8.
+        assert_eq!(h.positive[&-8], 3.0);
+        assert_eq!(h.positive[&2], 1.0);
+        assert_eq!(h.count(), 6.0);
+        drop((a, b));
+        let mut archive = MmapWriter::open(&d.join(ARCHIVE)).unwrap();
+        fold_into(&mut archive, &d.join(file_name(10))).unwrap();
+        std::fs::remove_file(d.join(file_name(10))).unwrap();
+        let (after, _) = agg.collect(d);
+        assert_eq!(after[&key], *h);
+    }
+}
