@@ -428,10 +428,10 @@ fn start_exporter(
         None => server::start(addr, web, Arc::clone(&source)),
     };
     let server = started.map_err(|e| {
-            PyOSError::new_err(format!(
-                "cannot serve metrics on {bind_address}:{port}: {e} (PROMETHEUS_METRICS_PORT)"
-            ))
-        })?;
+        PyOSError::new_err(format!(
+            "cannot serve metrics on {bind_address}:{port}: {e} (PROMETHEUS_METRICS_PORT)"
+        ))
+    })?;
     Ok(Exporter {
         host: server.local_addr.ip().to_string(),
         port: server.local_addr.port(),

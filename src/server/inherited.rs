@@ -199,7 +199,10 @@ mod tests {
         let flags = unsafe { libc::fcntl(adopted.as_raw_fd(), libc::F_GETFD) };
         assert!(flags & libc::FD_CLOEXEC != 0);
         let client = std::net::TcpStream::connect(addr).unwrap();
-        assert_eq!(adopted.accept().unwrap().0.peer_addr().unwrap(), client.local_addr().unwrap());
+        assert_eq!(
+            adopted.accept().unwrap().0.peer_addr().unwrap(),
+            client.local_addr().unwrap()
+        );
     }
 
     #[test]
