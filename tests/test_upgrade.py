@@ -159,6 +159,8 @@ def test_usr2_then_term_old_master_keeps_counting_on_the_same_port(
             assert request(g.port)[0] == 200
         os.kill(old, signal.SIGTERM)
         g.proc.wait(60)
+        after_exit = loop.scrapes
+        wait_for(lambda: loop.scrapes >= after_exit + 3, 30, "scrapes after the old master")
         wait_for(lambda: g.scrape_idle().get("gunicorn_worker_requests_total") == 100, 30,
                  "100 requests counted")
         # The old master's own files are folded once it is gone.
@@ -204,3 +206,37 @@ def test_usr2_winch_quit_leaves_the_endpoint_served(gunicorn, processes):
     assert "Address already in use" not in g.output()
     os.kill(new, signal.SIGTERM)
     wait_for(lambda: gone(new), 60, "the new master to exit")
+
+
+def test_a_second_usr2_upgrade_hands_over_again(gunicorn, processes):
+    g = gunicorn(env={"PROMETHEUS_MULTIPROC_DIR": ""}, workers=WORKERS)
+    first = g.pid
+    for _ in range(10):
+        assert request(g.port)[0] == 200
+    second = upgrade(g, processes)
+    directory = Path(environ_of(second)["PROMETHEUS_MULTIPROC_DIR"])
+    assert "GUNICORN_PROMETHEUS_FD" in environ_of(second)
+    os.kill(first, signal.SIGTERM)
+    g.proc.wait(60)
+    for _ in range(10):
+        assert request(g.port)[0] == 200
+    processes.update(children(second))
+    os.kill(second, signal.SIGUSR2)
+    third = wait_for(lambda: new_master_of(second), 60, "the third master")
+    processes.add(third)
+    wait_for(lambda: len(children(third)) == WORKERS, 60, "the third master's workers")
+    processes.update(children(third))
+    assert environ_of(third)["PROMETHEUS_MULTIPROC_DIR"] == str(directory)
+    os.kill(second, signal.SIGTERM)
+    wait_for(lambda: gone(second), 60, "the second master to exit")
+    for _ in range(10):
+        assert request(g.port)[0] == 200
+    m = wait_for(lambda: g.scrape_idle(), 30, "a scrape")
+    assert m.get("gunicorn_worker_requests_total") == 30
+    assert m.get("gunicorn_master_signals_total", signal="usr2") == 2
+    wait_for(lambda: sorted(p.name for p in directory.glob("*master*.db"))
+             == [f"counter_master{third}.db", f"gauge_livesum_master{third}.db"], 30,
+             "only the live master's files")
+    os.kill(third, signal.SIGTERM)
+    wait_for(lambda: gone(third), 60, "the third master to exit")
+    assert not directory.exists()

@@ -129,6 +129,8 @@ class MasterExporter:
         if self.directory is None:
             return
         environ = server.cfg.env_orig  # this child's copy: it execs next
+        for name in (LISTENER_VARIABLE, PRIVATE_DIRECTORY_VARIABLE, CREATED_VARIABLE):
+            environ.pop(name, None)  # what our own old master handed us
         environ[DIRECTORY_VARIABLE] = self.directory
         if self.private:
             environ[PRIVATE_DIRECTORY_VARIABLE] = self.directory
