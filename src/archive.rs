@@ -95,9 +95,10 @@ fn fate(name: &str) -> Option<(Fate, String)> {
     }
 }
 
-/// The `*.db` files of `pid` in `dir` (prometheus_client's and this core's).
+/// The `*.db` files of `pid` in `dir` (prometheus_client's and this core's,
+/// a worker's or a master's: an old master's after a USR2 upgrade).
 fn files_of(dir: &Path, pid: u32) -> io::Result<Vec<String>> {
-    let ids = [pid.to_string(), worker_file_id(pid)];
+    let ids = [pid.to_string(), worker_file_id(pid), format!("master{pid}")];
     let mut names = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
@@ -315,8 +316,14 @@ impl Archives {
     fn archive(&mut self, dir: &Path, name: &str) -> io::Result<&mut MmapWriter> {
         let path = dir.join(name);
         // Reopened if a restart of the directory removed it, or anyone
-        // replaced or truncated it: its mapping is not touched again.
-        if !self.open.get(&path).is_some_and(MmapWriter::is_intact) {
+        // replaced or truncated it: its mapping is not touched again. Also
+        // if another master appended to it (both fold here during a USR2
+        // overlap, each under the exclusive lock): its entries are reread.
+        if !self
+            .open
+            .get(&path)
+            .is_some_and(|w| w.is_intact() && w.is_current())
+        {
             self.open.remove(&path);
             self.open.insert(path.clone(), MmapWriter::open(&path)?);
         }
@@ -420,6 +427,39 @@ mod tests {
         put(d, "counter_worker12.db", &c, 1.0, 0.0);
         assert_eq!(compactor.retire(d, 12).unwrap(), None);
         assert_eq!(total(d, "c_total"), 9.0);
+    }
+
+    #[test]
+    fn two_masters_fold_into_one_archive_and_an_old_masters_files_are_folded() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (old, new) = (ArchiveCompactor::default(), ArchiveCompactor::default());
+        let key = |n: u32| encode("c", "c_total", &[("n", &n.to_string())], "h");
+        put(d, "counter_worker1.db", &key(1), 1.0, 0.0);
+        new.retire(d, 1).unwrap(); // the new master's writer is open first
+        for (pid, n) in [(2, 2), (3, 3)] {
+            put(d, &format!("counter_worker{pid}.db"), &key(n), 1.0, 0.0);
+            old.retire(d, pid).unwrap();
+        }
+        put(d, "counter_worker4.db", &key(4), 1.0, 0.0);
+        new.retire(d, 4).unwrap(); // appends after the old master's entries
+        put(d, "counter_master9.db", &key(1), 5.0, 0.0);
+        put(
+            d,
+            "gauge_livesum_master9.db",
+            &encode("w", "w", &[], "h"),
+            2.0,
+            0.0,
+        );
+        new.retire(d, 9).unwrap();
+        assert_eq!(total(d, "c_total"), 9.0);
+        assert_eq!(total(d, "w"), 0.0);
+        let mut buf = Vec::new();
+        read_used(&d.join("counter_archive.db"), &mut buf).unwrap();
+        let (entries, error) = read_entries(&buf);
+        assert!(error.is_none());
+        assert_eq!(entries.len(), 4);
+        assert!(!d.join("counter_master9.db").exists());
     }
 
     #[test]

@@ -50,8 +50,14 @@ impl From<io::Error> for PrepareError {
 }
 
 /// Makes `dir` if needed and takes it over: clears the files an earlier run
-/// left (`*.db`, native histograms' and exemplars' `*.ndb`, exit notes) unless this is an upgrade (see `Takeover`).
-pub fn prepare(dir: &Path) -> Result<Takeover, PrepareError> {
+/// left (`*.db`, native histograms' and exemplars' `*.ndb`, exit notes)
+/// unless this is an upgrade (see `Takeover`). On an upgrade,
+/// `old_master_gone` runs (on a thread) with the old master's pid once it has
+/// exited and the lock is ours: its files can be folded then.
+pub fn prepare(
+    dir: &Path,
+    old_master_gone: impl FnOnce(u32) + Send + 'static,
+) -> Result<Takeover, PrepareError> {
     fs::create_dir_all(dir)?;
     let path = dir.join(OWNER_FILE);
     let file = match open_write(&path) {
@@ -79,10 +85,14 @@ pub fn prepare(dir: &Path) -> Result<Takeover, PrepareError> {
         .name("gpe-owner".into())
         .stack_size(64 << 10)
         .spawn(move || {
-            if lock(&file, true).unwrap_or(false) {
+            let owned = lock(&file, true).unwrap_or(false);
+            if owned {
                 let _ = write_pid(&file);
             }
             *OWNER.lock() = Some(file);
+            if owned {
+                old_master_gone(owner);
+            }
         })?;
     Ok(Takeover::Upgrade { from: owner })
 }
@@ -161,7 +171,7 @@ mod tests {
         fs::write(dir.path().join("counter_1.db"), b"old").unwrap();
         std::os::unix::fs::symlink("/nonexistent", dir.path().join("counter_2.db")).unwrap();
         fs::write(dir.path().join(OWNER_FILE), b"12345\n").unwrap();
-        assert_eq!(prepare(dir.path()).unwrap(), Takeover::Fresh);
+        assert_eq!(prepare(dir.path(), |_| ()).unwrap(), Takeover::Fresh);
         let mut names: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

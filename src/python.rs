@@ -535,11 +535,25 @@ struct Exporter {
     host: String,
     #[pyo3(get)]
     port: u16,
+    listener_fd: i32,
     source: Arc<ScrapeSource>,
 }
 
 #[pymethods]
 impl Exporter {
+    /// The listening socket's descriptor number.
+    fn listener_fd(&self) -> i32 {
+        self.listener_fd
+    }
+
+    /// In the child Gunicorn forks to exec a new master (USR2): lets the
+    /// listening socket survive the exec; returns its descriptor number.
+    fn inherit_listener(&self) -> PyResult<i32> {
+        server::inherited::make_inheritable(self.listener_fd)
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        Ok(self.listener_fd)
+    }
+
     /// The master's listeners as (name, file descriptor), for the listen backlog.
     fn set_listeners(&self, listeners: Vec<(String, i32)>) {
         self.source.set_listeners(listeners);
@@ -625,8 +639,11 @@ impl ArchiveCompactor {
 
 /// Starts the metrics server for `directory` on a thread of the core.
 /// `created`: when the directory's counters started (OpenMetrics `_created`).
+/// `inherited_fd`: a listening socket the old master handed over (USR2); one
+/// that is not listening on the configured address is ignored with a warning.
 #[pyfunction]
-#[pyo3(signature = (directory, bind_address, port, prefix, build_info, web_config_file=None, created=None))]
+#[pyo3(signature = (directory, bind_address, port, prefix, build_info, web_config_file=None, created=None, inherited_fd=None))]
+#[allow(clippy::too_many_arguments)]
 fn start_exporter(
     directory: PathBuf,
     bind_address: &str,
@@ -635,6 +652,7 @@ fn start_exporter(
     build_info: Vec<(String, String)>,
     web_config_file: Option<PathBuf>,
     created: Option<f64>,
+    inherited_fd: Option<i32>,
 ) -> PyResult<Exporter> {
     let ip = bind_address
         .parse()
@@ -644,15 +662,31 @@ fn start_exporter(
         None => WebConfig::open(),
     };
     let source = Arc::new(ScrapeSource::new(directory, prefix, build_info, created));
-    let server =
-        server::start(SocketAddr::new(ip, port), web, Arc::clone(&source)).map_err(|e| {
-            PyOSError::new_err(format!(
-                "cannot serve metrics on {bind_address}:{port}: {e} (PROMETHEUS_METRICS_PORT)"
-            ))
-        })?;
+    let addr = SocketAddr::new(ip, port);
+    let inherited = inherited_fd.and_then(|fd| {
+        server::inherited::adopt_listener(fd, addr)
+            .map_err(|why| {
+                eprintln!(
+                    "[{}] [WARNING] gunicorn_prometheus_exporter: the metrics socket handed \
+                     over by the old master is not used ({why}): binding {addr}",
+                    std::process::id()
+                )
+            })
+            .ok()
+    });
+    let started = match inherited {
+        Some(listener) => server::start_with_listener(listener, web, Arc::clone(&source)),
+        None => server::start(addr, web, Arc::clone(&source)),
+    };
+    let server = started.map_err(|e| {
+        PyOSError::new_err(format!(
+            "cannot serve metrics on {bind_address}:{port}: {e} (PROMETHEUS_METRICS_PORT)"
+        ))
+    })?;
     Ok(Exporter {
         host: server.local_addr.ip().to_string(),
         port: server.local_addr.port(),
+        listener_fd: server.listener_fd,
         source,
     })
 }
@@ -668,11 +702,23 @@ fn close_inherited_metrics_sockets() -> usize {
 /// directory). Returns the pid of the old master when this is Gunicorn's
 /// USR2 upgrade (our parent owns the directory: nothing is cleared), else
 /// None (files of an earlier run were cleared).
+/// On an upgrade, `compactor` folds the old master's own files once it exited.
 #[pyfunction]
-fn prepare_directory(directory: PathBuf) -> PyResult<Option<u32>> {
+#[pyo3(signature = (directory, compactor=None))]
+fn prepare_directory(
+    directory: PathBuf,
+    compactor: Option<&ArchiveCompactor>,
+) -> PyResult<Option<u32>> {
     failures::share_with_children();
     let shown = directory.display().to_string();
-    match directory::prepare(&directory) {
+    let compactor = compactor.map(|c| c.inner.clone());
+    let dir = directory.clone();
+    let old_master_gone = move |pid: u32| {
+        if let Some(compactor) = compactor {
+            let _ = compactor.retire(&dir, pid);
+        }
+    };
+    match directory::prepare(&directory, old_master_gone) {
         Ok(directory::Takeover::Fresh) => Ok(None),
         Ok(directory::Takeover::Upgrade { from }) => Ok(Some(from)),
         Err(directory::PrepareError::InUse { owner }) => Err(PyOSError::new_err(format!(

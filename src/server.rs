@@ -66,6 +66,8 @@ const INDEX_HTML: &str = "<!doctype html>\n<html><head><title>Gunicorn exporter<
 /// A running server.
 pub struct MetricsServer {
     pub local_addr: SocketAddr,
+    /// The listening socket's descriptor (handed to a new master on USR2).
+    pub listener_fd: std::os::fd::RawFd,
 }
 
 /// What every connection shares.
@@ -99,6 +101,7 @@ pub fn start_with_listener(
 ) -> io::Result<MetricsServer> {
     listener.set_nonblocking(true)?;
     let local_addr = listener.local_addr()?;
+    let listener_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -124,7 +127,10 @@ pub fn start_with_listener(
                 accept_loop(listener, shared).await;
             })
         })?;
-    Ok(MetricsServer { local_addr })
+    Ok(MetricsServer {
+        local_addr,
+        listener_fd,
+    })
 }
 
 async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {

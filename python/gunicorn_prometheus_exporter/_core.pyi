@@ -46,6 +46,9 @@ class Exporter:
     port: int
     def set_listeners(self, listeners: Sequence[tuple[str, int]]) -> None: ...
     def set_bound_listeners(self, listeners: Sequence[tuple[str, str, int]]) -> None: ...
+    def listener_fd(self) -> int: ...
+    def inherit_listener(self) -> int:
+        """Clear close-on-exec on the listening socket (USR2's child); its fd."""
 
 class MasterMeter:
     def __init__(self, directory: _Path, pid: int, prefix: str) -> None: ...
@@ -66,7 +69,8 @@ def start_exporter(
     build_info: Sequence[tuple[str, str]],
     web_config_file: _Path | None = None,
     created: float | None = None,
+    inherited_fd: int | None = None,
 ) -> Exporter: ...
-def prepare_directory(directory: _Path) -> int | None:
+def prepare_directory(directory: _Path, compactor: ArchiveCompactor | None = None) -> int | None:
     """Take the directory over; the old master's pid on a USR2 upgrade, else None."""
 def close_inherited_metrics_sockets() -> int: ...

@@ -26,6 +26,13 @@ import gunicorn
 from . import _core, legacy
 
 DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# Handed by an old master to the one Gunicorn's USR2 execs (then removed from
+# the new master's environment): the metrics listening socket's fd, the
+# private directory it made (so that the new master removes it at its exit),
+# and when the directory's counters started.
+LISTENER_VARIABLE = "GUNICORN_PROMETHEUS_FD"
+PRIVATE_DIRECTORY_VARIABLE = "GUNICORN_PROMETHEUS_PRIVATE_DIR"
+CREATED_VARIABLE = "GUNICORN_PROMETHEUS_CREATED"
 COUNTED_SIGNALS = ("hup", "ttin", "ttou", "usr1", "usr2", "winch", "int", "term", "quit")
 STOPPING_SIGNALS = ("int", "term", "quit")
 
@@ -39,6 +46,9 @@ class MasterExporter:
         self.pid = os.getpid()
         self.settings: _core.Settings | None = None
         self.directory: str | None = None
+        # The directory was made by this master (zero-config): it goes with it.
+        self.private = False
+        self.created: float | None = None
         # The old master's pid when this one took the directory over by USR2.
         self.upgraded_from: int | None = None
         self.exporter: _core.Exporter | None = None
@@ -61,10 +71,14 @@ class MasterExporter:
         _chain_hook(cfg, "when_ready", self.when_ready)
         _chain_hook(cfg, "nworkers_changed", self.nworkers_changed)
         _chain_hook(cfg, "child_exit", self.child_exit)
+        _chain_hook(cfg, "pre_exec", self.pre_exec)
         self._publish_listeners()
 
     def _start(self, cfg: Any) -> None:
         started = time.time()
+        # From an old master (USR2): never left for our workers or our own re-exec.
+        handed = {name: os.environ.pop(name, None)
+                  for name in (LISTENER_VARIABLE, PRIVATE_DIRECTORY_VARIABLE, CREATED_VARIABLE)}
         try:
             legacy.apply_environment(os.environ, self.pid)
             settings = _core.Settings.from_mapping(os.environ)
@@ -74,17 +88,26 @@ class MasterExporter:
         made = directory is None or not os.path.exists(directory)
         if directory is None:
             directory = tempfile.mkdtemp(prefix="gunicorn-prometheus-")
-            atexit.register(_remove_private_directory, directory, self.pid)
+            self.private = True
         try:
-            self.upgraded_from = _core.prepare_directory(directory)
+            self.upgraded_from = _core.prepare_directory(directory, self.compactor)
             if made:
                 _give_to_workers(str(directory), cfg)
         except OSError as exc:
+            if self.private:
+                shutil.rmtree(directory, ignore_errors=True)
             raise RuntimeError(str(exc)) from None
+        if self.upgraded_from is not None:
+            # The old master's private directory is ours to remove now.
+            self.private = handed[PRIVATE_DIRECTORY_VARIABLE] == str(directory)
+            started = _float_or(handed[CREATED_VARIABLE], started)
+        if self.private:
+            atexit.register(self._remove_private_directory)
         self.meter = _core.MasterMeter(directory, self.pid, settings.prefix)
         os.environ[DIRECTORY_VARIABLE] = str(directory)
         self.directory = str(directory)
         self.settings = settings
+        self.created = started
         if settings.port != 0:
             try:
                 self.exporter = _core.start_exporter(
@@ -95,9 +118,43 @@ class MasterExporter:
                     build_info(str(getattr(cfg, "worker_class_str", ""))),
                     web_config_file=settings.web_config_file,
                     created=started,  # the directory's counters start from zero now
+                    inherited_fd=_int_or_none(handed[LISTENER_VARIABLE]),
                 )
             except (OSError, ValueError) as exc:
                 raise RuntimeError(str(exc)) from None
+
+    def pre_exec(self, server: Any) -> None:
+        """Gunicorn's USR2, in the child about to exec the new master with the
+        original environment: hand it the directory and the metrics socket."""
+        if self.directory is None:
+            return
+        environ = server.cfg.env_orig  # this child's copy: it execs next
+        for name in (LISTENER_VARIABLE, PRIVATE_DIRECTORY_VARIABLE, CREATED_VARIABLE):
+            environ.pop(name, None)  # what our own old master handed us
+        environ[DIRECTORY_VARIABLE] = self.directory
+        if self.private:
+            environ[PRIVATE_DIRECTORY_VARIABLE] = self.directory
+        if self.created is not None:
+            environ[CREATED_VARIABLE] = repr(self.created)
+        if self.exporter is not None:
+            environ[LISTENER_VARIABLE] = str(self.exporter.inherit_listener())
+
+    def _remove_private_directory(self) -> None:
+        # Workers inherit atexit handlers; only this master removes it, and
+        # not while a USR2 successor that took it over lives.
+        if os.getpid() != self.pid or self._successor_alive():
+            return
+        shutil.rmtree(str(self.directory), ignore_errors=True)
+
+    def _successor_alive(self) -> bool:
+        successor = getattr(self.server, "reexec_pid", 0)
+        if not isinstance(successor, int) or successor <= 0:
+            return False
+        try:
+            done, _ = os.waitpid(successor, os.WNOHANG)  # a zombie is not alive
+        except ChildProcessError:
+            return _alive(successor)
+        return done == 0
 
     def when_ready(self, server: Any) -> None:
         self.server = server
@@ -295,7 +352,15 @@ def _give_to_workers(directory: str, cfg: Any) -> None:
         os.chown(directory, uid, gid)
 
 
-def _remove_private_directory(directory: str, owner_pid: int) -> None:
-    # Workers inherit atexit handlers; only the master that made it removes it.
-    if os.getpid() == owner_pid:
-        shutil.rmtree(directory, ignore_errors=True)
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _float_or(value: str | None, default: float) -> float:
+    try:
+        return float(value) if value is not None else default
+    except ValueError:
+        return default

@@ -214,6 +214,12 @@ impl MmapWriter {
                 .is_ok_and(|m| m.len() >= self.capacity as u64)
     }
 
+    /// Whether no one else appended to the file since this writer did (its
+    /// used length is still the one this writer published).
+    pub fn is_current(&self) -> bool {
+        self.used_cell().load(Ordering::Acquire) as usize == self.used
+    }
+
     /// Whether `key` already has an entry.
     pub fn contains(&self, key: &str) -> bool {
         self.positions.contains_key(key)
