@@ -42,7 +42,8 @@ for build in "${BUILDS[@]}"; do
   wheel=$(ls dist/*"$tag"*.whl 2>/dev/null) || fail "no wheel tagged $tag in dist/"
   shown=$(auditwheel show "$wheel")
   echo "$shown"
-  grep -q "consistent with the following platform tag: \"$tag\"" <<<"$shown" \
+  # auditwheel wraps its lines: compare with the whitespace folded.
+  grep -q "consistent with the following platform tag: \"$tag\"" <<<"$(echo $shown)" \
     || fail "auditwheel does not agree that $wheel is $tag"
   python3 -m zipfile -l "$wheel" | grep -q '\.dist-info/licenses/LICENSE ' \
     || fail "$wheel has no LICENSE"

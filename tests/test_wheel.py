@@ -42,9 +42,11 @@ def find_python(version: str) -> Path | None:
 
 
 def env_without_rust() -> dict[str, str]:
-    """os.environ less every PATH entry that holds cargo or rustc, and Rust's variables."""
+    """os.environ less every PATH entry that holds cargo or rustc, Rust's variables,
+    and whatever could point Python at the source tree or another venv."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CARGO", "RUSTUP", "RUSTC", "RUSTFLAGS", "MATURIN", "VIRTUAL_ENV"))}
+           if not k.startswith(("CARGO", "RUSTUP", "RUSTC", "RUSTFLAGS", "MATURIN"))
+           and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env["PATH"] = os.pathsep.join(
         d for d in os.environ["PATH"].split(os.pathsep)
         if d and not any(os.access(os.path.join(d, tool), os.X_OK) for tool in ("cargo", "rustc")))
