@@ -85,7 +85,7 @@ rustup target list --installed | grep -qx x86_64-unknown-linux-gnu \
 rm -rf target/wheels
 PATH="$PWD/$(dirname "$build"):$PATH" maturin build --release --quiet --zig \
   --compatibility manylinux2014 --target x86_64-unknown-linux-gnu --out target/wheels
-wheel=$(ls "$PWD"/target/wheels/gunicorn_prometheus_exporter-*-manylinux_2_17_x86_64*.whl)
+wheel=$(ls "$PWD"/target/wheels/gunicorn_prometheus_exporter-*manylinux_2_17_x86_64.whl)
 export GPE_WHEEL=$wheel
 echo "$wheel"
 
