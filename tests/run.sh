@@ -33,21 +33,30 @@ stage() {
   stage_start=$SECONDS
   [ -z "$1" ] || echo "== $1"
 }
+failed=()
 report() {
   local rc=$?
   stage ""
   echo "== stage times (total $((SECONDS))s)"
   printf '%s\n' "${timings[@]}"
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "== failed:"
+    printf '   %s\n' "${failed[@]}"
+    [ "$rc" -ne 0 ] || rc=1
+  fi
   exit $rc
 }
 trap report EXIT
 
-# pytest, where exit code 5 (no test collected) is a failure too.
+# pytest in a venv, as if activated (tests run its console scripts), where
+# exit code 5 (no test collected) is a failure too.
 run_pytest() {
-  local python=$1
+  local python=$1 bin
   shift
+  bin=$(cd "$(dirname "$python")" && pwd)
   local rc=0
-  "$python" -m pytest -q -p no:cacheprovider "$@" || rc=$?
+  PATH="$bin:$PATH" VIRTUAL_ENV=$(dirname "$bin") "$python" -m pytest -q -p no:cacheprovider "$@" \
+    || rc=$?
   [ "$rc" -ne 5 ] || echo "pytest collected no test: $*" >&2
   return "$rc"
 }
@@ -80,7 +89,7 @@ fi
 stage "build the manylinux2014 x86_64 wheel"
 build=$(venv build python3)
 "$build" "${PIP[@]}" "maturin>=1.9.4,<2" ziglang auditwheel
-rustup target list --installed | grep -qx x86_64-unknown-linux-gnu \
+grep -qx x86_64-unknown-linux-gnu <<<"$(rustup target list --installed)" \
   || rustup target add x86_64-unknown-linux-gnu
 rm -rf target/wheels
 PATH="$PWD/$(dirname "$build"):$PATH" maturin build --release --quiet --zig \
@@ -89,21 +98,23 @@ wheel=$(ls "$PWD"/target/wheels/gunicorn_prometheus_exporter-*manylinux_2_17_x86
 export GPE_WHEEL=$wheel
 echo "$wheel"
 
-stage "cargo fmt / clippy / test"
-cargo fmt --check
-cargo clippy --all-targets --quiet -- -D warnings
-cargo test --quiet
-
 stage "install: Gunicorn $GUNICORN_NEWEST, CPython $(python3 -c 'import platform; print(platform.python_version())')"
 main=$(venv "main-gunicorn-$GUNICORN_NEWEST" python3)
 "$main" "${PIP[@]}" "gunicorn==$GUNICORN_NEWEST" "$wheel[test]"
 "$main" "${PIP[@]}" --force-reinstall --no-deps "$wheel"
 
+stage "cargo fmt / clippy / test"
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+# The interop tests run Python with prometheus_client: the test venv's.
+PYTHON="$PWD/$main" cargo test --quiet
+
 stage "ruff"
 "$main" -m ruff check python tests benches examples
 
 stage "pytest: everything, Gunicorn $GUNICORN_NEWEST"
-run_pytest "$main" tests "$@"
+# A failing pytest stage does not stop the others; the command fails at the end.
+run_pytest "$main" tests "$@" || failed+=("$stage_name")
 
 for pair in $MATRIX; do
   gunicorn=${pair%%:*}
@@ -118,5 +129,5 @@ for pair in $MATRIX; do
   # setuptools before 81: Gunicorn before 22 imports pkg_resources.
   "$py" "${PIP[@]}" "gunicorn==$gunicorn" "setuptools<81" prometheus_client pytest
   "$py" "${PIP[@]}" --force-reinstall --no-deps "$wheel"
-  run_pytest "$py" tests/test_sync_worker.py tests/test_thread_worker.py
+  run_pytest "$py" tests/test_sync_worker.py tests/test_thread_worker.py || failed+=("$stage_name")
 done
