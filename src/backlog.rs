@@ -11,11 +11,9 @@ pub struct Backlog {
 }
 
 /// `TCP_LISTEN` of the kernel's tcp_states.h.
-#[cfg(target_os = "linux")]
 const TCP_LISTEN: u8 = 10;
 
 /// `None` for a socket that is not a TCP listener (a Unix socket, a closed fd).
-#[cfg(target_os = "linux")]
 pub fn of_listener(fd: RawFd) -> Option<Backlog> {
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -35,12 +33,6 @@ pub fn of_listener(fd: RawFd) -> Option<Backlog> {
         waiting: info.tcpi_unacked,
         max: info.tcpi_sacked,
     })
-}
-
-/// Other systems have no portable TCP_INFO with the accept queue: no backlog series.
-#[cfg(not(target_os = "linux"))]
-pub fn of_listener(_fd: RawFd) -> Option<Backlog> {
-    None
 }
 
 #[cfg(test)]

@@ -33,16 +33,15 @@ pub struct DirectoryLock {
 impl DirectoryLock {
     pub fn shared(dir: &Path) -> io::Result<Self> {
         let guard = Guard::Shared(IN_PROCESS.read());
-        Self::take(dir, libc::F_RDLCK as libc::c_short, guard)
+        Self::take(dir, libc::F_RDLCK, guard)
     }
 
     pub fn exclusive(dir: &Path) -> io::Result<Self> {
         let guard = Guard::Exclusive(IN_PROCESS.write());
-        Self::take(dir, libc::F_WRLCK as libc::c_short, guard)
+        Self::take(dir, libc::F_WRLCK, guard)
     }
 
-    // `kind` is c_short as in `flock.l_type`: F_RDLCK is a c_int on Linux, a c_short on macOS.
-    fn take(dir: &Path, kind: libc::c_short, guard: Guard) -> io::Result<Self> {
+    fn take(dir: &Path, kind: libc::c_int, guard: Guard) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -50,7 +49,7 @@ impl DirectoryLock {
             .truncate(false)
             .open(dir.join(LOCK_FILE))?;
         let mut region: libc::flock = unsafe { std::mem::zeroed() };
-        region.l_type = kind;
+        region.l_type = kind as libc::c_short;
         region.l_whence = libc::SEEK_SET as libc::c_short;
         loop {
             if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLKW, &region) } == 0 {
