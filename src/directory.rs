@@ -99,7 +99,7 @@ pub fn prepare(
 
 /// Takes the owner's write lock on `file`; `false` if another process holds it.
 fn lock(file: &File, wait: bool) -> io::Result<bool> {
-    let region = region(libc::F_WRLCK);
+    let region = region(libc::F_WRLCK as libc::c_short);
     let cmd = if wait { libc::F_SETLKW } else { libc::F_SETLK };
     loop {
         // SAFETY: fcntl on an fd `file` keeps open, with a valid flock struct.
@@ -121,7 +121,7 @@ fn lock_is_free(file: &File) -> io::Result<bool> {
 
 /// The pid of the process that holds the lock (0 if none now).
 fn owner_pid(file: &File) -> io::Result<u32> {
-    let mut region = region(libc::F_WRLCK);
+    let mut region = region(libc::F_WRLCK as libc::c_short);
     // SAFETY: F_GETLK fills the flock struct we own; the fd is open.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut region) } != 0 {
         return Err(io::Error::last_os_error());
@@ -132,10 +132,10 @@ fn owner_pid(file: &File) -> io::Result<u32> {
     Ok(region.l_pid.max(0) as u32)
 }
 
-fn region(kind: libc::c_int) -> libc::flock {
+fn region(kind: libc::c_short) -> libc::flock {
     // SAFETY: flock is a plain C struct for which all-zero is valid.
     let mut region: libc::flock = unsafe { std::mem::zeroed() };
-    region.l_type = kind as libc::c_short;
+    region.l_type = kind;
     region.l_whence = libc::SEEK_SET as libc::c_short;
     region
 }

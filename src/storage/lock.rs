@@ -45,17 +45,18 @@ impl DirectoryLock {
     pub fn shared(dir: &Path, wait: Duration) -> io::Result<Self> {
         let deadline = Instant::now() + wait;
         let guard = Guard::Shared(IN_PROCESS.try_read_for(wait).ok_or_else(timed_out)?);
-        Self::take(dir, libc::F_RDLCK, guard, deadline)
+        Self::take(dir, libc::F_RDLCK as libc::c_short, guard, deadline)
     }
 
     /// Takes the lock exclusive, waiting at most `wait` (ErrorKind::TimedOut).
     pub fn exclusive(dir: &Path, wait: Duration) -> io::Result<Self> {
         let deadline = Instant::now() + wait;
         let guard = Guard::Exclusive(IN_PROCESS.try_write_for(wait).ok_or_else(timed_out)?);
-        Self::take(dir, libc::F_WRLCK, guard, deadline)
+        Self::take(dir, libc::F_WRLCK as libc::c_short, guard, deadline)
     }
 
-    fn take(dir: &Path, kind: libc::c_int, guard: Guard, deadline: Instant) -> io::Result<Self> {
+    // `kind` is c_short as in `flock.l_type`: F_RDLCK is a c_int on Linux, a c_short on macOS.
+    fn take(dir: &Path, kind: libc::c_short, guard: Guard, deadline: Instant) -> io::Result<Self> {
         let path = dir.join(LOCK_FILE);
         let file = match open_write(&path) {
             Ok(file) => file,
@@ -65,7 +66,7 @@ impl DirectoryLock {
         };
         // SAFETY: flock is a plain C struct for which all-zero is valid.
         let mut region: libc::flock = unsafe { std::mem::zeroed() };
-        region.l_type = kind as libc::c_short;
+        region.l_type = kind;
         region.l_whence = libc::SEEK_SET as libc::c_short;
         loop {
             // SAFETY: F_SETLK (never blocks) on an fd `file` keeps open, with

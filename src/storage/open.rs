@@ -90,6 +90,7 @@ pub fn still_names(path: &Path, file: &File) -> bool {
 /// Reserves `len` bytes of disk for `file` (and extends it to `len`), so that
 /// writing through a mapping of those bytes can never fault for want of
 /// space: a full disk is an error here, never a SIGBUS later.
+#[cfg(target_os = "linux")]
 pub fn reserve(file: &File, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::other("file too large"))?;
     loop {
@@ -102,6 +103,16 @@ pub fn reserve(file: &File, len: u64) -> io::Result<()> {
             e => return Err(io::Error::from_raw_os_error(e)),
         }
     }
+}
+
+/// macOS has no posix_fallocate: the file is only extended (its blocks are
+/// not reserved, so a full disk can still fault a write through the mapping).
+#[cfg(not(target_os = "linux"))]
+pub fn reserve(file: &File, len: u64) -> io::Result<()> {
+    if file.metadata()?.len() < len {
+        file.set_len(len)?;
+    }
+    Ok(())
 }
 
 fn regular(file: File) -> io::Result<File> {
