@@ -47,8 +47,28 @@ fn sample(system: &mut System, pid: Pid) -> Option<ProcessStats> {
         resident_bytes: process.memory() as f64,
         virtual_bytes: process.virtual_memory() as f64,
         cpu_seconds: process.accumulated_cpu_time() as f64 / 1e3,
-        start_after_boot_seconds: process.start_time().saturating_sub(System::boot_time()) as f64,
+        start_after_boot_seconds: start_after_boot_seconds()
+            .unwrap_or_else(|| process.start_time().saturating_sub(System::boot_time()) as f64),
     })
+}
+
+/// When this process started, in seconds after boot, to the clock tick as
+/// prometheus_client reads it (sysinfo rounds to whole seconds, which cannot
+/// tell a USR2 successor from its parent).
+#[cfg(target_os = "linux")]
+fn start_after_boot_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let after_name = stat.get(stat.rfind(')')? + 2..)?;
+    let ticks: f64 = after_name.split(' ').nth(19)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant; any name is allowed.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks / per_second as f64)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_after_boot_seconds() -> Option<f64> {
+    None
 }
 
 /// Boot time of the machine, seconds since the Unix epoch.
