@@ -42,6 +42,14 @@ struct Files {
     histograms: SeriesFile,
 }
 
+/// A counter series made on first use: its name (after the prefix, before
+/// `_total`), help and labels (worker_id is added).
+struct CounterSeries {
+    name: &'static str,
+    help: &'static str,
+    labels: Vec<(&'static str, String)>,
+}
+
 /// The series of one (method, status) pair.
 struct RequestSeries {
     total: ValueSlot,
@@ -452,31 +460,18 @@ impl WorkerMeter {
         if folded {
             self.count_overflow("error_type");
         }
-        let mut failures = self.failures.lock();
-        let slot = match failures.get(&(method, route, error_id)) {
-            Some(slot) => *slot,
-            None => {
-                let p = &self.prefix;
-                let error_type = self.signals.error_types.name(error_id);
-                let route_name = self.signals.routes.name(route);
-                let labels: &[(&str, &str)] = &[
-                    ("error_type", &error_type),
-                    ("method", method.as_str()),
-                    ("route", &route_name),
-                    ("worker_id", &self.worker_id),
-                ];
-                let key = key::encode(
-                    &format!("{p}_worker_failed_requests"),
-                    &format!("{p}_worker_failed_requests_total"),
-                    labels,
-                    "Requests where the application raised instead of answering.",
-                );
-                let slot = self.files.lock().counters.slot(&key);
-                failures.insert((method, route, error_id), slot);
-                slot
+        self.counter(&self.failures, (method, route, error_id), || {
+            CounterSeries {
+                name: "worker_failed_requests",
+                help: "Requests where the application raised instead of answering.",
+                labels: vec![
+                    ("error_type", self.signals.error_types.name(error_id)),
+                    ("method", method.as_str().to_owned()),
+                    ("route", self.signals.routes.name(route)),
+                ],
             }
-        };
-        slot.add(1.0);
+        })
+        .add(1.0);
     }
 
     /// The id of a route template (`""`: nothing matched); past the cap, the
@@ -536,51 +531,53 @@ impl WorkerMeter {
 
     /// The arbiter aborted this worker while it handled a `method` request on `route`.
     pub fn timeout(&self, method: Method, route: u16) {
-        let mut timeouts = self.signals.timeouts.lock();
-        let slot = match timeouts.get(&(method, route)) {
-            Some(slot) => *slot,
-            None => {
-                let p = &self.prefix;
-                let route_name = self.signals.routes.name(route);
-                let labels: &[(&str, &str)] = &[
-                    ("method", method.as_str()),
-                    ("route", &route_name),
-                    ("worker_id", &self.worker_id),
-                ];
-                let key = key::encode(
-                    &format!("{p}_worker_request_timeouts"),
-                    &format!("{p}_worker_request_timeouts_total"),
-                    labels,
-                    "Requests in flight when the arbiter aborted this worker for its timeout.",
-                );
-                let slot = self.files.lock().counters.slot(&key);
-                timeouts.insert((method, route), slot);
-                slot
-            }
-        };
-        slot.add(1.0);
+        self.counter(&self.signals.timeouts, (method, route), || CounterSeries {
+            name: "worker_request_timeouts",
+            help: "Requests in flight when the arbiter aborted this worker for its timeout.",
+            labels: vec![
+                ("method", method.as_str().to_owned()),
+                ("route", self.signals.routes.name(route)),
+            ],
+        })
+        .add(1.0);
     }
 
     #[cold]
     fn count_overflow(&self, label: &'static str) {
-        let mut overflows = self.signals.overflows.lock();
-        let slot = match overflows.get(label) {
-            Some(slot) => *slot,
-            None => {
-                let p = &self.prefix;
-                let labels: &[(&str, &str)] = &[("label", label), ("worker_id", &self.worker_id)];
-                let key = key::encode(
-                    &format!("{p}_worker_label_overflow"),
-                    &format!("{p}_worker_label_overflow_total"),
-                    labels,
-                    "Observations whose label value was past the cap (PROMETHEUS_MAX_LABEL_VALUES) and counted as other.",
-                );
-                let slot = self.files.lock().counters.slot(&key);
-                overflows.insert(label, slot);
-                slot
-            }
-        };
-        slot.add(1.0);
+        self.counter(&self.signals.overflows, label, || CounterSeries {
+            name: "worker_label_overflow",
+            help: "Observations whose label value was past the cap (PROMETHEUS_MAX_LABEL_VALUES) and counted as other.",
+            labels: vec![("label", label.to_owned())],
+        })
+        .add(1.0);
+    }
+
+    /// The slot of the counter series `key` stands for in `series`, made
+    /// (with `describe`'s name, help and labels, plus worker_id) the first time.
+    #[cold]
+    fn counter<K: Eq + std::hash::Hash>(
+        &self,
+        series: &Mutex<HashMap<K, ValueSlot>>,
+        key: K,
+        describe: impl FnOnce() -> CounterSeries,
+    ) -> ValueSlot {
+        let mut series = series.lock();
+        if let Some(slot) = series.get(&key) {
+            return *slot;
+        }
+        let CounterSeries { name, help, labels } = describe();
+        let mut labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        labels.push(("worker_id", &self.worker_id));
+        let p = &self.prefix;
+        let entry = key::encode(
+            &format!("{p}_{name}"),
+            &format!("{p}_{name}_total"),
+            &labels,
+            help,
+        );
+        let slot = self.files.lock().counters.slot(&entry);
+        series.insert(key, slot);
+        slot
     }
 
     /// Samples memory, CPU and uptime of this process.
