@@ -21,7 +21,7 @@ APPS = Path(__file__).parent / "apps"
 WORKER = "gunicorn_prometheus_exporter.PrometheusWorker"
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
     """Poll until `predicate()` is truthy and return its value; fail naming `what`."""
     deadline = time.monotonic() + timeout
     while True:

@@ -13,26 +13,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import APPS, WORKER, free_port, request
+from conftest import APPS, WORKER, free_port, request, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts tmpfs and drops privileges")
 
 WARNING = re.compile(r"^\[(\d+)\] \[WARNING\] gunicorn_prometheus_exporter: (.*)$", re.M)
 
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "state"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture

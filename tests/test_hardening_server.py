@@ -19,7 +19,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from conftest import Samples, failed_start, free_port, request, stop_process
+from conftest import Samples, failed_start, free_port, request, stop_process, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -55,15 +55,6 @@ def timed_get(port: int, headers: dict[str, str], timeout: float) -> tuple[int, 
         conn.close()
 
 
-def wait_until(predicate, timeout: float = 30.0, what: str = "a state"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
 
 def wait_for_valid_scrape(port: int, headers: dict[str, str]) -> None:
     def ok() -> bool:
@@ -71,7 +62,7 @@ def wait_for_valid_scrape(port: int, headers: dict[str, str]) -> None:
             return timed_get(port, headers, 10)[0] == 200
         except OSError:
             return False
-    wait_until(ok, what="the metrics server")
+    wait_for(ok, what="the metrics server")
 
 
 def report(name: str, latencies: list[float]) -> str:
@@ -313,7 +304,7 @@ def test_orphaned_workers_do_not_keep_the_metrics_port(gunicorn):
     assert len(orphans) == 2
     try:
         held = socket.create_connection(("127.0.0.1", g.metrics_port), timeout=10)
-        in_master = wait_until(lambda: (s := sockets_on_port(g.pid, g.metrics_port))
+        in_master = wait_for(lambda: (s := sockets_on_port(g.pid, g.metrics_port))
                                and "01" in s.values() and s, what="an accepted connection")
         # The listener and the accepted connection (and any other) are close-on-exec.
         assert {"01", "0A"} <= set(in_master.values())
@@ -369,7 +360,7 @@ def test_running_out_of_descriptors_backs_off_and_recovers(tmp_path):
             s.setblocking(False)
             s.connect_ex(("127.0.0.1", port))
             flood.append(s)
-        wait_until(lambda: len(os.listdir(f"/proc/{exporter.pid}/fd")) >= limit - 1,
+        wait_for(lambda: len(os.listdir(f"/proc/{exporter.pid}/fd")) >= limit - 1,
                    what="the exporter out of descriptors")
         before, started = cpu_seconds(exporter.pid), time.monotonic()
         time.sleep(2.0)  # a window to measure CPU time over, not a wait for a state
@@ -385,7 +376,7 @@ def test_running_out_of_descriptors_backs_off_and_recovers(tmp_path):
             except OSError:
                 return False
             return status == 200 and b"process_open_fds" in body
-        wait_until(scraped, what="a scrape after the flood")
+        wait_for(scraped, what="a scrape after the flood")
     finally:
         for s in flood:
             s.close()

@@ -10,8 +10,9 @@ def test_a_timed_out_request_is_counted_and_its_stack_logged_once(gunicorn):
     g = gunicorn(["--timeout", "2"], workers=1)
     client = request_in_background(g.port, "/sleep/30?route=/slow")
     try:
-        m = wait_for(lambda: (m := g.scrape()).get_or("gunicorn_worker_request_timeouts_total", 0) >= 1
-                     and m, timeout=60, what="the timeout counted")
+        m = wait_for(lambda: (m := g.scrape()).get_or(
+            "gunicorn_worker_request_timeouts_total", 0) >= 1 and m,
+            timeout=60, what="the timeout counted")
         assert m.get("gunicorn_worker_request_timeouts_total", method="GET", route="/slow",
                      worker_id="1") == 1
         assert m.get("gunicorn_worker_request_timeouts_total") == 1
