@@ -67,7 +67,9 @@ class SignalsResp(Resp):
     sock = tcp_pair()
 
 
-SIGNALS_ENVIRON = {**ENVIRON, "gunicorn_prometheus_exporter.route": "/users/<int:uid>"}
+# Route, queue time (the kernel's, from a real TCP socket) and an exemplar.
+SIGNALS_ENVIRON = {**ENVIRON, "gunicorn_prometheus_exporter.route": "/users/<int:uid>",
+                   "HTTP_TRACEPARENT": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 
 
 class QuietLog:
