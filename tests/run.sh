@@ -109,8 +109,10 @@ cargo clippy --all-targets --quiet -- -D warnings
 # The interop tests run Python with prometheus_client: the test venv's.
 PYTHON="$PWD/$main" cargo test --quiet
 
-stage "ruff"
+stage "ruff, stubtest"
 "$main" -m ruff check python tests benches examples
+# _core.pyi must say what the compiled module really has.
+(cd target && "../$main" -m mypy.stubtest gunicorn_prometheus_exporter._core)
 
 stage "pytest: everything, Gunicorn $GUNICORN_NEWEST"
 # A failing pytest stage does not stop the others; the command fails at the end.

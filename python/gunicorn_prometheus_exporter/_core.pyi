@@ -2,34 +2,48 @@
 
 from collections.abc import Mapping, Sequence
 from os import PathLike
-from typing import Any
+from typing import Any, final
+
+__all__ = [
+    "ArchiveCompactor",
+    "Exporter",
+    "MasterMeter",
+    "Settings",
+    "WorkerMeter",
+    "__version__",
+    "close_inherited_metrics_sockets",
+    "prepare_directory",
+    "start_exporter",
+]
 
 __version__: str
 
 _Path = str | PathLike[str]
 
+@final
 class WorkerMeter:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         directory: _Path,
         pid: int,
         worker_id: int,
         prefix: str,
         duration_buckets: Sequence[float],
         sample_interval: float,
-        max_label_values: int = 100,
-    ) -> None: ...
+        max_label_values: int = ...,
+    ) -> WorkerMeter: ...
     def begin(self, req: Any) -> None: ...
     def start(self) -> int: ...
     def record(self, started: int, scope: Any, status: int, sent: int) -> None: ...
     def end(self) -> None: ...
     def access(self, resp: Any, req: Any, environ: Any) -> None: ...
-    def fail(self, req_or_scope: Any, exc: BaseException) -> None: ...
+    def fail(self, req: Any, exc: BaseException) -> None: ...
     def note_exit(self, reason: str) -> bool: ...
     def set_concurrency(self, requests: int) -> None: ...
     def set_kernel_wait(self, on: bool) -> None: ...
     def timeout(self, req: Any, environ: Any = None) -> None: ...
 
+@final
 class Settings:
     directory: PathLike[str] | None
     port: int
@@ -38,9 +52,11 @@ class Settings:
     duration_buckets: list[float]
     prefix: str
     max_label_values: int
+    native_histogram_schema: int
     @staticmethod
     def from_mapping(mapping: Mapping[str, str]) -> Settings: ...
 
+@final
 class Exporter:
     host: str
     port: int
@@ -50,12 +66,14 @@ class Exporter:
     def inherit_listener(self) -> int:
         """Clear close-on-exec on the listening socket (USR2's child); its fd."""
 
+@final
 class MasterMeter:
-    def __init__(self, directory: _Path, pid: int, prefix: str) -> None: ...
+    def __new__(cls, directory: _Path, pid: int, prefix: str) -> MasterMeter: ...
     def restart(self, reason: str) -> None: ...
     def signal(self, name: str) -> bool: ...
     def set_desired(self, workers: int) -> None: ...
 
+@final
 class ArchiveCompactor:
     def __init__(self) -> None: ...
     def retire(self, directory: _Path, pid: int) -> str | None: ...
