@@ -178,21 +178,32 @@ class Gunicorn:
         """A scrape once the pool is at rest: as many live workers as desired,
         each serving metrics, no request in flight and, with `directory`, no
         file left of a worker that exited (every exit reaped and retired)."""
+        why = ["never scraped"]
+
         def settled() -> Samples | None:
             pids = self.worker_pids()
             m = self.scrape()
             desired = m.get("gunicorn_workers_desired")
-            if not (len(pids) == desired == m.get("gunicorn_workers")
-                    and len(m.matching("gunicorn_worker_start_time_seconds")) == desired
-                    and m.get("gunicorn_worker_requests_in_flight") == 0):
+            serving = len(m.matching("gunicorn_worker_start_time_seconds"))
+            in_flight = m.get_or("gunicorn_worker_requests_in_flight", 0)
+            if not (len(pids) == desired == m.get("gunicorn_workers") == serving
+                    and in_flight == 0):
+                why[0] = (f"pids {pids}, desired {desired}, gunicorn_workers "
+                          f"{m.get('gunicorn_workers')}, serving {serving}, in flight {in_flight}")
                 return None
             if directory is not None:
                 live = {str(pid) for pid in pids}
-                for f in directory.glob("*_worker*.db"):
-                    if f.stem.rsplit("_worker", 1)[1] not in live:
-                        return None
+                left = [f.name for f in directory.glob("*_worker*.db")
+                        if f.stem.rsplit("_worker", 1)[1] not in live]
+                if left:
+                    why[0] = f"files of exited workers: {sorted(left)}"
+                    return None
             return m
-        return wait_for(settled, timeout, "the worker pool to settle")
+
+        try:
+            return wait_for(settled, timeout, "the worker pool to settle")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {why[0]}") from None
 
     def output(self) -> str:
         self.log.flush()

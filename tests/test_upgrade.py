@@ -218,6 +218,9 @@ def test_a_second_usr2_upgrade_hands_over_again(gunicorn, processes):
     assert "GUNICORN_PROMETHEUS_FD" in environ_of(second)
     os.kill(first, signal.SIGTERM)
     g.proc.wait(60)
+    # Gunicorn ignores USR2 ("Parent exists") until its loop has seen the old
+    # master gone and promoted this one.
+    wait_for(lambda: "Master has been promoted" in g.output(), 60, "the promotion")
     for _ in range(10):
         assert request(g.port)[0] == 200
     processes.update(children(second))
