@@ -280,3 +280,16 @@ def test_master_process_metrics_are_the_masters(gunicorn):
     assert m.get("process_start_time_seconds") <= time.time()
     build = m.matching("gunicorn_exporter_build_info")[0].labels
     assert build["worker_class"] == "gunicorn_prometheus_exporter.PrometheusWorker"
+
+
+def test_desired_workers_follow_a_reload_that_resets_ttin(gunicorn):
+    # HUP reloads the configuration, and with it the number of workers that
+    # TTIN had raised: gunicorn_workers_desired must follow.
+    g = gunicorn(workers=2)
+    os.kill(g.pid, signal.SIGTTIN)
+    settled_workers(g, 3)
+    assert g.scrape().get("gunicorn_workers_desired") == 3
+    os.kill(g.pid, signal.SIGHUP)
+    wait_for(lambda: g.scrape().get("gunicorn_workers_desired") == 2, what="desired back to 2")
+    m = g.scrape_settled()
+    assert m.get("gunicorn_workers") == 2

@@ -72,6 +72,11 @@ class MasterExporter:
         _chain_hook(cfg, "nworkers_changed", self.nworkers_changed)
         _chain_hook(cfg, "child_exit", self.child_exit)
         _chain_hook(cfg, "pre_exec", self.pre_exec)
+        # A reload (HUP) resets the arbiter's number of workers to the new
+        # configuration's before our hooks are chained into it: read it here,
+        # where the reloaded arbiter builds its first worker.
+        if self.server is not None and self.meter is not None:
+            self.meter.set_desired(self.server.num_workers)
         self._publish_listeners()
 
     def _start(self, cfg: Any) -> None:
