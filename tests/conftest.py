@@ -20,6 +20,18 @@ from prometheus_client.parser import text_string_to_metric_families
 APPS = Path(__file__).parent / "apps"
 WORKER = "gunicorn_prometheus_exporter.PrometheusWorker"
 
+# Requests of every kind the exact-count tests send: (method, path, body, status)
+MIX = [
+    ("GET", "/", None, 200),
+    ("POST", "/echo", b"x" * 1500, 200),
+    ("GET", "/status/404", None, 404),
+    ("PUT", "/status/201", b"abc", 201),
+    ("GET", "/raise", None, 500),
+    ("PROPFIND", "/", None, 200),
+    ("DELETE", "/status/204", None, 204),
+    ("HEAD", "/", None, 200),
+]
+
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
     """Poll until `predicate()` is truthy and return its value; fail naming `what`."""

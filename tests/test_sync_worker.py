@@ -13,20 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import failed_start, request, request_in_background, wait_for
+from conftest import MIX, failed_start, request, request_in_background, wait_for
 from prometheus_client.mmap_dict import MmapedDict
-
-# (method, path, body, expected status)
-MIX = [
-    ("GET", "/", None, 200),
-    ("POST", "/echo", b"x" * 1500, 200),
-    ("GET", "/status/404", None, 404),
-    ("PUT", "/status/201", b"abc", 201),
-    ("GET", "/raise", None, 500),
-    ("PROPFIND", "/", None, 200),
-    ("DELETE", "/status/204", None, 204),
-    ("HEAD", "/", None, 200),
-]
 
 
 def send_mix(port: int, rounds: int) -> Counter:

@@ -10,22 +10,10 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import request, request_in_background
+from conftest import MIX, request, request_in_background
 
 THREADS = ["--worker-class", "gunicorn_prometheus_exporter.PrometheusThreadWorker",
            "--threads", "4"]
-
-# (method, path, body, expected status)
-MIX = [
-    ("GET", "/", None, 200),
-    ("POST", "/echo", b"x" * 1500, 200),
-    ("GET", "/status/404", None, 404),
-    ("PUT", "/status/201", b"abc", 201),
-    ("GET", "/raise", None, 500),
-    ("PROPFIND", "/", None, 200),
-    ("DELETE", "/status/204", None, 204),
-    ("HEAD", "/", None, 200),
-]
 
 
 def test_gthread_exact_counts_per_method_and_status_under_concurrency(gunicorn):
