@@ -21,6 +21,12 @@ pub fn open_read(path: &Path) -> io::Result<File> {
 /// As `open_read`, with the file's size: one `fstat` per file on the scrape
 /// path. O_NONBLOCK stays set: it has no effect on a regular file.
 pub fn open_read_sized(path: &Path) -> io::Result<(File, u64)> {
+    let (file, meta) = open_read_stat(path)?;
+    Ok((file, meta.len()))
+}
+
+/// As `open_read`, with the file's `fstat` (size and identity).
+pub fn open_read_stat(path: &Path) -> io::Result<(File, fs::Metadata)> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(SAFE_FLAGS)
@@ -29,7 +35,7 @@ pub fn open_read_sized(path: &Path) -> io::Result<(File, u64)> {
     if !meta.is_file() {
         return Err(io::Error::other("not a regular file"));
     }
-    Ok((file, meta.len()))
+    Ok((file, meta))
 }
 
 /// Opens `path` for reading and writing, creating it (mode 0644) if missing.

@@ -53,7 +53,7 @@ pub fn read_used_from(file: &File, buf: &mut Vec<u8>) -> Result<(), ReadError> {
 }
 
 /// Reads from `file`, whose `fstat` size is `size`.
-fn read_used_sized(file: &File, size: u64, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+pub(crate) fn read_used_sized(file: &File, size: u64, buf: &mut Vec<u8>) -> Result<(), ReadError> {
     buf.clear();
     if size > MAX_FILE_BYTES as u64 {
         return Err(ReadError::TooLarge);
@@ -101,39 +101,70 @@ fn read_at_most(file: &File, out: &mut [u8], offset: u64) -> Result<usize, ReadE
 /// Entries before a corrupt one are returned together with the error.
 pub fn read_entries(data: &[u8]) -> (Vec<Entry<'_>>, Option<ReadError>) {
     let mut entries = Vec::new();
-    if data.len() < HEADER_BYTES {
+    let Some(used) = used_length(data) else {
         return (entries, Some(ReadError::BadHeader));
-    }
-    let used = (i32::from_le_bytes(data[..4].try_into().unwrap()).max(0) as usize).min(data.len());
+    };
     if used < HEADER_BYTES {
         return (entries, (used != 0).then_some(ReadError::BadHeader));
     }
     let mut pos = HEADER_BYTES;
     while pos < used {
-        let bad = Some(ReadError::BadEntry { offset: pos });
-        if pos + 4 > used {
-            return (entries, bad);
+        match entry_at(data, pos, used) {
+            Ok((entry, next)) => {
+                entries.push(entry);
+                pos = next;
+            }
+            Err(e) => return (entries, Some(e)),
         }
-        let len = i32::from_le_bytes(data[pos..pos + 4].try_into().unwrap());
-        if len <= 0 {
-            return (entries, bad);
-        }
-        let len = len as usize;
-        let value_at = pos + 4 + len + key_padding(len);
-        if value_at + 16 > used {
-            return (entries, bad);
-        }
-        let Ok(key) = std::str::from_utf8(&data[pos + 4..pos + 4 + len]) else {
-            return (entries, bad);
-        };
-        let value = f64::from_le_bytes(data[value_at..value_at + 8].try_into().unwrap());
-        let timestamp = f64::from_le_bytes(data[value_at + 8..value_at + 16].try_into().unwrap());
-        entries.push(Entry {
+    }
+    (entries, None)
+}
+
+/// The used length a file's header claims, within `data`; `None` if `data`
+/// has no header.
+pub fn used_length(data: &[u8]) -> Option<usize> {
+    if data.len() < HEADER_BYTES {
+        return None;
+    }
+    Some((i32::from_le_bytes(data[..4].try_into().unwrap()).max(0) as usize).min(data.len()))
+}
+
+/// The entry that starts at `pos` of `data` (whose first `used` bytes are
+/// the file's), and the offset of the next one.
+pub fn entry_at(data: &[u8], pos: usize, used: usize) -> Result<(Entry<'_>, usize), ReadError> {
+    let bad = ReadError::BadEntry { offset: pos };
+    if pos + 4 > used {
+        return Err(bad);
+    }
+    let len = i32::from_le_bytes(data[pos..pos + 4].try_into().unwrap());
+    if len <= 0 {
+        return Err(bad);
+    }
+    let len = len as usize;
+    let value_at = pos + 4 + len + key_padding(len);
+    if value_at + 16 > used {
+        return Err(bad);
+    }
+    let Ok(key) = std::str::from_utf8(&data[pos + 4..pos + 4 + len]) else {
+        return Err(bad);
+    };
+    let (value, timestamp) = value_at_offset(data, value_at);
+    Ok((
+        Entry {
             key,
             value,
             timestamp,
-        });
-        pos = value_at + 16;
-    }
-    (entries, None)
+        },
+        value_at + 16,
+    ))
+}
+
+/// The value and timestamp stored at `at` (`at + 16 <= data.len()`).
+#[inline]
+pub fn value_at_offset(data: &[u8], at: usize) -> (f64, f64) {
+    let pair: &[u8; 16] = data[at..at + 16].try_into().unwrap();
+    (
+        f64::from_le_bytes(pair[..8].try_into().unwrap()),
+        f64::from_le_bytes(pair[8..].try_into().unwrap()),
+    )
 }

@@ -1,0 +1,349 @@
+//! Reading the same files scrape after scrape, at the cost of what changed.
+//!
+//! Keys never move once written: a writer only appends an entry, then
+//! publishes the used length that covers it (`writer.rs`). So a file read
+//! before needs only its values and its new entries. For every file a
+//! `FileCache` remembers each entry's offset and key, and what the caller
+//! made of the key (a tag: where its value goes), so a key is parsed and
+//! hashed once in the life of the file, not once per scrape.
+//!
+//! Nothing is trusted that was not checked. A read still takes the file's
+//! used bytes with `pread` (as `reader.rs` does, never a mapping of another
+//! process's file) and compares every remembered entry with them, length and
+//! key byte for byte, before it takes the value at the remembered offset. A
+//! file replaced under the same name, an inode number reused, or bytes
+//! rewritten in place are noticed at the first entry that differs, and the
+//! file is parsed again from there.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+use super::open::open_read_stat;
+use super::reader::{entry_at, read_used_sized, used_length, value_at_offset, ReadError};
+use super::{key_padding, HEADER_BYTES};
+
+/// Distinct keys remembered before everything is forgotten (and parsed again
+/// on the next read), so that churning keys cannot grow the cache unbounded.
+const MAX_KEYS: usize = 1 << 20;
+
+/// Largest read buffer kept between reads.
+const KEPT_BUFFER_BYTES: usize = 4 << 20;
+
+/// An entry parsed before: where it starts, its key, and its tag.
+struct Remembered<T> {
+    offset: usize,
+    key: Arc<str>,
+    tag: T,
+}
+
+/// What is remembered of one file.
+struct CachedFile<T> {
+    /// Identity of the inode read last (`st_dev`, `st_ino`).
+    identity: (u64, u64),
+    entries: Vec<Remembered<T>>,
+    /// Offset just past the last remembered entry.
+    end: usize,
+    /// The pass that read it last (see `FileCache::begin_pass`).
+    pass: u64,
+}
+
+/// What a reader makes of a file's entries.
+pub trait Visitor<T> {
+    /// What the entry with this key is to the reader; called once per entry
+    /// of a file (not again while the file keeps the entry).
+    fn tag(&mut self, key: &str) -> T;
+    /// An entry's value and timestamp, at every read.
+    fn visit(&mut self, tag: &T, value: f64, timestamp: f64);
+}
+
+/// Remembers the entries of the files of directories read again and again.
+pub struct FileCache<T> {
+    files: HashMap<Box<str>, CachedFile<T>>,
+    /// Every remembered key, once.
+    keys: HashSet<Arc<str>>,
+    buf: Vec<u8>,
+    pass: u64,
+}
+
+impl<T> Default for FileCache<T> {
+    fn default() -> Self {
+        FileCache {
+            files: HashMap::default(),
+            keys: HashSet::default(),
+            buf: Vec::new(),
+            pass: 0,
+        }
+    }
+}
+
+impl<T> FileCache<T> {
+    /// Starts a pass over a directory: files not read again before
+    /// `end_pass` are forgotten then.
+    pub fn begin_pass(&mut self) {
+        self.pass += 1;
+        if self.keys.len() > MAX_KEYS {
+            self.forget();
+        }
+    }
+
+    /// Forgets the files not read since `begin_pass`.
+    pub fn end_pass(&mut self) {
+        let pass = self.pass;
+        self.files.retain(|_, f| f.pass == pass);
+        if self.buf.capacity() > KEPT_BUFFER_BYTES {
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Forgets everything: every file is parsed again on its next read.
+    pub fn forget(&mut self) {
+        self.files.clear();
+        self.keys.clear();
+    }
+
+    /// Reads the file `name` of `dir`: `visitor.visit` for every entry, in
+    /// file order; `visitor.tag` only for an entry not remembered at its
+    /// offset. Returns `None` if the file was read to its end, else why not:
+    /// entries before a corrupt one are still visited, none if the file could
+    /// not be opened or read (`ReadError::Io`).
+    pub fn read(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        visitor: &mut impl Visitor<T>,
+    ) -> Option<ReadError> {
+        let (file, meta) = match open_read_stat(&dir.join(name)) {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.files.remove(name);
+                return Some(ReadError::Io(e.to_string()));
+            }
+        };
+        let read_error = read_used_sized(&file, meta.len(), &mut self.buf).err();
+        let data = &self.buf[..];
+        let used = used_length(data).unwrap_or(0);
+        let identity = (meta.dev(), meta.ino());
+        let cached = match self.files.get_mut(name) {
+            Some(cached) => cached,
+            None => self.files.entry(name.into()).or_insert(CachedFile {
+                identity,
+                entries: Vec::new(),
+                end: HEADER_BYTES,
+                pass: 0,
+            }),
+        };
+        cached.pass = self.pass;
+        if cached.identity != identity {
+            cached.identity = identity;
+            cached.entries.clear();
+            cached.end = HEADER_BYTES;
+        }
+        let still = cached
+            .entries
+            .iter()
+            .position(|r| !visit_if_same(data, used, r, visitor))
+            .unwrap_or(cached.entries.len());
+        if still < cached.entries.len() {
+            cached.end = cached.entries[still].offset;
+            cached.entries.truncate(still);
+        }
+        if used < HEADER_BYTES {
+            return read_error.or((used != 0).then_some(ReadError::BadHeader));
+        }
+        let mut pos = cached.end;
+        while pos < used {
+            match entry_at(data, pos, used) {
+                Ok((entry, next)) => {
+                    let key = match self.keys.get(entry.key) {
+                        Some(key) => Arc::clone(key),
+                        None => {
+                            let key: Arc<str> = Arc::from(entry.key);
+                            self.keys.insert(Arc::clone(&key));
+                            key
+                        }
+                    };
+                    let t = visitor.tag(entry.key);
+                    visitor.visit(&t, entry.value, entry.timestamp);
+                    cached.entries.push(Remembered {
+                        offset: pos,
+                        key,
+                        tag: t,
+                    });
+                    pos = next;
+                    cached.end = next;
+                }
+                Err(e) => return read_error.or(Some(e)),
+            }
+        }
+        read_error
+    }
+}
+
+/// Visits `r` if `data` (of which `used` bytes count) still holds its key at
+/// its offset; `false` if not.
+#[inline]
+fn visit_if_same<T>(
+    data: &[u8],
+    used: usize,
+    r: &Remembered<T>,
+    visitor: &mut impl Visitor<T>,
+) -> bool {
+    let len = r.key.len();
+    let value_at = r.offset + 4 + len + key_padding(len);
+    if value_at + 16 > used
+        || data[r.offset..r.offset + 4] != (len as i32).to_le_bytes()
+        || data[r.offset + 4..r.offset + 4 + len] != *r.key.as_bytes()
+    {
+        return false;
+    }
+    let (value, timestamp) = value_at_offset(data, value_at);
+    visitor.visit(&r.tag, value, timestamp);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::key::encode;
+    use crate::storage::MmapWriter;
+
+    fn key(i: usize) -> String {
+        encode("c", "c_total", &[("i", &i.to_string())], "help")
+    }
+
+    #[derive(Default)]
+    struct Seen {
+        entries: Vec<(String, f64)>,
+        tagged: usize,
+    }
+
+    impl Visitor<String> for Seen {
+        fn tag(&mut self, key: &str) -> String {
+            self.tagged += 1;
+            key.to_owned()
+        }
+        fn visit(&mut self, tag: &String, value: f64, _: f64) {
+            self.entries.push((tag.clone(), value));
+        }
+    }
+
+    /// Reads `name` and returns (entries visited, keys tagged, error).
+    fn read(
+        cache: &mut FileCache<String>,
+        dir: &Path,
+        name: &str,
+    ) -> (Vec<(String, f64)>, usize, Option<ReadError>) {
+        let mut seen = Seen::default();
+        let error = cache.read(dir, name, &mut seen);
+        (seen.entries, seen.tagged, error)
+    }
+
+    #[test]
+    fn a_file_read_again_parses_only_its_new_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = MmapWriter::open(&dir.path().join("counter_1.db")).unwrap();
+        for i in 0..3 {
+            w.slot(&key(i)).unwrap().set(i as f64);
+        }
+        let mut cache = FileCache::default();
+        cache.begin_pass();
+        let (seen, tagged, error) = read(&mut cache, dir.path(), "counter_1.db");
+        assert_eq!((seen.len(), tagged, error), (3, 3, None));
+        w.slot(&key(1)).unwrap().set(10.0);
+        w.slot(&key(3)).unwrap().set(3.0);
+        let (seen, tagged, error) = read(&mut cache, dir.path(), "counter_1.db");
+        assert_eq!((tagged, error), (1, None));
+        let values: Vec<f64> = seen.iter().map(|s| s.1).collect();
+        assert_eq!(values, [0.0, 10.0, 2.0, 3.0]);
+        assert_eq!(seen[3].0, key(3));
+    }
+
+    #[test]
+    fn a_file_replaced_or_rewritten_is_parsed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_1.db");
+        {
+            let mut w = MmapWriter::open(&path).unwrap();
+            w.slot(&key(1)).unwrap().set(1.0);
+            w.slot(&key(2)).unwrap().set(2.0);
+        }
+        let mut cache = FileCache::default();
+        cache.begin_pass();
+        read(&mut cache, dir.path(), "counter_1.db");
+        // Same length keys, other labels, rewritten in place (same inode).
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(key(2).len())
+            .position(|w| w == key(2).as_bytes())
+            .unwrap();
+        bytes[at..at + key(2).len()].copy_from_slice(key(7).as_bytes());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+            .unwrap();
+        let (seen, tagged, error) = read(&mut cache, dir.path(), "counter_1.db");
+        assert_eq!((tagged, error), (1, None));
+        assert_eq!(seen, [(key(1), 1.0), (key(7), 2.0)]);
+        // Replaced by another file under the same name.
+        std::fs::remove_file(&path).unwrap();
+        MmapWriter::open(&path)
+            .unwrap()
+            .slot(&key(5))
+            .unwrap()
+            .set(5.0);
+        let (seen, tagged, _) = read(&mut cache, dir.path(), "counter_1.db");
+        assert_eq!((seen, tagged), (vec![(key(5), 5.0)], 1));
+    }
+
+    #[test]
+    fn a_truncated_or_corrupt_file_keeps_what_checks_out_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_1.db");
+        {
+            let mut w = MmapWriter::open(&path).unwrap();
+            for i in 0..3 {
+                w.slot(&key(i)).unwrap().set(i as f64);
+            }
+        }
+        let mut cache = FileCache::default();
+        cache.begin_pass();
+        read(&mut cache, dir.path(), "counter_1.db");
+        let bytes = std::fs::read(&path).unwrap();
+        let used = i32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        std::fs::write(&path, &bytes[..used - 20]).unwrap();
+        let (seen, _, error) = read(&mut cache, dir.path(), "counter_1.db");
+        assert_eq!(seen.len(), 2);
+        assert_eq!(error, Some(ReadError::Truncated));
+        std::fs::remove_file(&path).unwrap();
+        let (seen, _, error) = read(&mut cache, dir.path(), "counter_1.db");
+        assert!(seen.is_empty());
+        assert!(matches!(error, Some(ReadError::Io(_))));
+    }
+
+    #[test]
+    fn files_not_read_in_a_pass_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["counter_1.db", "counter_2.db"] {
+            MmapWriter::open(&dir.path().join(n))
+                .unwrap()
+                .slot(&key(1))
+                .unwrap()
+                .set(1.0);
+        }
+        let mut cache = FileCache::default();
+        cache.begin_pass();
+        read(&mut cache, dir.path(), "counter_1.db");
+        read(&mut cache, dir.path(), "counter_2.db");
+        cache.end_pass();
+        cache.begin_pass();
+        read(&mut cache, dir.path(), "counter_2.db");
+        cache.end_pass();
+        assert_eq!(cache.files.len(), 1);
+        cache.begin_pass();
+        assert_eq!(read(&mut cache, dir.path(), "counter_1.db").1, 1);
+    }
+}
