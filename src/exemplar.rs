@@ -8,17 +8,21 @@
 //! that meets another one in flight on the same slot is skipped.
 
 use std::collections::HashMap;
+use std::hash::Hasher;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use crate::archive::worker_file_id;
 use crate::exposition::float::go_float;
 use crate::model::{Labels, Sample};
+use crate::storage::incremental::{FileCache, Visitor};
 use crate::storage::reader::{read_entries, read_used};
+use crate::storage::ReadError;
 use crate::storage::{key, MmapWriter, ValueSlot};
 
 /// An exemplar as served: W3C trace context ids, the observed value, when.
@@ -53,6 +57,11 @@ pub struct ExemplarKey {
 }
 
 impl ExemplarKey {
+    /// Its labels as string pairs, in the sample's order.
+    pub fn label_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     pub fn of(family: &str, sample: &Sample) -> ExemplarKey {
         ExemplarKey {
             family: family.to_owned(),
@@ -64,8 +73,101 @@ impl ExemplarKey {
     }
 }
 
-/// The latest exemplar of each sample that has one.
-pub type Exemplars = HashMap<ExemplarKey, Exemplar>;
+/// The latest exemplar of each sample that has one. A sample finds its
+/// exemplar by hashing its name and labels as they are: an encoder asks for
+/// every sample of a family that has exemplars, and building a key per
+/// sample would cost more than the rest of its encoding.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Exemplars {
+    by_hash: FxHashMap<u64, Vec<(ExemplarKey, Exemplar)>>,
+    families: FxHashSet<String>,
+}
+
+/// The hash of a sample of `family` with these labels (in sample order).
+fn sample_hash<'a>(family: &str, labels: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(family.as_bytes());
+    for (k, v) in labels {
+        h.write_u8(0xff);
+        h.write(k.as_bytes());
+        h.write_u8(0xfe);
+        h.write(v.as_bytes());
+    }
+    h.finish()
+}
+
+/// Whether two label sequences are equal.
+fn same_pairs<'x, 'y>(
+    mut a: impl Iterator<Item = (&'x str, &'x str)>,
+    mut b: impl Iterator<Item = (&'y str, &'y str)>,
+) -> bool {
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
+impl Exemplars {
+    /// The exemplar of `sample` of `family`, if it has one.
+    pub fn get(&self, family: &str, sample: &Sample) -> Option<&Exemplar> {
+        self.find(family, || sample.label_pairs())
+    }
+
+    /// The exemplar stored under `key`.
+    pub fn get_key(&self, key: &ExemplarKey) -> Option<&Exemplar> {
+        self.find(&key.family, || key.label_pairs())
+    }
+
+    fn find<'a, I: Iterator<Item = (&'a str, &'a str)>>(
+        &self,
+        family: &str,
+        labels: impl Fn() -> I,
+    ) -> Option<&Exemplar> {
+        if !self.families.contains(family) {
+            return None;
+        }
+        let candidates = self.by_hash.get(&sample_hash(family, labels()))?;
+        candidates
+            .iter()
+            .find(|(k, _)| k.family == family && same_pairs(k.label_pairs(), labels()))
+            .map(|(_, e)| e)
+    }
+
+    /// Keeps `e` for `key` unless the exemplar kept is as recent.
+    pub fn offer(&mut self, key: &ExemplarKey, e: Exemplar) {
+        let candidates = self
+            .by_hash
+            .entry(sample_hash(&key.family, key.label_pairs()))
+            .or_default();
+        match candidates.iter_mut().find(|(k, _)| k == key) {
+            Some((_, cur)) if cur.timestamp >= e.timestamp => {}
+            Some((_, cur)) => *cur = e,
+            None => {
+                if !self.families.contains(&key.family) {
+                    self.families.insert(key.family.clone());
+                }
+                candidates.push((key.clone(), e));
+            }
+        }
+    }
+
+    /// Whether some sample of `family` has an exemplar.
+    pub fn has_family(&self, family: &str) -> bool {
+        self.families.contains(family)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.families.is_empty()
+    }
+
+    /// How many samples have an exemplar.
+    pub fn len(&self) -> usize {
+        self.by_hash.values().map(Vec::len).sum()
+    }
+}
 
 /// A W3C trace context (`traceparent`, version 00).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,66 +408,91 @@ impl Parts {
     }
 }
 
-/// Reads the exemplar files of a directory, remembering keys.
+/// Reads the exemplar files of a directory again and again, remembering
+/// each file's entries (`FileCache`).
 #[derive(Default)]
 pub struct ExemplarAggregator {
+    files: FileCache<Option<PartKey>>,
     keys: HashMap<Box<str>, Option<PartKey>>,
-    buf: Vec<u8>,
 }
 
 const MAX_CACHED_KEYS: usize = 1 << 18;
 
-fn read_parts(
-    keys: &mut HashMap<Box<str>, Option<PartKey>>,
-    data: &[u8],
-    mut each: impl FnMut(&Arc<ExemplarKey>, Parts),
-) -> u64 {
-    let (entries, error) = read_entries(data);
-    let mut errors = error.is_some() as u64;
-    let mut current: Option<(Arc<ExemplarKey>, Parts)> = None;
-    for e in entries {
-        if keys.len() > MAX_CACHED_KEYS {
-            keys.clear();
+/// Puts together the parts of each exemplar of a file, in file order (the
+/// three parts of one are written one after the other), and hands each
+/// exemplar on.
+struct PartReader<'a, F: FnMut(&Arc<ExemplarKey>, Parts)> {
+    keys: &'a mut HashMap<Box<str>, Option<PartKey>>,
+    current: Option<(Arc<ExemplarKey>, Parts)>,
+    each: F,
+    errors: u64,
+}
+
+impl<F: FnMut(&Arc<ExemplarKey>, Parts)> PartReader<'_, F> {
+    fn new(keys: &mut HashMap<Box<str>, Option<PartKey>>, each: F) -> PartReader<'_, F> {
+        PartReader {
+            keys,
+            current: None,
+            each,
+            errors: 0,
         }
-        if !keys.contains_key(e.key) {
-            keys.insert(e.key.into(), parse_part(e.key));
+    }
+
+    /// Hands on the last exemplar of the file.
+    fn finish(&mut self) {
+        if let Some((s, parts)) = self.current.take() {
+            (self.each)(&s, parts);
         }
-        let Some(k) = keys[e.key].clone() else {
-            errors += 1;
-            continue;
+    }
+}
+
+impl<F: FnMut(&Arc<ExemplarKey>, Parts)> Visitor<Option<PartKey>> for PartReader<'_, F> {
+    fn tag(&mut self, raw: &str) -> Option<PartKey> {
+        if self.keys.len() > MAX_CACHED_KEYS {
+            self.keys.clear();
+        }
+        if let Some(k) = self.keys.get(raw) {
+            return k.clone();
+        }
+        let k = parse_part(raw);
+        self.keys.insert(raw.into(), k.clone());
+        k
+    }
+
+    fn visit(&mut self, k: &Option<PartKey>, value: f64, timestamp: f64) {
+        let Some(k) = k else {
+            self.errors += 1;
+            return;
         };
-        if current
+        if self
+            .current
             .as_ref()
             .is_some_and(|(s, _)| !Arc::ptr_eq(s, &k.sample) && **s != *k.sample)
         {
-            let (s, parts) = current.take().expect("checked");
-            each(&s, parts);
+            self.finish();
         }
-        let parts = &mut current
+        let parts = &mut self
+            .current
             .get_or_insert_with(|| (Arc::clone(&k.sample), Parts::default()))
             .1;
-        let bits = (e.value.to_bits(), e.timestamp.to_bits());
+        let bits = (value.to_bits(), timestamp.to_bits());
         match k.part {
-            0 => parts.value = Some((e.value, e.timestamp)),
+            0 => parts.value = Some((value, timestamp)),
             1 => parts.trace = Some(bits),
             _ => parts.span = Some(bits),
         }
     }
-    if let Some((s, parts)) = current {
-        each(&s, parts);
-    }
-    errors
 }
 
 impl ExemplarAggregator {
     /// The latest exemplar of every sample, over every file of `dir`.
     pub fn collect(&mut self, dir: &Path) -> (Exemplars, u64) {
-        let mut out = Exemplars::new();
+        let mut out = Exemplars::default();
         let Ok(listing) = std::fs::read_dir(dir) else {
             return (out, 1);
         };
         let mut errors = 0;
-        let mut buf = std::mem::take(&mut self.buf);
+        self.files.begin_pass();
         for entry in listing.flatten() {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
@@ -373,22 +500,20 @@ impl ExemplarAggregator {
             if !name.starts_with(FILE_PREFIX) || !name.ends_with(crate::native_histogram::SUFFIX) {
                 continue;
             }
-            match read_used(&dir.join(&name), &mut buf) {
-                Ok(()) => {}
-                Err(crate::storage::ReadError::Io(_)) => continue,
-                Err(_) => errors += 1,
-            }
-            errors += read_parts(&mut self.keys, &buf, |sample, parts| {
-                let Some(e) = parts.exemplar() else { return };
-                match out.get(&**sample) {
-                    Some(cur) if cur.timestamp >= e.timestamp => {}
-                    _ => {
-                        out.insert((**sample).clone(), e);
-                    }
+            let mut reader = PartReader::new(&mut self.keys, |sample, parts| {
+                if let Some(e) = parts.exemplar() {
+                    out.offer(sample, e);
                 }
             });
+            let error = self.files.read(dir, &name, &mut reader);
+            reader.finish();
+            errors += reader.errors;
+            match error {
+                None | Some(ReadError::Io(_)) => {}
+                Some(_) => errors += 1,
+            }
         }
-        self.buf = buf;
+        self.files.end_pass();
         (out, errors)
     }
 }
@@ -400,11 +525,17 @@ pub fn fold_into(archive: &mut MmapWriter, path: &Path) -> io::Result<()> {
         return Ok(());
     }
     let mut latest: Vec<(Arc<ExemplarKey>, Exemplar)> = Vec::new();
-    read_parts(&mut HashMap::new(), &buf, |sample, parts| {
+    let mut keys = HashMap::new();
+    let mut reader = PartReader::new(&mut keys, |sample, parts| {
         if let Some(e) = parts.exemplar() {
             latest.push((Arc::clone(sample), e));
         }
     });
+    for entry in read_entries(&buf).0 {
+        let k = reader.tag(entry.key);
+        reader.visit(&k, entry.value, entry.timestamp);
+    }
+    reader.finish();
     for (sample, e) in latest {
         let labels: Vec<(&str, &str)> = sample
             .labels
@@ -486,14 +617,17 @@ mod tests {
                 ("le".into(), le.into()),
             ],
         };
-        let low = &got[&key("0.1")];
+        let low = got.get_key(&key("0.1")).unwrap();
         assert_eq!((low.value, low.timestamp), (0.07, 200.0));
         assert_eq!(low.trace_id, format!("{:032x}", 7));
         assert_eq!(
-            got[&key("1.0")].trace_id,
+            got.get_key(&key("1.0")).unwrap().trace_id,
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        assert_eq!(got[&key("1.0")].span_id, "00f067aa0ba902b7");
+        assert_eq!(
+            got.get_key(&key("1.0")).unwrap().span_id,
+            "00f067aa0ba902b7"
+        );
         assert_eq!(got.len(), 2);
         let mut archive = MmapWriter::open(&d.join(ARCHIVE)).unwrap();
         fold_into(&mut archive, &d.join(file_name(2))).unwrap();

@@ -17,7 +17,9 @@ use parking_lot::Mutex;
 
 use crate::archive::worker_file_id;
 use crate::model::Labels;
+use crate::storage::incremental::{FileCache, Visitor};
 use crate::storage::reader::{read_entries, read_used};
+use crate::storage::ReadError;
 use crate::storage::{key, MmapWriter, ValueSlot};
 
 /// The environment variable that chooses the schema.
@@ -347,15 +349,102 @@ fn parse_key(raw: &str) -> Option<NativeKey> {
     })
 }
 
-/// Reads the native files of a directory again and again, remembering keys.
+/// A bucket of a series at a schema: where the entries that name it add up.
+struct Cell {
+    series: u32,
+    schema: i8,
+    /// `None` for the zero bucket.
+    bucket: Option<i32>,
+}
+
+/// Reads the native files of a directory again and again, remembering each
+/// file's entries (`FileCache`) and the cell each key adds into.
 #[derive(Default)]
 pub struct NativeAggregator {
-    keys: HashMap<Box<str>, Option<NativeKey>>,
-    buf: Vec<u8>,
+    files: FileCache<Option<u32>>,
+    registry: NativeRegistry,
+    /// Per cell: the sum at the last scrape, and that scrape.
+    sums: Vec<(f64, u32)>,
+    pass: u32,
+}
+
+#[derive(Default)]
+struct NativeRegistry {
+    keys: HashMap<Box<str>, Option<u32>>,
+    cells: Vec<Cell>,
+    cell_ids: HashMap<(u32, i8, Option<i32>), u32>,
+    series: Vec<(Arc<str>, Arc<Labels>)>,
+    series_ids: HashMap<(Arc<str>, Arc<Labels>), u32>,
 }
 
 /// Keys remembered before the cache is cleared (a churning directory cannot grow it).
 const MAX_CACHED_KEYS: usize = 1 << 18;
+
+impl NativeRegistry {
+    /// The cell the entry `raw` adds into; `None` if the key is not valid.
+    fn cell(&mut self, raw: &str) -> Option<u32> {
+        if let Some(&cell) = self.keys.get(raw) {
+            return cell;
+        }
+        let cell = parse_key(raw).map(|k| {
+            let series_key = (k.name, k.labels);
+            let series = match self.series_ids.get(&series_key) {
+                Some(&id) => id,
+                None => {
+                    let id = self.series.len() as u32;
+                    self.series.push(series_key.clone());
+                    self.series_ids.insert(series_key, id);
+                    id
+                }
+            };
+            *self
+                .cell_ids
+                .entry((series, k.schema, k.bucket))
+                .or_insert_with(|| {
+                    self.cells.push(Cell {
+                        series,
+                        schema: k.schema,
+                        bucket: k.bucket,
+                    });
+                    self.cells.len() as u32 - 1
+                })
+        });
+        self.keys.insert(raw.into(), cell);
+        cell
+    }
+}
+
+/// Adds the entries of one file into their cells.
+struct CellAdder<'a> {
+    registry: &'a mut NativeRegistry,
+    sums: &'a mut Vec<(f64, u32)>,
+    pass: u32,
+    errors: u64,
+}
+
+impl Visitor<Option<u32>> for CellAdder<'_> {
+    fn tag(&mut self, key: &str) -> Option<u32> {
+        self.registry.cell(key)
+    }
+
+    fn visit(&mut self, cell: &Option<u32>, value: f64, _: f64) {
+        let Some(cell) = *cell else {
+            self.errors += 1;
+            return;
+        };
+        let cell = cell as usize;
+        if self.sums.len() <= cell {
+            self.sums
+                .resize(self.registry.cells.len().max(cell + 1), (0.0, 0));
+        }
+        let sum = &mut self.sums[cell];
+        if sum.1 == self.pass {
+            sum.0 += value;
+        } else {
+            *sum = (value, self.pass);
+        }
+    }
+}
 
 impl NativeAggregator {
     /// Every native histogram of `dir`, merged; and how many files or
@@ -370,56 +459,62 @@ impl NativeAggregator {
             .filter(|n| n.starts_with("native_") && n.ends_with(SUFFIX))
             .collect();
         names.sort();
-        // Per series: one accumulator per schema seen, merged at the end.
-        let mut acc: HashMap<(Arc<str>, Arc<Labels>), BTreeMap<i8, NativeBuckets>> = HashMap::new();
-        let mut buf = std::mem::take(&mut self.buf);
+        if self.registry.keys.len() > MAX_CACHED_KEYS {
+            *self = NativeAggregator::default();
+        }
+        self.pass = self.pass.wrapping_add(1).max(1);
+        self.files.begin_pass();
         for name in &names {
-            match read_used(&dir.join(name), &mut buf) {
-                Ok(()) => {}
+            let mut adder = CellAdder {
+                registry: &mut self.registry,
+                sums: &mut self.sums,
+                pass: self.pass,
+                errors: 0,
+            };
+            let error = self.files.read(dir, name, &mut adder);
+            errors += adder.errors;
+            match error {
                 // A worker's file may be retired between listing and reading.
-                Err(crate::storage::ReadError::Io(_)) => continue,
-                Err(_) => errors += 1,
-            }
-            let (entries, error) = read_entries(&buf);
-            errors += error.is_some() as u64;
-            if self.keys.len() > MAX_CACHED_KEYS {
-                self.keys.clear();
-            }
-            for entry in entries {
-                if !self.keys.contains_key(entry.key) {
-                    self.keys.insert(entry.key.into(), parse_key(entry.key));
-                }
-                let Some(k) = &self.keys[entry.key] else {
-                    errors += 1;
-                    continue;
-                };
-                let buckets = acc
-                    .entry((Arc::clone(&k.name), Arc::clone(&k.labels)))
-                    .or_default()
-                    .entry(k.schema)
-                    .or_insert_with(|| NativeBuckets {
-                        schema: k.schema,
-                        ..Default::default()
-                    });
-                match k.bucket {
-                    None => buckets.zero_count += entry.value,
-                    Some(i) => *buckets.positive.entry(i).or_insert(0.0) += entry.value,
-                }
+                None | Some(ReadError::Io(_)) => {}
+                Some(_) => errors += 1,
             }
         }
-        self.buf = buf;
-        let merged = acc
-            .into_iter()
-            .filter_map(|((name, labels), by_schema)| {
+        self.files.end_pass();
+        (self.merged(), errors)
+    }
+
+    /// The cells of this scrape, merged per series: one accumulator per
+    /// schema seen, reduced to the coarsest.
+    fn merged(&self) -> NativeHistograms {
+        let mut acc: HashMap<u32, BTreeMap<i8, NativeBuckets>> = HashMap::new();
+        for (cell, &(sum, pass)) in self.registry.cells.iter().zip(&self.sums) {
+            if pass != self.pass {
+                continue;
+            }
+            let buckets = acc
+                .entry(cell.series)
+                .or_default()
+                .entry(cell.schema)
+                .or_insert_with(|| NativeBuckets {
+                    schema: cell.schema,
+                    ..Default::default()
+                });
+            match cell.bucket {
+                None => buckets.zero_count += sum,
+                Some(i) => *buckets.positive.entry(i).or_insert(0.0) += sum,
+            }
+        }
+        acc.into_iter()
+            .filter_map(|(series, by_schema)| {
                 let mut all = by_schema.into_values();
                 let mut first = all.next()?;
                 for other in all {
                     first.merge(other);
                 }
-                Some(((name.to_string(), (*labels).clone()), first))
+                let (name, labels) = &self.registry.series[series as usize];
+                Some(((name.to_string(), (**labels).clone()), first))
             })
-            .collect();
-        (merged, errors)
+            .collect()
     }
 }
 

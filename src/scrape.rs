@@ -87,15 +87,19 @@ impl ScrapeSource {
 
     /// Every family this scrape serves.
     pub fn families(&self) -> Vec<Family> {
-        let (families, from_directory, live_workers) = self.collect();
-        *self.last_read.lock() = (families[..from_directory].to_vec(), live_workers);
-        families
+        let read = self.collect(Extra::default());
+        *self.last_read.lock() = (
+            read.families[..read.from_directory].to_vec(),
+            read.live_workers,
+        );
+        read.families
     }
 
-    /// Every family, how many of the first ones come from the directory, and
-    /// the number of live workers.
-    fn collect(&self) -> (Vec<Family>, usize, usize) {
+    /// Every family, and what else `extra` asks for, read from the
+    /// directory under one acquisition of its lock.
+    fn collect(&self, extra: Extra) -> Read {
         let lock = DirectoryLock::shared(&self.directory, SCRAPE_LOCK_WAIT);
+        let (mut native, mut exemplars) = (NativeHistograms::default(), Exemplars::default());
         let collected = match &lock {
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 failures::log_once(
@@ -108,7 +112,11 @@ impl ScrapeSource {
                     ),
                 );
                 let (families, live_workers) = std::mem::take(&mut *self.last_read.lock());
-                (families, 1, live_workers)
+                (
+                    families,
+                    1 + extra.native as u64 + extra.exemplars as u64,
+                    live_workers,
+                )
             }
             // Any other error (a read-only directory of a sidecar): read unlocked, as before.
             _ => {
@@ -121,7 +129,16 @@ impl ScrapeSource {
                     .iter()
                     .filter(|n| n.starts_with(LIVE_WORKER_FILE))
                     .count();
-                (c.families, c.read_errors, live_workers)
+                let mut errors = c.read_errors;
+                if extra.native {
+                    let (read, e) = self.native.lock().collect(&self.directory);
+                    (native, errors) = (read, errors + e);
+                }
+                if extra.exemplars {
+                    let (read, e) = self.exemplars.lock().collect(&self.directory);
+                    (exemplars, errors) = (read, errors + e);
+                }
+                (c.families, errors, live_workers)
             }
         };
         drop(lock);
@@ -162,7 +179,13 @@ impl ScrapeSource {
         families.push(build_info);
         families.extend(self.backlog_families());
         families.extend(process_families());
-        (families, from_directory, live_workers)
+        Read {
+            families,
+            from_directory,
+            live_workers,
+            native,
+            exemplars,
+        }
     }
 
     fn backlog_families(&self) -> Vec<Family> {
@@ -202,69 +225,63 @@ impl ScrapeSource {
 
     /// The body of a scrape in `format`.
     pub fn render(&self, format: Format) -> Vec<u8> {
-        let mut out = String::with_capacity(64 << 10);
-        let (families, from_directory, live_workers) = self.collect();
-        match format {
-            Format::Text => text::encode(&families, &mut out),
-            Format::OpenMetrics => openmetrics::encode_with_exemplars(
-                &families,
-                self.created,
-                Some(&self.exemplars()),
-                &mut out,
-            ),
+        let extra = Extra {
+            native: format == Format::Protobuf,
+            exemplars: format != Format::Text,
+        };
+        let read = self.collect(extra);
+        let bytes = match format {
+            Format::Text => {
+                let mut out = String::with_capacity(64 << 10);
+                text::encode(&read.families, &mut out);
+                out.into_bytes()
+            }
+            Format::OpenMetrics => {
+                let mut out = String::with_capacity(64 << 10);
+                openmetrics::encode_with_exemplars(
+                    &read.families,
+                    self.created,
+                    Some(&read.exemplars),
+                    &mut out,
+                );
+                out.into_bytes()
+            }
             Format::Protobuf => {
-                let native = self.native_histograms();
-                let exemplars = self.exemplars();
                 let extras = protobuf::Extras {
                     created: self.created,
-                    native: Some(&native),
+                    native: Some(&read.native),
                     ..Default::default()
                 }
-                .with_exemplars(&exemplars);
+                .with_exemplars(&read.exemplars);
                 let mut bytes = Vec::with_capacity(64 << 10);
-                protobuf::encode(&families, &extras, &mut bytes);
-                self.keep_last_read(families, from_directory, live_workers);
-                return bytes;
+                protobuf::encode(&read.families, &extras, &mut bytes);
+                bytes
             }
-        }
-        self.keep_last_read(families, from_directory, live_workers);
-        out.into_bytes()
-    }
-
-    /// Kept for a scrape that cannot take the lock: served again, not copied.
-    fn keep_last_read(
-        &self,
-        mut families: Vec<Family>,
-        from_directory: usize,
-        live_workers: usize,
-    ) {
-        families.truncate(from_directory);
-        *self.last_read.lock() = (families, live_workers);
-    }
-
-    /// The native histograms of the directory, merged across processes
-    /// (none if the directory lock cannot be had: counted as a read error).
-    pub fn native_histograms(&self) -> NativeHistograms {
-        let Ok(_lock) = DirectoryLock::shared(&self.directory, SCRAPE_LOCK_WAIT) else {
-            self.read_errors.fetch_add(1, Ordering::Relaxed);
-            return NativeHistograms::default();
         };
-        let (native, errors) = self.native.lock().collect(&self.directory);
-        self.read_errors.fetch_add(errors, Ordering::Relaxed);
-        native
+        // Kept for a scrape that cannot take the lock: served again, not copied.
+        let mut families = read.families;
+        families.truncate(read.from_directory);
+        *self.last_read.lock() = (families, read.live_workers);
+        bytes
     }
+}
 
-    /// The latest exemplar of every sample, across processes (none if the
-    /// directory lock cannot be had: counted as a read error).
-    pub fn exemplars(&self) -> Exemplars {
-        let Ok(_lock) = DirectoryLock::shared(&self.directory, SCRAPE_LOCK_WAIT) else {
-            self.read_errors.fetch_add(1, Ordering::Relaxed);
-            return Exemplars::default();
-        };
-        let (exemplars, errors) = self.exemplars.lock().collect(&self.directory);
-        self.read_errors.fetch_add(errors, Ordering::Relaxed);
-        exemplars
-    }
+/// What a scrape reads besides the families.
+#[derive(Default, Clone, Copy)]
+struct Extra {
+    native: bool,
+    exemplars: bool,
+}
+
+/// What one scrape read.
+struct Read {
+    families: Vec<Family>,
+    /// How many of the first families come from the directory.
+    from_directory: usize,
+    live_workers: usize,
+    /// Empty unless asked for, or if the directory lock could not be had.
+    native: NativeHistograms,
+    exemplars: Exemplars,
 }
 
 /// The standard `process_*` families of the serving process.

@@ -3,9 +3,8 @@
 use super::float::push_go_float;
 use super::names::push_metric_name;
 use super::text::push_labels;
-use crate::exemplar::{ExemplarKey, Exemplars};
+use crate::exemplar::Exemplars;
 use crate::model::{Family, Kind, Sample};
-use std::collections::HashSet;
 use std::fmt::Write as _;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -35,12 +34,8 @@ pub fn encode_with_exemplars(
     exemplars: Option<&Exemplars>,
     out: &mut String,
 ) {
-    let with_exemplars: HashSet<&str> = exemplars
-        .into_iter()
-        .flat_map(|e| e.keys().map(|k| k.family.as_str()))
-        .collect();
     for family in families {
-        let exemplars = exemplars.filter(|_| with_exemplars.contains(family.name.as_str()));
+        let exemplars = exemplars.filter(|e| e.has_family(&family.name));
         out.push_str("# HELP ");
         push_metric_name(out, &family.name);
         out.push(' ');
@@ -57,7 +52,7 @@ pub fn encode_with_exemplars(
             push_labels(out, sample.label_pairs());
             out.push(' ');
             push_go_float(out, sample.value);
-            if let Some(e) = exemplars.and_then(|e| e.get(&ExemplarKey::of(&family.name, sample))) {
+            if let Some(e) = exemplars.and_then(|e| e.get(&family.name, sample)) {
                 out.push_str(" # ");
                 push_labels(out, e.labels());
                 out.push(' ');

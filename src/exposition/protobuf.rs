@@ -6,13 +6,11 @@
 //! registry types, so the families aggregated from the files are mapped onto
 //! the messages here and framed with prost.
 
-use std::collections::HashSet;
-
 use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as pb;
 use prost::Message;
 
 use super::names::{push_label_name, push_metric_name};
-use crate::exemplar::{ExemplarKey, Exemplars};
+use crate::exemplar::Exemplars;
 use crate::model::{Family, Kind, Labels, Sample};
 use crate::native_histogram::{NativeHistograms, ZERO_THRESHOLD};
 
@@ -27,14 +25,11 @@ pub struct Extras<'a> {
     pub created: Option<f64>,
     pub native: Option<&'a NativeHistograms>,
     pub exemplars: Option<&'a Exemplars>,
-    /// Names of the families that have an exemplar (see `with_exemplars`).
-    pub exemplar_families: HashSet<String>,
 }
 
 impl<'a> Extras<'a> {
-    /// Sets the exemplars, and which families have one.
+    /// Sets the exemplars.
     pub fn with_exemplars(mut self, exemplars: &'a Exemplars) -> Self {
-        self.exemplar_families = exemplars.keys().map(|k| k.family.clone()).collect();
         self.exemplars = Some(exemplars);
         self
     }
@@ -67,12 +62,7 @@ fn timestamp(seconds: f64) -> prost_types::Timestamp {
 }
 
 fn exemplar(extras: &Extras, name: &str, sample: &Sample) -> Option<pb::Exemplar> {
-    let exemplars = extras.exemplars.filter(|e| !e.is_empty())?;
-    // Most families have none: ask before building a key per sample.
-    if !extras.exemplar_families.contains(name) {
-        return None;
-    }
-    let e = exemplars.get(&ExemplarKey::of(name, sample))?;
+    let e = extras.exemplars?.get(name, sample)?;
     Some(pb::Exemplar {
         label: label_pairs(e.labels()),
         value: e.value,
