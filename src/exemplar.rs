@@ -79,7 +79,7 @@ impl ExemplarKey {
 /// sample would cost more than the rest of its encoding.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Exemplars {
-    by_hash: FxHashMap<u64, Vec<(ExemplarKey, Exemplar)>>,
+    by_hash: FxHashMap<u64, Vec<(Arc<ExemplarKey>, Exemplar)>>,
     families: FxHashSet<String>,
 }
 
@@ -137,19 +137,22 @@ impl Exemplars {
     }
 
     /// Keeps `e` for `key` unless the exemplar kept is as recent.
-    pub fn offer(&mut self, key: &ExemplarKey, e: Exemplar) {
+    pub fn offer(&mut self, key: &Arc<ExemplarKey>, e: Exemplar) {
         let candidates = self
             .by_hash
             .entry(sample_hash(&key.family, key.label_pairs()))
             .or_default();
-        match candidates.iter_mut().find(|(k, _)| k == key) {
+        match candidates
+            .iter_mut()
+            .find(|(k, _)| Arc::ptr_eq(k, key) || k == key)
+        {
             Some((_, cur)) if cur.timestamp >= e.timestamp => {}
             Some((_, cur)) => *cur = e,
             None => {
                 if !self.families.contains(&key.family) {
                     self.families.insert(key.family.clone());
                 }
-                candidates.push((key.clone(), e));
+                candidates.push((Arc::clone(key), e));
             }
         }
     }
@@ -413,7 +416,38 @@ impl Parts {
 #[derive(Default)]
 pub struct ExemplarAggregator {
     files: FileCache<Option<PartKey>>,
-    keys: HashMap<Box<str>, Option<PartKey>>,
+    keys: PartKeys,
+}
+
+/// Keys parsed before; the parts of one sample share its `ExemplarKey`.
+#[derive(Default)]
+struct PartKeys {
+    parsed: HashMap<Box<str>, Option<PartKey>>,
+    samples: FxHashSet<Arc<ExemplarKey>>,
+}
+
+impl PartKeys {
+    fn get(&mut self, raw: &str) -> Option<PartKey> {
+        if let Some(k) = self.parsed.get(raw) {
+            return k.clone();
+        }
+        if self.parsed.len() > MAX_CACHED_KEYS {
+            self.parsed.clear();
+            self.samples.clear();
+        }
+        let k = parse_part(raw).map(|k| match self.samples.get(&k.sample) {
+            Some(shared) => PartKey {
+                sample: Arc::clone(shared),
+                part: k.part,
+            },
+            None => {
+                self.samples.insert(Arc::clone(&k.sample));
+                k
+            }
+        });
+        self.parsed.insert(raw.into(), k.clone());
+        k
+    }
 }
 
 const MAX_CACHED_KEYS: usize = 1 << 18;
@@ -422,14 +456,14 @@ const MAX_CACHED_KEYS: usize = 1 << 18;
 /// three parts of one are written one after the other), and hands each
 /// exemplar on.
 struct PartReader<'a, F: FnMut(&Arc<ExemplarKey>, Parts)> {
-    keys: &'a mut HashMap<Box<str>, Option<PartKey>>,
+    keys: &'a mut PartKeys,
     current: Option<(Arc<ExemplarKey>, Parts)>,
     each: F,
     errors: u64,
 }
 
 impl<F: FnMut(&Arc<ExemplarKey>, Parts)> PartReader<'_, F> {
-    fn new(keys: &mut HashMap<Box<str>, Option<PartKey>>, each: F) -> PartReader<'_, F> {
+    fn new(keys: &mut PartKeys, each: F) -> PartReader<'_, F> {
         PartReader {
             keys,
             current: None,
@@ -448,15 +482,7 @@ impl<F: FnMut(&Arc<ExemplarKey>, Parts)> PartReader<'_, F> {
 
 impl<F: FnMut(&Arc<ExemplarKey>, Parts)> Visitor<Option<PartKey>> for PartReader<'_, F> {
     fn tag(&mut self, raw: &str) -> Option<PartKey> {
-        if self.keys.len() > MAX_CACHED_KEYS {
-            self.keys.clear();
-        }
-        if let Some(k) = self.keys.get(raw) {
-            return k.clone();
-        }
-        let k = parse_part(raw);
-        self.keys.insert(raw.into(), k.clone());
-        k
+        self.keys.get(raw)
     }
 
     fn visit(&mut self, k: &Option<PartKey>, value: f64, timestamp: f64) {
@@ -467,7 +493,7 @@ impl<F: FnMut(&Arc<ExemplarKey>, Parts)> Visitor<Option<PartKey>> for PartReader
         if self
             .current
             .as_ref()
-            .is_some_and(|(s, _)| !Arc::ptr_eq(s, &k.sample) && **s != *k.sample)
+            .is_some_and(|(s, _)| !Arc::ptr_eq(s, &k.sample))
         {
             self.finish();
         }
@@ -525,7 +551,7 @@ pub fn fold_into(archive: &mut MmapWriter, path: &Path) -> io::Result<()> {
         return Ok(());
     }
     let mut latest: Vec<(Arc<ExemplarKey>, Exemplar)> = Vec::new();
-    let mut keys = HashMap::new();
+    let mut keys = PartKeys::default();
     let mut reader = PartReader::new(&mut keys, |sample, parts| {
         if let Some(e) = parts.exemplar() {
             latest.push((Arc::clone(sample), e));
