@@ -8,12 +8,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use _core::archive::{worker_file_id, ArchiveCompactor};
+use _core::archive::ArchiveCompactor;
 use _core::exemplar::{ExemplarFile, HistogramExemplars, TraceParent};
 use _core::exposition::negotiate::Format;
 use _core::native_histogram::NativeFile;
 use _core::scrape::ScrapeSource;
-use _core::storage::{key::encode, MmapWriter};
+use _core::storage::{key::encode, names, MmapWriter};
 
 const COUNTER_SERIES: usize = 120;
 const HISTOGRAMS: usize = 5;
@@ -25,7 +25,7 @@ const BOUNDS: [&str; 15] = [
 /// Writes the files of one worker: 120 counter series and 5 histograms of
 /// 16 samples each, 200 series in all, in the slot `worker_id`.
 fn write_worker(dir: &Path, pid: u32, worker_id: u32) {
-    let id = worker_file_id(pid);
+    let id = names::worker_owner(pid);
     let wid = worker_id.to_string();
     let mut counters = MmapWriter::open(&dir.join(format!("counter_{id}.db"))).unwrap();
     for i in 0..COUNTER_SERIES {

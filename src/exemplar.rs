@@ -15,9 +15,9 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use crate::archive::worker_file_id;
 use crate::exposition::float::go_float;
 use crate::model::{Labels, Sample};
+use crate::storage::names;
 use crate::storage::reader::{read_entries, read_used};
 use crate::storage::{key, MmapWriter, ValueSlot};
 
@@ -158,19 +158,6 @@ impl ExemplarSlot {
 const PART_VALUE: &str = "value";
 const PART_TRACE: &str = "trace";
 const PART_SPAN: &str = "span";
-/// Suffix-sharing name of the exemplar files: `exemplar_worker<pid>.ndb`.
-pub const FILE_PREFIX: &str = "exemplar_";
-pub const ARCHIVE: &str = "exemplar_archive.ndb";
-
-/// The file of worker `pid`'s exemplars.
-pub fn file_name(pid: u32) -> String {
-    format!(
-        "{FILE_PREFIX}{}{}",
-        worker_file_id(pid),
-        crate::native_histogram::SUFFIX
-    )
-}
-
 /// A worker's exemplar file, shared by its series.
 pub struct ExemplarFile {
     pub writer: Mutex<MmapWriter>,
@@ -179,7 +166,7 @@ pub struct ExemplarFile {
 impl ExemplarFile {
     pub fn open(dir: &Path, pid: u32) -> io::Result<Arc<ExemplarFile>> {
         Ok(Arc::new(ExemplarFile {
-            writer: Mutex::new(MmapWriter::open(&dir.join(file_name(pid)))?),
+            writer: Mutex::new(MmapWriter::open(&dir.join(names::exemplar_file(pid)))?),
         }))
     }
 }
@@ -370,7 +357,7 @@ impl ExemplarAggregator {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if !name.starts_with(FILE_PREFIX) || !name.ends_with(crate::native_histogram::SUFFIX) {
+            if !names::is_exemplar_file(&name) {
                 continue;
             }
             match read_used(&dir.join(&name), &mut buf) {
@@ -495,11 +482,11 @@ mod tests {
         );
         assert_eq!(got[&key("1.0")].span_id, "00f067aa0ba902b7");
         assert_eq!(got.len(), 2);
-        let mut archive = MmapWriter::open(&d.join(ARCHIVE)).unwrap();
-        fold_into(&mut archive, &d.join(file_name(2))).unwrap();
-        fold_into(&mut archive, &d.join(file_name(1))).unwrap();
-        std::fs::remove_file(d.join(file_name(1))).unwrap();
-        std::fs::remove_file(d.join(file_name(2))).unwrap();
+        let mut archive = MmapWriter::open(&d.join(names::EXEMPLAR_ARCHIVE)).unwrap();
+        fold_into(&mut archive, &d.join(names::exemplar_file(2))).unwrap();
+        fold_into(&mut archive, &d.join(names::exemplar_file(1))).unwrap();
+        std::fs::remove_file(d.join(names::exemplar_file(1))).unwrap();
+        std::fs::remove_file(d.join(names::exemplar_file(2))).unwrap();
         let (after, _) = ExemplarAggregator::default().collect(d);
         assert_eq!(after, got);
     }

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use crate::model::Kind;
+use crate::storage::names;
 use crate::storage::{key, SeriesFile, ValueSlot};
 
 /// Why a worker was replaced (SPEC 3.2).
@@ -31,8 +33,9 @@ impl MasterMeter {
     /// Opens the master's files. Never fails: what cannot be recorded is
     /// counted as write errors, and Gunicorn starts all the same.
     pub fn open(dir: &Path, pid: u32, prefix: &str) -> MasterMeter {
-        let mut counters = SeriesFile::open(&dir.join(format!("counter_master{pid}.db")));
-        let mut gauges = SeriesFile::open(&dir.join(format!("gauge_livesum_master{pid}.db")));
+        let owner = names::master_owner(pid);
+        let mut counters = SeriesFile::open(&dir.join(names::db_file(Kind::Counter, &owner)));
+        let mut gauges = SeriesFile::open(&dir.join(names::live_gauge_file(&owner)));
         let mut counter = |name: &str, label: &str, value: &str, help: &str| {
             let metric = format!("{prefix}_{name}");
             counters.slot(&key::encode(

@@ -13,17 +13,19 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::archive::{worker_file_id, write_exit_note};
+use crate::archive::write_exit_note;
 use crate::clock::{monotonic_ns, monotonic_seconds, unix_seconds};
 use crate::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
 use crate::failures;
 use crate::histogram::{HistogramSlots, SIZE_BUCKETS};
 use crate::labels::{status_label, status_slot, Method, STATUS_SLOTS};
+use crate::model::Kind;
 use crate::native_histogram::{self, NativeFile, NativeSeries};
 use crate::process_stats;
 use crate::queue_time::{self, QUEUE_BUCKETS};
 use crate::route::{LabelValues, SeriesIndex};
-use crate::storage::{key, SeriesFile, ValueSlot};
+use crate::storage::names;
+use crate::storage::{key, running_clock, SeriesFile, ValueSlot};
 
 /// What a worker needs to open its files.
 #[derive(Debug, Clone)]
@@ -124,10 +126,10 @@ impl WorkerMeter {
     pub fn open(config: &MeterConfig) -> WorkerMeter {
         let dir = &config.directory;
         let pid = config.pid;
-        let id = worker_file_id(pid);
-        let mut counters = SeriesFile::open(&dir.join(format!("counter_{id}.db")));
-        let mut histograms = SeriesFile::open(&dir.join(format!("histogram_{id}.db")));
-        let mut gauges = SeriesFile::open(&dir.join(format!("gauge_livesum_{id}.db")));
+        let owner = names::worker_owner(pid);
+        let mut counters = SeriesFile::open(&dir.join(names::db_file(Kind::Counter, &owner)));
+        let mut histograms = SeriesFile::open(&dir.join(names::db_file(Kind::Histogram, &owner)));
+        let mut gauges = SeriesFile::open(&dir.join(names::live_gauge_file(&owner)));
         let p = &config.prefix;
         let worker_id = config.worker_id.to_string();
         let wl: &[(&str, &str)] = &[("worker_id", &worker_id)];
@@ -263,8 +265,7 @@ impl WorkerMeter {
         let mut now = monotonic_ns() & !FRESH_FROM_IDLE;
         let busy = &self.fixed.busy;
         if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
-            // The busy clock runs from now on: its timestamp is `settled - now`.
-            busy.set_timestamp(busy.get() - now as f64 / 1e9);
+            busy.set_timestamp(running_clock::encode(busy.get(), now as f64 / 1e9));
             let idle_since = self.signals.idle_since_ns.load(Ordering::Relaxed);
             if now.saturating_sub(idle_since) >= queue_time::IDLE_NS {
                 now |= FRESH_FROM_IDLE;
@@ -286,9 +287,13 @@ impl WorkerMeter {
                 .store(monotonic_ns(), Ordering::Relaxed);
             let busy = &self.fixed.busy;
             let anchor = busy.get_timestamp();
-            if anchor < 0.0 {
-                busy.set(busy.get().max(monotonic_seconds() + anchor));
-                busy.set_timestamp(0.0);
+            if running_clock::is_running(anchor) {
+                busy.set(running_clock::resolve(
+                    busy.get(),
+                    anchor,
+                    monotonic_seconds(),
+                ));
+                busy.set_timestamp(running_clock::STOPPED);
             }
         }
         if previous.is_ok() {

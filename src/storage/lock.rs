@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::names::LOCK_FILE;
 use super::open::{create_fresh, open_write};
-
-pub const LOCK_FILE: &str = ".lock";
 
 /// Between two attempts at a record lock held by another process.
 const RETRY_EVERY: Duration = Duration::from_millis(5);

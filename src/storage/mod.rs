@@ -2,8 +2,10 @@
 
 pub mod key;
 pub mod lock;
+pub mod names;
 pub mod open;
 pub mod reader;
+pub mod running_clock;
 pub mod writer;
 
 pub use reader::{read_entries, Entry, ReadError};
