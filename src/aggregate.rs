@@ -10,8 +10,8 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::exposition::float::go_float;
 use crate::model::{Family, Kind, Labels, Sample};
+use crate::storage::float::go_float;
 use crate::storage::key;
 use crate::storage::reader::{read_entries, read_used};
 

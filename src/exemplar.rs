@@ -15,8 +15,8 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use crate::exposition::float::go_float;
 use crate::model::{Labels, Sample};
+use crate::storage::float::go_float;
 use crate::storage::names;
 use crate::storage::reader::{read_entries, read_used};
 use crate::storage::{key, MmapWriter, ValueSlot};

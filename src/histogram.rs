@@ -1,7 +1,7 @@
 //! A histogram stored as prometheus_client stores one: a non-cumulative
 //! count per bucket (`le` label) and a `_sum`.
 
-use crate::exposition::float::go_float;
+use crate::storage::float::go_float;
 use crate::storage::{key, SeriesFile, ValueSlot};
 
 /// Prometheus's default duration buckets.

@@ -1,10 +1,10 @@
 //! OpenMetrics 1.0 text, as prometheus_client's openmetrics exposition writes it.
 
-use super::float::push_go_float;
 use super::names::push_metric_name;
 use super::text::push_labels;
 use crate::exemplar::{ExemplarKey, Exemplars};
 use crate::model::{Family, Kind, Sample};
+use crate::storage::float::push_go_float;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 

@@ -1,9 +1,9 @@
 //! The Prometheus text format 0.0.4, written as prometheus_client's
 //! `generate_latest` writes it.
 
-use super::float::push_go_float;
 use super::names::{push_label_name, push_metric_name};
 use crate::model::{Family, Kind};
+use crate::storage::float::push_go_float;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 

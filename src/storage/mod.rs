@@ -1,5 +1,6 @@
 //! Per-process files in prometheus_client's multiprocess format (`mmap_dict.py`).
 
+pub mod float;
 pub mod key;
 pub mod lock;
 pub mod names;
