@@ -297,6 +297,7 @@ impl Aggregator {
 }
 
 /// Reads `dir` once, with nothing remembered.
+#[cfg(test)]
 pub fn collect(dir: &Path, now_monotonic: f64) -> Collected {
     Aggregator::default().collect(dir, now_monotonic)
 }

@@ -70,7 +70,9 @@ pub type Exemplars = HashMap<ExemplarKey, Exemplar>;
 /// A W3C trace context (`traceparent`, version 00).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
+    /// The trace's 16-byte id.
     pub trace_id: u128,
+    /// The parent span's 8-byte id.
     pub span_id: u64,
 }
 
@@ -160,10 +162,11 @@ const PART_TRACE: &str = "trace";
 const PART_SPAN: &str = "span";
 /// A worker's exemplar file, shared by its series.
 pub struct ExemplarFile {
-    pub writer: Mutex<MmapWriter>,
+    pub(crate) writer: Mutex<MmapWriter>,
 }
 
 impl ExemplarFile {
+    /// Opens (creates) the exemplar file of worker `pid` in `dir`.
     pub fn open(dir: &Path, pid: u32) -> io::Result<Arc<ExemplarFile>> {
         Ok(Arc::new(ExemplarFile {
             writer: Mutex::new(MmapWriter::open(&dir.join(names::exemplar_file(pid)))?),
@@ -183,6 +186,8 @@ pub struct HistogramExemplars {
 }
 
 impl HistogramExemplars {
+    /// The exemplar slots of the histogram `family` with `labels` and bucket
+    /// `bounds` (`+Inf` added), in `file`; each slot is made on first use.
     pub fn new(
         file: &Arc<ExemplarFile>,
         family: &str,

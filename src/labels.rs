@@ -17,8 +17,6 @@ pub enum Method {
 }
 
 impl Method {
-    pub const COUNT: usize = 10;
-
     /// Parses an upper-case method name (as Gunicorn passes it).
     pub fn parse(name: &[u8]) -> Method {
         match name {

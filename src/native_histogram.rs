@@ -92,10 +92,6 @@ impl Schema {
         Schema { schema, bounds }
     }
 
-    pub fn schema(&self) -> i8 {
-        self.schema
-    }
-
     /// The index of the bucket holding `v` (> 0), as client_golang computes it.
     #[inline]
     pub fn index(&self, v: f64) -> i32 {

@@ -85,13 +85,6 @@ impl ScrapeSource {
         *self.bound_listeners.lock() = listeners;
     }
 
-    /// Every family this scrape serves.
-    pub fn families(&self) -> Vec<Family> {
-        let (families, from_directory, live_workers) = self.collect();
-        *self.last_read.lock() = (families[..from_directory].to_vec(), live_workers);
-        families
-    }
-
     /// Every family, how many of the first ones come from the directory, and
     /// the number of live workers.
     fn collect(&self) -> (Vec<Family>, usize, usize) {

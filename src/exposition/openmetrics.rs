@@ -21,14 +21,9 @@ fn push_help(out: &mut String, s: &str) {
     }
 }
 
-/// Appends the families and `# EOF`. `created` (Unix seconds) is written as
-/// `_created` of every counter, histogram and summary series that started
-/// counting then.
-pub fn encode(families: &[Family], created: Option<f64>, out: &mut String) {
-    encode_with_exemplars(families, created, None, out)
-}
-
-/// As `encode`, with each sample's exemplar (if any) after its value.
+/// Appends the families and `# EOF`, each sample's exemplar (if any) after
+/// its value. `created` (Unix seconds) is written as `_created` of every
+/// counter, histogram and summary series that started counting then.
 pub fn encode_with_exemplars(
     families: &[Family],
     created: Option<f64>,
@@ -112,7 +107,7 @@ mod tests {
         h.push("_count", vec![], 1.0);
         h.push("_sum", vec![], 0.5);
         let mut out = String::new();
-        encode(&[c, h], Some(100.0), &mut out);
+        encode_with_exemplars(&[c, h], Some(100.0), None, &mut out);
         assert_eq!(
             out,
             "# HELP req Requests \\\"seen\\\"\n# TYPE req counter\n\

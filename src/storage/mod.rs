@@ -9,7 +9,7 @@ pub mod reader;
 pub mod running_clock;
 pub mod writer;
 
-pub use reader::{read_entries, Entry, ReadError};
+pub use reader::{read_entries, ReadError};
 pub use writer::{MmapWriter, SeriesFile, ValueSlot};
 
 /// Bytes of the header: a 4-byte used length and 4 bytes of padding.

@@ -27,6 +27,7 @@ pub const LOCK_FILE: &str = ".lock";
 pub const OWNER_FILE: &str = ".owner";
 
 /// Prefix of every worker's live gauge file: one per live worker of this core.
+#[expect(dead_code, reason = "scrape.rs switches to it from its own copy")]
 pub const LIVE_WORKER_GAUGES_PREFIX: &str = "gauge_livesum_worker";
 /// Prefix of the native histogram files.
 pub const NATIVE_PREFIX: &str = "native_";
@@ -207,7 +208,6 @@ mod tests {
             live_gauge_file(&worker_owner(7)),
             "gauge_livesum_worker7.db"
         );
-        assert!(live_gauge_file(&worker_owner(7)).starts_with(LIVE_WORKER_GAUGES_PREFIX));
         assert_eq!(archive_file(Kind::Summary, None), "summary_archive.db");
         assert_eq!(
             archive_file(Kind::Gauge, Some(GaugeMode::MostRecent)),

@@ -199,6 +199,7 @@ impl MmapWriter {
         Ok(writer)
     }
 
+    /// The path the file was opened at.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -308,11 +309,6 @@ impl SeriesFile {
             path: path.to_owned(),
             writer,
         }
-    }
-
-    /// Whether the file could be opened.
-    pub fn is_recording(&self) -> bool {
-        self.writer.is_some()
     }
 
     /// The slot of `key`; a sink (and a counted write error) if it cannot be recorded.
