@@ -29,7 +29,10 @@ pub enum Takeover {
     /// Gunicorn's USR2: the owner is our parent, the old master, whose
     /// workers still write here. Nothing is cleared; the lock is ours once
     /// the old master exits.
-    Upgrade { from: u32 },
+    Upgrade {
+        /// The old master's pid.
+        from: u32,
+    },
 }
 
 /// Why the directory cannot be used.
@@ -37,8 +40,10 @@ pub enum Takeover {
 pub enum PrepareError {
     /// Another live master owns it.
     InUse {
+        /// Its pid.
         owner: u32,
     },
+    /// The directory could not be made, locked or cleared.
     Io(io::Error),
 }
 

@@ -28,6 +28,7 @@ pub struct Exemplar {
     pub trace_id: String,
     /// 16 lower-case hex digits.
     pub span_id: String,
+    /// The observed value.
     pub value: f64,
     /// Unix seconds.
     pub timestamp: f64,
@@ -48,11 +49,14 @@ impl Exemplar {
 /// the sample (`le` last for a bucket), in the sample's order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ExemplarKey {
+    /// The metric family's name.
     pub family: String,
+    /// Every label of the sample, in its order.
     pub labels: Labels,
 }
 
 impl ExemplarKey {
+    /// The key of `sample` of `family`.
     pub fn of(family: &str, sample: &Sample) -> ExemplarKey {
         ExemplarKey {
             family: family.to_owned(),

@@ -20,6 +20,7 @@ pub const SIZE_BUCKETS: [f64; 7] = [
     100_000_000.0,
 ];
 
+/// The value slots of one labelled histogram: its buckets and its sum.
 pub struct HistogramSlots {
     /// One per bound, then `+Inf`.
     buckets: Box<[ValueSlot]>,

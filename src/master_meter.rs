@@ -21,6 +21,7 @@ pub const MASTER_SIGNALS: [&str; 9] = [
     "hup", "ttin", "ttou", "usr1", "usr2", "winch", "int", "term", "quit",
 ];
 
+/// The master's own series: restarts by reason, signals, desired workers.
 pub struct MasterMeter {
     restarts: Vec<ValueSlot>,
     signals: Vec<ValueSlot>,
@@ -92,6 +93,7 @@ impl MasterMeter {
         Self::count(&self.signals, &MASTER_SIGNALS, name)
     }
 
+    /// Sets the number of workers the master is configured to run.
     pub fn set_desired(&self, workers: u32) {
         self.desired.set(workers as f64);
     }

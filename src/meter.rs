@@ -30,10 +30,15 @@ use crate::storage::{key, running_clock, SeriesFile, ValueSlot};
 /// What a worker needs to open its files.
 #[derive(Debug, Clone)]
 pub struct MeterConfig {
+    /// The multiprocess directory.
     pub directory: PathBuf,
+    /// This worker's pid: names its files.
     pub pid: u32,
+    /// This worker's slot: the `worker_id` label.
     pub worker_id: u32,
+    /// Prefix of every metric name.
     pub prefix: String,
+    /// Upper bounds of the request duration histogram, in seconds.
     pub duration_buckets: Vec<f64>,
     /// Cap on distinct routes, and on distinct error types, of this worker.
     pub max_label_values: usize,
@@ -74,6 +79,7 @@ struct WorkerSeries {
     uptime: ValueSlot,
 }
 
+/// One worker's series, recorded from its hot path.
 pub struct WorkerMeter {
     directory: PathBuf,
     pid: u32,

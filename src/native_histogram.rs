@@ -22,6 +22,7 @@ use crate::storage::{key, MmapWriter, ValueSlot};
 
 /// The environment variable that chooses the schema.
 pub const SCHEMA_VARIABLE: &str = "PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA";
+/// The schema when none is set: 8 buckets per power of two.
 pub const DEFAULT_SCHEMA: i8 = 3;
 /// The schemas Prometheus accepts for exponential buckets.
 pub const SCHEMAS: std::ops::RangeInclusive<i8> = -4..=8;
@@ -80,6 +81,7 @@ pub struct Schema {
 }
 
 impl Schema {
+    /// The layout of `schema` (one of `SCHEMAS`).
     pub fn new(schema: i8) -> Schema {
         let bounds = if schema > 0 {
             let n = 1u32 << schema;
@@ -232,7 +234,9 @@ impl NativeSeries {
 /// A native histogram merged across processes.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NativeBuckets {
+    /// The schema the buckets are counted in.
     pub schema: i8,
+    /// Observations in the zero bucket.
     pub zero_count: f64,
     /// Count per bucket index, not cumulative.
     pub positive: BTreeMap<i32, f64>,

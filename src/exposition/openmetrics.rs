@@ -8,6 +8,7 @@ use crate::storage::float::push_go_float;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
+/// Content-Type of an OpenMetrics body.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn push_help(out: &mut String, s: &str) {

@@ -5,6 +5,7 @@ use super::names::{push_label_name, push_metric_name};
 use crate::model::{Family, Kind};
 use crate::storage::float::push_go_float;
 
+/// Content-Type of a text 0.0.4 body.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn push_escaped(out: &mut String, s: &str, quote: bool) {

@@ -29,6 +29,7 @@ enum Guard {
     Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
 }
 
+/// The directory lock, held until dropped.
 pub struct DirectoryLock {
     // Field order: the record lock is released (file closed) before the guard.
     _file: File,
