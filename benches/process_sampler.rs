@@ -2,7 +2,7 @@
 //! as a worker's sampler takes it once a second.
 //!     cargo bench --bench process_sampler
 
-use _core::process_stats::own_process;
+use _core::bench::own_process;
 
 fn thread_cpu_seconds() -> f64 {
     let mut ts = libc::timespec {

@@ -8,12 +8,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use _core::archive::{worker_file_id, ArchiveCompactor};
-use _core::exemplar::{ExemplarFile, HistogramExemplars, TraceParent};
-use _core::exposition::negotiate::Format;
-use _core::native_histogram::NativeFile;
-use _core::scrape::ScrapeSource;
-use _core::storage::{key::encode, MmapWriter};
+use _core::bench::{
+    encode, worker_owner, ArchiveCompactor, ExemplarFile, Format, HistogramExemplars, MmapWriter,
+    NativeFile, Scrapes, TraceParent,
+};
 
 const COUNTER_SERIES: usize = 120;
 const HISTOGRAMS: usize = 5;
@@ -25,7 +23,7 @@ const BOUNDS: [&str; 15] = [
 /// Writes the files of one worker: 120 counter series and 5 histograms of
 /// 16 samples each, 200 series in all, in the slot `worker_id`.
 fn write_worker(dir: &Path, pid: u32, worker_id: u32) {
-    let id = worker_file_id(pid);
+    let id = worker_owner(pid);
     let wid = worker_id.to_string();
     let mut counters = MmapWriter::open(&dir.join(format!("counter_{id}.db"))).unwrap();
     for i in 0..COUNTER_SERIES {
@@ -85,7 +83,7 @@ fn median_ms(mut samples: Vec<f64>) -> f64 {
 }
 
 fn ours_ms(dir: &Path, scrapes: usize) -> (f64, usize) {
-    let source = ScrapeSource::new(dir.to_owned(), "gunicorn".into(), Vec::new(), None);
+    let source = Scrapes::new(dir.to_owned(), "gunicorn");
     let mut bytes = 0;
     let times = (0..scrapes)
         .map(|_| {
@@ -170,7 +168,7 @@ fn formats(scrapes: usize) {
         write_worker(dir.path(), slot, slot);
         write_worker_native(dir.path(), slot, slot);
     }
-    let source = ScrapeSource::new(dir.path().to_owned(), "gunicorn".into(), Vec::new(), None);
+    let source = Scrapes::new(dir.path().to_owned(), "gunicorn");
     println!();
     println!("scrape of {workers} live workers x 200 series, native buckets and exemplars on the 5 histograms (median of {scrapes})");
     println!("{:<14}{:>11}{:>10}", "format", "ms", "bytes");

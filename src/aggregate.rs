@@ -10,61 +10,13 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::exposition::float::go_float;
 use crate::model::{Family, Kind, Labels, Sample};
+use crate::storage::float::go_float;
 use crate::storage::incremental::{FileCache, Visitor};
 use crate::storage::key;
+use crate::storage::names::{DbName, GaugeMode, DB_SUFFIX};
+use crate::storage::running_clock;
 use crate::storage::ReadError;
-
-/// How a gauge merges across processes (from `gauge_<mode>_<pid>.db`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GaugeMode {
-    All,
-    Min,
-    Max,
-    Sum,
-    MostRecent,
-}
-
-impl GaugeMode {
-    fn parse(s: &str) -> Option<GaugeMode> {
-        Some(match s.strip_prefix("live").unwrap_or(s) {
-            "all" => GaugeMode::All,
-            "min" => GaugeMode::Min,
-            "max" => GaugeMode::Max,
-            "sum" => GaugeMode::Sum,
-            "mostrecent" => GaugeMode::MostRecent,
-            _ => return None,
-        })
-    }
-}
-
-/// A file name split into its parts.
-struct FileName<'a> {
-    kind: Kind,
-    mode: Option<GaugeMode>,
-    pid: &'a str,
-}
-
-fn parse_file_name(name: &str) -> Option<FileName<'_>> {
-    let stem = name.strip_suffix(".db")?;
-    let mut parts = stem.split('_');
-    let kind = Kind::from_file_prefix(parts.next()?)?;
-    if kind == Kind::Gauge {
-        let mode = GaugeMode::parse(parts.next()?)?;
-        Some(FileName {
-            kind,
-            mode: Some(mode),
-            pid: parts.next()?,
-        })
-    } else {
-        Some(FileName {
-            kind,
-            mode: None,
-            pid: parts.next().unwrap_or(""),
-        })
-    }
-}
 
 /// A label set shared by every key that has it; compared by identity.
 #[derive(Clone)]
@@ -278,7 +230,7 @@ impl Registry {
     }
 
     /// Where the entry `key` of `file` goes.
-    fn target(&mut self, file: &FileName<'_>, pid: &Option<Arc<str>>, key: &str) -> Option<Target> {
+    fn target(&mut self, file: &DbName<'_>, pid: &Option<Arc<str>>, key: &str) -> Option<Target> {
         let info = self.key(key)?;
         let (labels, bucket) = match (&info.le, file.kind) {
             (Some(Err(())), Kind::Histogram) => return None,
@@ -401,12 +353,12 @@ impl Aggregator {
         } = self;
         files.begin_pass();
         for name in names {
-            let Some(file) = parse_file_name(name) else {
+            let Some(file) = DbName::parse(name) else {
                 read_errors += 1;
                 continue;
             };
             let pid = (file.mode == Some(GaugeMode::All))
-                .then(|| intern_str(&mut registry.pids, file.pid));
+                .then(|| intern_str(&mut registry.pids, file.owner));
             let mut adder = Adder {
                 registry: &mut *registry,
                 accs: &mut *accs,
@@ -422,7 +374,7 @@ impl Aggregator {
             match error {
                 None => {}
                 // A live gauge file may be removed between listing and reading.
-                Some(ReadError::Io(_)) if name.starts_with("gauge_live") => {}
+                Some(ReadError::Io(_)) if file.live => {}
                 Some(_) => read_errors += 1,
             }
         }
@@ -472,7 +424,7 @@ impl Aggregator {
 struct Adder<'a> {
     registry: &'a mut Registry,
     accs: &'a mut Vec<Acc>,
-    file: &'a FileName<'a>,
+    file: &'a DbName<'a>,
     /// For a gauge file of mode `all`: its pid.
     pid: Option<Arc<str>>,
     pass: u32,
@@ -641,10 +593,9 @@ fn merge(
         }
         kind => {
             // A negative timestamp on a counter marks a running clock.
-            let value = if kind == Kind::Counter && ts < 0.0 {
-                value.max(now + ts)
-            } else {
-                value
+            let value = match kind {
+                Kind::Counter => running_clock::resolve(value, ts, now),
+                _ => value,
             };
             match present {
                 true => acc.value += value,
@@ -660,13 +611,14 @@ fn db_files(dir: &Path) -> Option<Vec<String>> {
         .ok()?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".db"))
+        .filter(|n| n.ends_with(DB_SUFFIX))
         .collect();
     names.sort();
     Some(names)
 }
 
 /// Reads `dir` once, with nothing remembered.
+#[cfg(test)]
 pub fn collect(dir: &Path, now_monotonic: f64) -> Collected {
     Aggregator::default().collect(dir, now_monotonic)
 }

@@ -17,9 +17,10 @@ use crate::exemplar;
 use crate::failures;
 use crate::native_histogram;
 use crate::storage::lock::DirectoryLock;
+use crate::storage::names::{self, DbName, GaugeMode};
 use crate::storage::open::{open_read, remove_entry};
 use crate::storage::reader::{read_entries, read_used};
-use crate::storage::MmapWriter;
+use crate::storage::{running_clock, MmapWriter};
 
 /// The longest a retire (in the arbiter, from `child_exit`) waits for the
 /// directory lock, or for a fold running in the background, before it defers.
@@ -35,7 +36,7 @@ static DEFERRAL_LOGGED: AtomicU32 = AtomicU32::new(0);
 
 /// Where a worker leaves the reason it exited, for the master to read.
 pub fn exit_note_path(dir: &Path, pid: u32) -> PathBuf {
-    dir.join(format!("exit_{pid}.note"))
+    dir.join(names::exit_note_file(pid))
 }
 
 /// Leaves `reason` as the exit note of `pid`: whatever has the note's name (a
@@ -54,65 +55,43 @@ fn take_exit_note(dir: &Path, pid: u32) -> Option<String> {
     read.ok().map(|_| note.trim().to_owned())
 }
 
-/// Names this core gives a worker's own files: `<type>_worker<pid>.db`, apart
-/// from the `<type>_<pid>.db` files prometheus_client writes in the same process.
-pub fn worker_file_id(pid: u32) -> String {
-    format!("worker{pid}")
-}
-
 /// What happens to one file of a process that exited.
 #[derive(Debug, PartialEq, Eq)]
 enum Fate {
-    /// Add every value into `<prefix>_archive.db`.
+    /// Add every value into `<kind>_archive.db`, stopping running clocks.
     Sum,
     /// Merge gauges into `gauge_<mode>_archive.db` as their mode merges.
-    Merge(&'static str),
+    Merge(GaugeMode),
     /// A live gauge: gone with its process.
     Drop,
     /// A gauge of mode `all`: prometheus_client keeps one series per pid.
     Keep,
 }
 
+/// What happens to the file `name`, and the archive it is folded into.
 fn fate(name: &str) -> Option<(Fate, String)> {
-    let stem = name.strip_suffix(".db")?;
-    let (kind, rest) = stem.split_once('_')?;
-    match kind {
-        "counter" | "histogram" | "summary" => Some((Fate::Sum, format!("{kind}_archive.db"))),
-        "gauge" => {
-            let mode = rest.split('_').next()?;
-            let fate = match mode {
-                m if m.starts_with("live") => Fate::Drop,
-                "all" => Fate::Keep,
-                "min" => Fate::Merge("min"),
-                "max" => Fate::Merge("max"),
-                "sum" => Fate::Merge("sum"),
-                "mostrecent" => Fate::Merge("mostrecent"),
-                _ => return None,
-            };
-            Some((fate, format!("gauge_{mode}_archive.db")))
-        }
-        _ => None,
-    }
+    let parsed = DbName::parse(name)?;
+    let fate = match parsed.mode {
+        None => Fate::Sum,
+        Some(_) if parsed.live => Fate::Drop,
+        Some(GaugeMode::All) => Fate::Keep,
+        Some(mode) => Fate::Merge(mode),
+    };
+    Some((fate, names::archive_file(parsed.kind, parsed.mode)))
 }
 
 /// The `*.db` files of `pid` in `dir` (prometheus_client's and this core's,
 /// a worker's or a master's: an old master's after a USR2 upgrade).
 fn files_of(dir: &Path, pid: u32) -> io::Result<Vec<String>> {
-    let ids = [pid.to_string(), worker_file_id(pid), format!("master{pid}")];
-    let mut names = Vec::new();
+    let owners = names::owners_of(pid);
+    let mut found = Vec::new();
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".db") else {
-            continue;
-        };
-        if ids
-            .iter()
-            .any(|id| stem.rsplit('_').next() == Some(id.as_str()))
-        {
-            names.push(name);
+        if names::owner_of(&name).is_some_and(|owner| owners.iter().any(|o| o == owner)) {
+            found.push(name);
         }
     }
-    Ok(names)
+    Ok(found)
 }
 
 /// What one pass over the pending folds did.
@@ -262,7 +241,7 @@ impl Archives {
     fn fold_pid(&mut self, dir: &Path, pid: u32) -> io::Result<()> {
         // A new worker with the same pid owns these names now: its own
         // retire folds them, old entries included.
-        let live = dir.join(format!("gauge_livesum_{}.db", worker_file_id(pid)));
+        let live = dir.join(names::live_gauge_file(&names::worker_owner(pid)));
         if fs::symlink_metadata(live).is_ok_and(|m| m.is_file()) {
             return Ok(());
         }
@@ -290,13 +269,13 @@ impl Archives {
         // Native histogram buckets and exemplars (`*.ndb`): their own archives.
         for (path, archive, fold_into) in [
             (
-                dir.join(native_histogram::file_name(pid)),
-                native_histogram::ARCHIVE,
+                dir.join(names::native_file(pid)),
+                names::NATIVE_ARCHIVE,
                 native_histogram::fold_into as fn(&mut MmapWriter, &Path) -> io::Result<()>,
             ),
             (
-                dir.join(exemplar::file_name(pid)),
-                exemplar::ARCHIVE,
+                dir.join(names::exemplar_file(pid)),
+                names::EXEMPLAR_ARCHIVE,
                 exemplar::fold_into,
             ),
         ] {
@@ -345,12 +324,12 @@ fn fold_file(w: &mut MmapWriter, fate: &Fate, data: &[u8]) -> io::Result<()> {
     for (e, (slot, is_new)) in entries.iter().zip(slots) {
         let (value, ts) = (e.value, e.timestamp);
         match fate {
-            // A negative timestamp marks a running clock: stop it at its current value.
-            Fate::Sum if ts < 0.0 => slot.add(value.max(now + ts)),
-            Fate::Sum | Fate::Merge("sum") => slot.add(value),
-            Fate::Merge("min") if is_new || value < slot.get() => slot.set(value),
-            Fate::Merge("max") if is_new || value > slot.get() => slot.set(value),
-            Fate::Merge("mostrecent") if is_new || ts > slot.get_timestamp() => {
+            // A running clock is stopped at its current value.
+            Fate::Sum => slot.add(running_clock::resolve(value, ts, now)),
+            Fate::Merge(GaugeMode::Sum) => slot.add(value),
+            Fate::Merge(GaugeMode::Min) if is_new || value < slot.get() => slot.set(value),
+            Fate::Merge(GaugeMode::Max) if is_new || value > slot.get() => slot.set(value),
+            Fate::Merge(GaugeMode::MostRecent) if is_new || ts > slot.get_timestamp() => {
                 slot.set(value);
                 slot.set_timestamp(ts);
             }
@@ -547,7 +526,7 @@ mod tests {
             0.0,
         );
         let (mut ready_r, mut ready_w) = std::os::unix::net::UnixStream::pair().unwrap();
-        let lock_path = d.join(crate::storage::lock::LOCK_FILE);
+        let lock_path = d.join(crate::storage::names::LOCK_FILE);
         fs::write(&lock_path, b"").unwrap();
         // SAFETY: the child takes a shared record lock, signals, sleeps and exits.
         let child = unsafe { libc::fork() };

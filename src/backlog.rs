@@ -11,9 +11,12 @@
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+/// One listener's accept queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog {
+    /// Connections waiting to be accepted.
     pub waiting: u32,
+    /// The queue's configured maximum.
     pub max: u32,
 }
 
@@ -131,6 +134,7 @@ mod unix_diag {
     const UNIX_DIAG_MSG: usize = 16;
     const TCP_LISTEN: u8 = 10;
 
+    /// The accept queue of the Unix socket listener `fd`, from sock_diag.
     pub fn of_listener(fd: RawFd) -> Option<Backlog> {
         // SAFETY: `stat` is plain integers, for which all-zero is valid.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -234,6 +238,7 @@ mod unix_diag {
 
 #[cfg(not(target_os = "linux"))]
 mod unix_diag {
+    /// No sock_diag outside Linux: unknown.
     pub fn of_listener(_fd: std::os::fd::RawFd) -> Option<super::Backlog> {
         None
     }

@@ -20,6 +20,7 @@ const CACHE_ENTRIES: usize = 64;
 /// HMAC-SHA256 of a credential under the process's own random key.
 type CacheTag = [u8; 32];
 
+/// The users of a web config and a cache of credentials already verified.
 pub struct BasicAuth {
     users: HashMap<String, String>,
     /// Verified for a user name that is not configured: same cost as the most
@@ -32,7 +33,9 @@ pub struct BasicAuth {
 
 /// The outcome of the cheap check.
 pub enum Check {
+    /// A credential verified before (cached).
     Allowed,
+    /// No credential, or not basic auth.
     Denied,
     /// Needs bcrypt: hand it to [`BasicAuth::verify`] off the serving thread.
     Verify(Credential),
@@ -68,6 +71,7 @@ impl BasicAuth {
         }
     }
 
+    /// Whether any user is configured (else every request is allowed).
     pub fn required(&self) -> bool {
         !self.users.is_empty()
     }
@@ -110,7 +114,8 @@ impl BasicAuth {
         ok
     }
 
-    /// Both steps at once, for tests and callers that may block.
+    /// Both steps at once, for tests.
+    #[cfg(test)]
     pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
         match self.check(authorization) {
             Check::Allowed => true,

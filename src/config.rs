@@ -11,20 +11,27 @@ use crate::route::DEFAULT_MAX_LABEL_VALUES;
 /// Largest cap on distinct label values per worker: route ids are 16-bit.
 pub const MAX_LABEL_VALUES: usize = 10_000;
 
+/// Port of the metrics server when none is set.
 pub const DEFAULT_PORT: u16 = 9091;
+/// Address of the metrics server when none is set: loopback only.
 pub const DEFAULT_BIND_ADDRESS: &str = "127.0.0.1";
+/// Prefix of every metric name when none is set.
 pub const DEFAULT_PREFIX: &str = "gunicorn";
 
+/// The exporter's settings, parsed from the environment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// `None`: a private directory is made for this master.
     pub directory: Option<PathBuf>,
     /// 0 disables the built-in server.
     pub port: u16,
+    /// Address the built-in server listens on.
     pub bind_address: IpAddr,
     /// TLS and basic auth (exporter-toolkit format).
     pub web_config_file: Option<PathBuf>,
+    /// Upper bounds of the request duration histogram, in seconds.
     pub duration_buckets: Vec<f64>,
+    /// Prefix of every metric name.
     pub prefix: String,
     /// Cap on distinct `route` and `error_type` values per worker.
     pub max_label_values: usize,

@@ -15,9 +15,8 @@ use std::path::Path;
 
 use parking_lot::Mutex;
 
+use crate::storage::names::{is_left_by_a_run, OWNER_FILE};
 use crate::storage::open::{create_fresh, is_own_file, open_write};
-
-pub const OWNER_FILE: &str = ".owner";
 
 /// The owner lock's file, kept open for the life of the process.
 static OWNER: Mutex<Option<File>> = Mutex::new(None);
@@ -30,7 +29,10 @@ pub enum Takeover {
     /// Gunicorn's USR2: the owner is our parent, the old master, whose
     /// workers still write here. Nothing is cleared; the lock is ours once
     /// the old master exits.
-    Upgrade { from: u32 },
+    Upgrade {
+        /// The old master's pid.
+        from: u32,
+    },
 }
 
 /// Why the directory cannot be used.
@@ -38,8 +40,10 @@ pub enum Takeover {
 pub enum PrepareError {
     /// Another live master owns it.
     InUse {
+        /// Its pid.
         owner: u32,
     },
+    /// The directory could not be made, locked or cleared.
     Io(io::Error),
 }
 
@@ -153,8 +157,7 @@ fn clear(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = name.ends_with(".db") || name.ends_with(".ndb") || name.ends_with(".note");
-        if ours && !entry.file_type()?.is_dir() {
+        if is_left_by_a_run(&name) && !entry.file_type()?.is_dir() {
             crate::storage::open::remove_entry(&entry.path())?;
         }
     }

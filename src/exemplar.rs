@@ -17,10 +17,10 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
-use crate::archive::worker_file_id;
-use crate::exposition::float::go_float;
 use crate::model::{Labels, Sample};
+use crate::storage::float::go_float;
 use crate::storage::incremental::{FileCache, Visitor};
+use crate::storage::names;
 use crate::storage::reader::{read_entries, read_used};
 use crate::storage::ReadError;
 use crate::storage::{key, MmapWriter, ValueSlot};
@@ -32,6 +32,7 @@ pub struct Exemplar {
     pub trace_id: String,
     /// 16 lower-case hex digits.
     pub span_id: String,
+    /// The observed value.
     pub value: f64,
     /// Unix seconds.
     pub timestamp: f64,
@@ -52,7 +53,9 @@ impl Exemplar {
 /// the sample (`le` last for a bucket), in the sample's order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ExemplarKey {
+    /// The metric family's name.
     pub family: String,
+    /// Every label of the sample, in its order.
     pub labels: Labels,
 }
 
@@ -60,16 +63,6 @@ impl ExemplarKey {
     /// Its labels as string pairs, in the sample's order.
     pub fn label_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
-    pub fn of(family: &str, sample: &Sample) -> ExemplarKey {
-        ExemplarKey {
-            family: family.to_owned(),
-            labels: sample
-                .label_pairs()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        }
     }
 }
 
@@ -117,6 +110,7 @@ impl Exemplars {
     }
 
     /// The exemplar stored under `key`.
+    #[cfg(test)]
     pub fn get_key(&self, key: &ExemplarKey) -> Option<&Exemplar> {
         self.find(&key.family, || key.label_pairs())
     }
@@ -157,25 +151,24 @@ impl Exemplars {
         }
     }
 
+    /// How many samples have an exemplar.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_hash.values().map(Vec::len).sum()
+    }
+
     /// Whether some sample of `family` has an exemplar.
     pub fn has_family(&self, family: &str) -> bool {
         self.families.contains(family)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.families.is_empty()
-    }
-
-    /// How many samples have an exemplar.
-    pub fn len(&self) -> usize {
-        self.by_hash.values().map(Vec::len).sum()
     }
 }
 
 /// A W3C trace context (`traceparent`, version 00).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
+    /// The trace's 16-byte id.
     pub trace_id: u128,
+    /// The parent span's 8-byte id.
     pub span_id: u64,
 }
 
@@ -263,28 +256,16 @@ impl ExemplarSlot {
 const PART_VALUE: &str = "value";
 const PART_TRACE: &str = "trace";
 const PART_SPAN: &str = "span";
-/// Suffix-sharing name of the exemplar files: `exemplar_worker<pid>.ndb`.
-pub const FILE_PREFIX: &str = "exemplar_";
-pub const ARCHIVE: &str = "exemplar_archive.ndb";
-
-/// The file of worker `pid`'s exemplars.
-pub fn file_name(pid: u32) -> String {
-    format!(
-        "{FILE_PREFIX}{}{}",
-        worker_file_id(pid),
-        crate::native_histogram::SUFFIX
-    )
-}
-
 /// A worker's exemplar file, shared by its series.
 pub struct ExemplarFile {
-    pub writer: Mutex<MmapWriter>,
+    pub(crate) writer: Mutex<MmapWriter>,
 }
 
 impl ExemplarFile {
+    /// Opens (creates) the exemplar file of worker `pid` in `dir`.
     pub fn open(dir: &Path, pid: u32) -> io::Result<Arc<ExemplarFile>> {
         Ok(Arc::new(ExemplarFile {
-            writer: Mutex::new(MmapWriter::open(&dir.join(file_name(pid)))?),
+            writer: Mutex::new(MmapWriter::open(&dir.join(names::exemplar_file(pid)))?),
         }))
     }
 }
@@ -301,6 +282,8 @@ pub struct HistogramExemplars {
 }
 
 impl HistogramExemplars {
+    /// The exemplar slots of the histogram `family` with `labels` and bucket
+    /// `bounds` (`+Inf` added), in `file`; each slot is made on first use.
     pub fn new(
         file: &Arc<ExemplarFile>,
         family: &str,
@@ -523,7 +506,7 @@ impl ExemplarAggregator {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if !name.starts_with(FILE_PREFIX) || !name.ends_with(crate::native_histogram::SUFFIX) {
+            if !names::is_exemplar_file(&name) {
                 continue;
             }
             let mut reader = PartReader::new(&mut self.keys, |sample, parts| {
@@ -655,11 +638,11 @@ mod tests {
             "00f067aa0ba902b7"
         );
         assert_eq!(got.len(), 2);
-        let mut archive = MmapWriter::open(&d.join(ARCHIVE)).unwrap();
-        fold_into(&mut archive, &d.join(file_name(2))).unwrap();
-        fold_into(&mut archive, &d.join(file_name(1))).unwrap();
-        std::fs::remove_file(d.join(file_name(1))).unwrap();
-        std::fs::remove_file(d.join(file_name(2))).unwrap();
+        let mut archive = MmapWriter::open(&d.join(names::EXEMPLAR_ARCHIVE)).unwrap();
+        fold_into(&mut archive, &d.join(names::exemplar_file(2))).unwrap();
+        fold_into(&mut archive, &d.join(names::exemplar_file(1))).unwrap();
+        std::fs::remove_file(d.join(names::exemplar_file(1))).unwrap();
+        std::fs::remove_file(d.join(names::exemplar_file(2))).unwrap();
         let (after, _) = ExemplarAggregator::default().collect(d);
         assert_eq!(after, got);
     }

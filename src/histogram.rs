@@ -1,7 +1,7 @@
 //! A histogram stored as prometheus_client stores one: a non-cumulative
 //! count per bucket (`le` label) and a `_sum`.
 
-use crate::exposition::float::go_float;
+use crate::storage::float::go_float;
 use crate::storage::{key, SeriesFile, ValueSlot};
 
 /// Prometheus's default duration buckets.
@@ -20,6 +20,7 @@ pub const SIZE_BUCKETS: [f64; 7] = [
     100_000_000.0,
 ];
 
+/// The value slots of one labelled histogram: its buckets and its sum.
 pub struct HistogramSlots {
     /// One per bound, then `+Inf`.
     buckets: Box<[ValueSlot]>,

@@ -4,21 +4,29 @@
 /// client cannot create series at will.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
+    /// `GET`.
     Get,
+    /// `HEAD`.
     Head,
+    /// `POST`.
     Post,
+    /// `PUT`.
     Put,
+    /// `DELETE`.
     Delete,
+    /// `CONNECT`.
     Connect,
+    /// `OPTIONS`.
     Options,
+    /// `TRACE`.
     Trace,
+    /// `PATCH`.
     Patch,
+    /// Any other method: label value `other`.
     Other,
 }
 
 impl Method {
-    pub const COUNT: usize = 10;
-
     /// Parses an upper-case method name (as Gunicorn passes it).
     pub fn parse(name: &[u8]) -> Method {
         match name {
@@ -35,6 +43,7 @@ impl Method {
         }
     }
 
+    /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",
@@ -50,6 +59,7 @@ impl Method {
         }
     }
 
+    /// A dense index, for tables with one entry per method.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -68,6 +78,7 @@ pub fn status_slot(code: u16) -> usize {
     }
 }
 
+/// The `status` label value of a slot: the code, or `other`.
 pub fn status_label(slot: usize) -> String {
     if slot == STATUS_SLOTS - 1 {
         "other".to_owned()

@@ -1,30 +1,34 @@
 //! Rust core of gunicorn-prometheus-exporter. This file only assembles the
-//! modules; `python` is the compiled module's face.
+//! modules; `python` is the compiled module's face, and `bench` what the
+//! benches drive. Every other module is private to the crate.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
 
-pub mod aggregate;
-pub mod archive;
-pub mod backlog;
-pub mod basic_auth;
-pub mod clock;
-pub mod config;
-pub mod directory;
-pub mod exemplar;
-pub mod exposition;
-pub mod failures;
-pub mod histogram;
-pub mod labels;
-pub mod master_meter;
-pub mod meter;
-pub mod model;
-pub mod native_histogram;
-pub mod process_stats;
-pub mod queue_time;
-pub mod route;
-pub mod scrape;
-pub mod server;
-pub mod storage;
-pub mod web_config;
+mod aggregate;
+mod archive;
+mod backlog;
+mod basic_auth;
+mod clock;
+mod config;
+mod directory;
+mod exemplar;
+mod exposition;
+mod failures;
+mod histogram;
+mod labels;
+mod master_meter;
+mod meter;
+mod model;
+mod native_histogram;
+mod process_stats;
+mod queue_time;
+mod route;
+mod scrape;
+mod server;
+mod storage;
+mod web_config;
 
 mod python;
+
+pub mod bench;

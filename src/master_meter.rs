@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use crate::model::Kind;
+use crate::storage::names;
 use crate::storage::{key, SeriesFile, ValueSlot};
 
 /// Why a worker was replaced (SPEC 3.2).
@@ -19,6 +21,7 @@ pub const MASTER_SIGNALS: [&str; 9] = [
     "hup", "ttin", "ttou", "usr1", "usr2", "winch", "int", "term", "quit",
 ];
 
+/// The master's own series: restarts by reason, signals, desired workers.
 pub struct MasterMeter {
     restarts: Vec<ValueSlot>,
     signals: Vec<ValueSlot>,
@@ -31,8 +34,9 @@ impl MasterMeter {
     /// Opens the master's files. Never fails: what cannot be recorded is
     /// counted as write errors, and Gunicorn starts all the same.
     pub fn open(dir: &Path, pid: u32, prefix: &str) -> MasterMeter {
-        let mut counters = SeriesFile::open(&dir.join(format!("counter_master{pid}.db")));
-        let mut gauges = SeriesFile::open(&dir.join(format!("gauge_livesum_master{pid}.db")));
+        let owner = names::master_owner(pid);
+        let mut counters = SeriesFile::open(&dir.join(names::db_file(Kind::Counter, &owner)));
+        let mut gauges = SeriesFile::open(&dir.join(names::live_gauge_file(&owner)));
         let mut counter = |name: &str, label: &str, value: &str, help: &str| {
             let metric = format!("{prefix}_{name}");
             counters.slot(&key::encode(
@@ -89,6 +93,7 @@ impl MasterMeter {
         Self::count(&self.signals, &MASTER_SIGNALS, name)
     }
 
+    /// Sets the number of workers the master is configured to run.
     pub fn set_desired(&self, workers: u32) {
         self.desired.set(workers as f64);
     }

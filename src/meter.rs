@@ -6,32 +6,39 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::archive::{worker_file_id, write_exit_note};
+use crate::archive::write_exit_note;
 use crate::clock::{monotonic_ns, monotonic_seconds, unix_seconds};
 use crate::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
 use crate::failures;
 use crate::histogram::{HistogramSlots, SIZE_BUCKETS};
 use crate::labels::{status_label, status_slot, Method, STATUS_SLOTS};
+use crate::model::Kind;
 use crate::native_histogram::{self, NativeFile, NativeSeries};
 use crate::process_stats;
 use crate::queue_time::{self, QUEUE_BUCKETS};
 use crate::route::{LabelValues, SeriesIndex};
-use crate::storage::{key, SeriesFile, ValueSlot};
+use crate::storage::names;
+use crate::storage::{key, running_clock, SeriesFile, ValueSlot};
 
 /// What a worker needs to open its files.
 #[derive(Debug, Clone)]
 pub struct MeterConfig {
+    /// The multiprocess directory.
     pub directory: PathBuf,
+    /// This worker's pid: names its files.
     pub pid: u32,
+    /// This worker's slot: the `worker_id` label.
     pub worker_id: u32,
+    /// Prefix of every metric name.
     pub prefix: String,
+    /// Upper bounds of the request duration histogram, in seconds.
     pub duration_buckets: Vec<f64>,
     /// Cap on distinct routes, and on distinct error types, of this worker.
     pub max_label_values: usize,
@@ -72,6 +79,7 @@ struct WorkerSeries {
     uptime: ValueSlot,
 }
 
+/// One worker's series, recorded from its hot path.
 pub struct WorkerMeter {
     directory: PathBuf,
     pid: u32,
@@ -117,98 +125,112 @@ struct Signals {
     overflows: Mutex<HashMap<&'static str, ValueSlot>>,
 }
 
-impl WorkerMeter {
-    /// Opens the worker's files. Never fails: what cannot be recorded (no
-    /// space, no inodes, no permission) is counted as write errors and the
-    /// worker serves as usual.
-    pub fn open(config: &MeterConfig) -> WorkerMeter {
-        let dir = &config.directory;
-        let pid = config.pid;
-        let id = worker_file_id(pid);
-        let mut counters = SeriesFile::open(&dir.join(format!("counter_{id}.db")));
-        let mut histograms = SeriesFile::open(&dir.join(format!("histogram_{id}.db")));
-        let mut gauges = SeriesFile::open(&dir.join(format!("gauge_livesum_{id}.db")));
-        let p = &config.prefix;
-        let worker_id = config.worker_id.to_string();
-        let wl: &[(&str, &str)] = &[("worker_id", &worker_id)];
-        let mut counter = |name: &str, help: &str| {
-            counters.slot(&key::encode(
-                &format!("{p}_{name}"),
-                &format!("{p}_{name}_total"),
-                wl,
-                help,
-            ))
-        };
-        let busy = counter(
+/// Opens the worker's counters and histograms (`<kind>_worker<pid>.db`) and
+/// its live gauges (`gauge_livesum_worker<pid>.db`).
+fn open_files(dir: &Path, pid: u32) -> (Files, SeriesFile) {
+    let owner = names::worker_owner(pid);
+    let files = Files {
+        counters: SeriesFile::open(&dir.join(names::db_file(Kind::Counter, &owner))),
+        histograms: SeriesFile::open(&dir.join(names::db_file(Kind::Histogram, &owner))),
+    };
+    let gauges = SeriesFile::open(&dir.join(names::live_gauge_file(&owner)));
+    (files, gauges)
+}
+
+/// Native histograms are an extra: a file that cannot be opened only disables them.
+fn open_native(dir: &Path, pid: u32) -> Option<Arc<NativeFile>> {
+    native_histogram::schema_from_env().and_then(|schema| NativeFile::open(dir, pid, schema).ok())
+}
+
+/// Makes the series a worker has from the start: named `<prefix>_<name>`,
+/// labelled with its worker_id.
+struct FixedSeries<'a> {
+    prefix: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+}
+
+impl FixedSeries<'_> {
+    fn counter(&self, counters: &mut SeriesFile, name: &str, help: &str) -> ValueSlot {
+        let p = self.prefix;
+        counters.slot(&key::encode(
+            &format!("{p}_{name}"),
+            &format!("{p}_{name}_total"),
+            self.labels,
+            help,
+        ))
+    }
+
+    fn gauge(&self, gauges: &mut SeriesFile, name: &str, help: &str) -> ValueSlot {
+        let name = format!("{}_{name}", self.prefix);
+        gauges.slot(&key::encode(&name, &name, self.labels, help))
+    }
+
+    fn histogram(
+        &self,
+        histograms: &mut SeriesFile,
+        name: &str,
+        help: &str,
+        bounds: &[f64],
+    ) -> HistogramSlots {
+        let name = format!("{}_{name}", self.prefix);
+        HistogramSlots::open(histograms, &name, help, self.labels, bounds)
+    }
+}
+
+impl WorkerSeries {
+    /// The per-process series; sets the worker's start time.
+    fn open(series: &FixedSeries, files: &mut Files, gauges: &mut SeriesFile) -> WorkerSeries {
+        let counters = &mut files.counters;
+        let histograms = &mut files.histograms;
+        let busy = series.counter(
+            counters,
             "worker_busy_seconds",
             "Wall time this worker spent handling requests.",
         );
-        let cpu_seconds = counter(
+        let cpu_seconds = series.counter(
+            counters,
             "worker_cpu_seconds",
             "CPU time used by this worker process.",
         );
-        let mut gauge = |name: &str, help: &str| {
-            let name = format!("{p}_{name}");
-            gauges.slot(&key::encode(&name, &name, wl, help))
-        };
-        let in_flight = gauge(
+        let in_flight = series.gauge(
+            gauges,
             "worker_requests_in_flight",
             "Requests this worker is handling now.",
         );
-        let memory = gauge(
+        let memory = series.gauge(
+            gauges,
             "worker_memory_bytes",
             "Resident set size of this worker process.",
         );
-        let cpu_percent = gauge(
+        let cpu_percent = series.gauge(
+            gauges,
             "worker_cpu_percent",
             "CPU use of this worker over the last sampling interval.",
         );
-        let uptime = gauge(
+        let uptime = series.gauge(
+            gauges,
             "worker_uptime_seconds",
             "Seconds since this worker process started.",
         );
-        let start_time = gauge(
+        let start_time = series.gauge(
+            gauges,
             "worker_start_time_seconds",
             "Start time of this worker process since the Unix epoch.",
         );
         start_time.set(unix_seconds());
-        let request_size = HistogramSlots::open(
-            &mut histograms,
-            &format!("{p}_worker_request_size_bytes"),
+        let request_size = series.histogram(
+            histograms,
+            "worker_request_size_bytes",
             "Size of request bodies (Content-Length).",
-            wl,
             &SIZE_BUCKETS,
         );
-        let response_size = HistogramSlots::open(
-            &mut histograms,
-            &format!("{p}_worker_response_size_bytes"),
+        let response_size = series.histogram(
+            histograms,
+            "worker_response_size_bytes",
             "Size of response bodies sent.",
-            wl,
             &SIZE_BUCKETS,
         );
-        let concurrency = gauge(
-            "worker_concurrency",
-            "Requests this worker can serve at once.",
-        );
-        let queue = HistogramSlots::open(
-            &mut histograms,
-            &format!("{p}_worker_request_queue_seconds"),
-            "Time a request waited before this worker picked it up.",
-            wl,
-            &QUEUE_BUCKETS,
-        );
-        let signals = Signals {
-            queue,
-            concurrency,
-            routes: LabelValues::new(config.max_label_values),
-            error_types: LabelValues::new(config.max_label_values),
-            kernel_wait: AtomicBool::new(true),
-            idle_since_ns: AtomicU64::new(0),
-            probed_ns: AtomicU64::new(0),
-            timeouts: Mutex::new(HashMap::new()),
-            overflows: Mutex::new(HashMap::new()),
-        };
-        let fixed = WorkerSeries {
+        WorkerSeries {
             in_flight,
             busy,
             request_size,
@@ -217,29 +239,75 @@ impl WorkerMeter {
             cpu_percent,
             cpu_seconds,
             uptime,
+        }
+    }
+}
+
+impl Signals {
+    /// The operators' signals: concurrency and queue time series, and caps
+    /// of `max_label_values` routes and error types.
+    fn open(
+        series: &FixedSeries,
+        files: &mut Files,
+        gauges: &mut SeriesFile,
+        max_label_values: usize,
+    ) -> Signals {
+        let concurrency = series.gauge(
+            gauges,
+            "worker_concurrency",
+            "Requests this worker can serve at once.",
+        );
+        let queue = series.histogram(
+            &mut files.histograms,
+            "worker_request_queue_seconds",
+            "Time a request waited before this worker picked it up.",
+            &QUEUE_BUCKETS,
+        );
+        Signals {
+            queue,
+            concurrency,
+            routes: LabelValues::new(max_label_values),
+            error_types: LabelValues::new(max_label_values),
+            kernel_wait: AtomicBool::new(true),
+            idle_since_ns: AtomicU64::new(0),
+            probed_ns: AtomicU64::new(0),
+            timeouts: Mutex::new(HashMap::new()),
+            overflows: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl WorkerMeter {
+    /// Opens the worker's files. Never fails: what cannot be recorded (no
+    /// space, no inodes, no permission) is counted as write errors and the
+    /// worker serves as usual.
+    pub fn open(config: &MeterConfig) -> WorkerMeter {
+        let dir = &config.directory;
+        let pid = config.pid;
+        let (mut files, mut gauges) = open_files(dir, pid);
+        let worker_id = config.worker_id.to_string();
+        let series = FixedSeries {
+            prefix: &config.prefix,
+            labels: &[("worker_id", &worker_id)],
         };
-        let requests = SeriesIndex::with_capacity(REQUEST_SERIES_CAPACITY);
+        let fixed = WorkerSeries::open(&series, &mut files, &mut gauges);
+        let signals = Signals::open(&series, &mut files, &mut gauges, config.max_label_values);
         let meter = WorkerMeter {
             directory: dir.clone(),
             pid,
             prefix: config.prefix.clone(),
             worker_id,
             duration_bounds: config.duration_buckets.clone().into_boxed_slice(),
-            files: Mutex::new(Files {
-                counters,
-                histograms,
-            }),
+            files: Mutex::new(files),
             _gauges: gauges,
             fixed,
-            requests,
+            requests: SeriesIndex::with_capacity(REQUEST_SERIES_CAPACITY),
             failures: Mutex::new(HashMap::new()),
             signals,
             in_flight: AtomicU64::new(0),
             started_monotonic: monotonic_seconds(),
             last_cpu: Mutex::new((monotonic_seconds(), 0.0)),
-            // Native histograms are an extra: a file that cannot be opened only disables them.
-            native: native_histogram::schema_from_env()
-                .and_then(|schema| NativeFile::open(dir, pid, schema).ok()),
+            native: open_native(dir, pid),
             exemplars: ExemplarFile::open(dir, pid).ok(),
             failure_exemplars: Mutex::new(HashMap::new()),
         };
@@ -263,8 +331,7 @@ impl WorkerMeter {
         let mut now = monotonic_ns() & !FRESH_FROM_IDLE;
         let busy = &self.fixed.busy;
         if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
-            // The busy clock runs from now on: its timestamp is `settled - now`.
-            busy.set_timestamp(busy.get() - now as f64 / 1e9);
+            busy.set_timestamp(running_clock::encode(busy.get(), now as f64 / 1e9));
             let idle_since = self.signals.idle_since_ns.load(Ordering::Relaxed);
             if now.saturating_sub(idle_since) >= queue_time::IDLE_NS {
                 now |= FRESH_FROM_IDLE;
@@ -286,9 +353,13 @@ impl WorkerMeter {
                 .store(monotonic_ns(), Ordering::Relaxed);
             let busy = &self.fixed.busy;
             let anchor = busy.get_timestamp();
-            if anchor < 0.0 {
-                busy.set(busy.get().max(monotonic_seconds() + anchor));
-                busy.set_timestamp(0.0);
+            if running_clock::is_running(anchor) {
+                busy.set(running_clock::resolve(
+                    busy.get(),
+                    anchor,
+                    monotonic_seconds(),
+                ));
+                busy.set_timestamp(running_clock::STOPPED);
             }
         }
         if previous.is_ok() {

@@ -3,13 +3,18 @@
 /// The type of a family, as named in multiprocess file names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
+    /// A counter (`_total`).
     Counter,
+    /// A gauge, merged across processes by its mode.
     Gauge,
+    /// A histogram (`_bucket`, `_sum`, `_count`).
     Histogram,
+    /// A summary (`_sum`, `_count`).
     Summary,
 }
 
 impl Kind {
+    /// The kind a file name starts with (`counter_…`).
     pub fn from_file_prefix(s: &str) -> Option<Kind> {
         match s {
             "counter" => Some(Kind::Counter),
@@ -20,6 +25,7 @@ impl Kind {
         }
     }
 
+    /// The kind as file names and `# TYPE` lines spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
@@ -42,8 +48,11 @@ pub type Labels = Vec<(String, String)>;
 pub struct Sample {
     /// Full sample name, suffix included (`x_total`, `x_bucket`, ...).
     pub name: Arc<str>,
+    /// The series' labels.
     pub labels: Arc<Labels>,
+    /// `le` of a bucket or `pid` of a gauge of mode `all`.
     pub extra: Option<(&'static str, Arc<str>)>,
+    /// The value.
     pub value: f64,
 }
 
@@ -61,13 +70,18 @@ impl Sample {
 /// A family: for counters `name` has no `_total`, as in prometheus_client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Family {
+    /// The family's name.
     pub name: String,
+    /// Its help text.
     pub help: String,
+    /// Its type.
     pub kind: Kind,
+    /// Its samples, in exposition order.
     pub samples: Vec<Sample>,
 }
 
 impl Family {
+    /// A family without samples.
     pub fn new(name: impl Into<String>, help: impl Into<String>, kind: Kind) -> Self {
         Family {
             name: name.into(),

@@ -15,24 +15,21 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use crate::archive::worker_file_id;
 use crate::model::Labels;
 use crate::storage::incremental::{FileCache, Visitor};
+use crate::storage::names;
 use crate::storage::reader::{read_entries, read_used};
 use crate::storage::ReadError;
 use crate::storage::{key, MmapWriter, ValueSlot};
 
 /// The environment variable that chooses the schema.
 pub const SCHEMA_VARIABLE: &str = "PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA";
+/// The schema when none is set: 8 buckets per power of two.
 pub const DEFAULT_SCHEMA: i8 = 3;
 /// The schemas Prometheus accepts for exponential buckets.
 pub const SCHEMAS: std::ops::RangeInclusive<i8> = -4..=8;
 /// Width of the zero bucket, as the Go client's default (2^-128).
 pub const ZERO_THRESHOLD: f64 = 2.938735877055719e-39;
-/// The archive that dead workers' buckets are summed into.
-pub const ARCHIVE: &str = "native_archive.ndb";
-/// Suffix of the native histogram files.
-pub const SUFFIX: &str = ".ndb";
 
 const SCHEMA_LABEL: &str = "__schema";
 const BUCKET_LABEL: &str = "__bucket";
@@ -41,11 +38,6 @@ const BUCKET_LABEL: &str = "__bucket";
 /// every time (rare: a request slower than 17 minutes).
 const LOWEST_EXP: i32 = -20;
 const HIGHEST_EXP: i32 = 10;
-
-/// The file of a worker's native buckets.
-pub fn file_name(pid: u32) -> String {
-    format!("native_{}{SUFFIX}", worker_file_id(pid))
-}
 
 /// The schema of `PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA` (validated at start-up
 /// by `config`; here a bad value disables native histograms).
@@ -91,6 +83,7 @@ pub struct Schema {
 }
 
 impl Schema {
+    /// The layout of `schema` (one of `SCHEMAS`).
     pub fn new(schema: i8) -> Schema {
         let bounds = if schema > 0 {
             let n = 1u32 << schema;
@@ -101,10 +94,6 @@ impl Schema {
             Box::default()
         };
         Schema { schema, bounds }
-    }
-
-    pub fn schema(&self) -> i8 {
-        self.schema
     }
 
     /// The index of the bucket holding `v` (> 0), as client_golang computes it.
@@ -139,7 +128,7 @@ pub struct NativeFile {
 impl NativeFile {
     /// Opens (creates) the file of worker `pid` in `dir`.
     pub fn open(dir: &Path, pid: u32, schema: i8) -> io::Result<Arc<NativeFile>> {
-        let writer = MmapWriter::open(&dir.join(file_name(pid)))?;
+        let writer = MmapWriter::open(&dir.join(names::native_file(pid)))?;
         let schema = Schema::new(schema);
         let lowest = schema.index(2f64.powi(LOWEST_EXP) * 1.0000001);
         let highest = schema.index(2f64.powi(HIGHEST_EXP));
@@ -247,7 +236,9 @@ impl NativeSeries {
 /// A native histogram merged across processes.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NativeBuckets {
+    /// The schema the buckets are counted in.
     pub schema: i8,
+    /// Observations in the zero bucket.
     pub zero_count: f64,
     /// Count per bucket index, not cumulative.
     pub positive: BTreeMap<i32, f64>,
@@ -456,7 +447,7 @@ impl NativeAggregator {
         };
         let mut names: Vec<String> = listing
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with("native_") && n.ends_with(SUFFIX))
+            .filter(|n| names::is_native_file(n))
             .collect();
         names.sort();
         if self.registry.keys.len() > MAX_CACHED_KEYS {
@@ -635,9 +626,9 @@ mod tests {
         assert_eq!(h.positive[&2], 1.0);
         assert_eq!(h.count(), 6.0);
         drop((a, b));
-        let mut archive = MmapWriter::open(&d.join(ARCHIVE)).unwrap();
-        fold_into(&mut archive, &d.join(file_name(10))).unwrap();
-        std::fs::remove_file(d.join(file_name(10))).unwrap();
+        let mut archive = MmapWriter::open(&d.join(names::NATIVE_ARCHIVE)).unwrap();
+        fold_into(&mut archive, &d.join(names::native_file(10))).unwrap();
+        std::fs::remove_file(d.join(names::native_file(10))).unwrap();
         let (after, _) = agg.collect(d);
         assert_eq!(after[&key], *h);
     }

@@ -6,10 +6,14 @@ use std::cell::RefCell;
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
+/// Memory, CPU time and start of a process, at one sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcessStats {
+    /// Resident memory.
     pub resident_bytes: f64,
+    /// Virtual memory.
     pub virtual_bytes: f64,
+    /// User and system CPU time.
     pub cpu_seconds: f64,
     /// Seconds after boot.
     pub start_after_boot_seconds: f64,

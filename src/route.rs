@@ -35,6 +35,7 @@ struct Interned {
 }
 
 impl LabelValues {
+    /// Values of one label, at most `max` of them (clamped to what a 16-bit id holds).
     pub fn new(max: usize) -> Self {
         let max = max.clamp(1, u16::MAX as usize - 2);
         let mut interned = Interned::default();

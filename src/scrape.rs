@@ -21,9 +21,8 @@ use crate::model::{Family, Kind, Labels};
 use crate::native_histogram::{NativeAggregator, NativeHistograms};
 use crate::process_stats;
 use crate::storage::lock::DirectoryLock;
+use crate::storage::names::LIVE_WORKER_GAUGES_PREFIX;
 
-/// File-name prefix of the one live-gauge file each live worker has.
-const LIVE_WORKER_FILE: &str = "gauge_livesum_worker";
 /// The longest a scrape waits for the directory lock (a compaction, or a
 /// foreign process holding it) before it serves the last families it read.
 const SCRAPE_LOCK_WAIT: Duration = Duration::from_secs(2);
@@ -85,16 +84,6 @@ impl ScrapeSource {
         *self.bound_listeners.lock() = listeners;
     }
 
-    /// Every family this scrape serves.
-    pub fn families(&self) -> Vec<Family> {
-        let read = self.collect(Extra::default());
-        *self.last_read.lock() = (
-            read.families[..read.from_directory].to_vec(),
-            read.live_workers,
-        );
-        read.families
-    }
-
     /// Every family, and what else `extra` asks for, read from the
     /// directory under one acquisition of its lock.
     fn collect(&self, extra: Extra) -> Read {
@@ -127,7 +116,7 @@ impl ScrapeSource {
                 let live_workers = c
                     .files
                     .iter()
-                    .filter(|n| n.starts_with(LIVE_WORKER_FILE))
+                    .filter(|n| n.starts_with(LIVE_WORKER_GAUGES_PREFIX))
                     .count();
                 let mut errors = c.read_errors;
                 if extra.native {

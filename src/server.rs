@@ -65,6 +65,7 @@ const INDEX_HTML: &str = "<!doctype html>\n<html><head><title>Gunicorn exporter<
 
 /// A running server.
 pub struct MetricsServer {
+    /// The address it listens on.
     pub local_addr: SocketAddr,
     /// The listening socket's descriptor (handed to a new master on USR2).
     pub listener_fd: std::os::fd::RawFd,

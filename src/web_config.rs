@@ -34,6 +34,7 @@ struct TlsServerConfig {
 
 /// A loaded web configuration.
 pub struct WebConfig {
+    /// The TLS server configuration; `None`: plain HTTP.
     pub tls: Option<Arc<ServerConfig>>,
     /// User name -> bcrypt hash. Empty: no authentication.
     pub users: HashMap<String, String>,
@@ -48,6 +49,7 @@ impl WebConfig {
         }
     }
 
+    /// Reads the web config file at `path`; an error is one line naming the variable and the file.
     pub fn load(path: &Path) -> Result<WebConfig, String> {
         let fail = |why: String| {
             format!(

@@ -1,6 +1,5 @@
 //! Encoding families into bytes: knows nothing of where values are stored.
 
-pub mod float;
 pub mod names;
 pub mod negotiate;
 pub mod openmetrics;

@@ -1,8 +1,11 @@
 //! Choosing the format and the encoding from a scrape's request headers.
 
+/// An exposition format a scrape can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// The Prometheus text format 0.0.4.
     Text,
+    /// OpenMetrics 1.0 text.
     OpenMetrics,
     /// Delimited `io.prometheus.client.MetricFamily` messages.
     Protobuf,

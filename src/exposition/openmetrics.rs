@@ -1,12 +1,13 @@
 //! OpenMetrics 1.0 text, as prometheus_client's openmetrics exposition writes it.
 
-use super::float::push_go_float;
 use super::names::push_metric_name;
 use super::text::push_labels;
 use crate::exemplar::Exemplars;
 use crate::model::{Family, Kind, Sample};
+use crate::storage::float::push_go_float;
 use std::fmt::Write as _;
 
+/// Content-Type of an OpenMetrics body.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn push_help(out: &mut String, s: &str) {
@@ -20,14 +21,9 @@ fn push_help(out: &mut String, s: &str) {
     }
 }
 
-/// Appends the families and `# EOF`. `created` (Unix seconds) is written as
-/// `_created` of every counter, histogram and summary series that started
-/// counting then.
-pub fn encode(families: &[Family], created: Option<f64>, out: &mut String) {
-    encode_with_exemplars(families, created, None, out)
-}
-
-/// As `encode`, with each sample's exemplar (if any) after its value.
+/// Appends the families and `# EOF`, each sample's exemplar (if any) after
+/// its value. `created` (Unix seconds) is written as `_created` of every
+/// counter, histogram and summary series that started counting then.
 pub fn encode_with_exemplars(
     families: &[Family],
     created: Option<f64>,
@@ -107,7 +103,7 @@ mod tests {
         h.push("_count", vec![], 1.0);
         h.push("_sum", vec![], 0.5);
         let mut out = String::new();
-        encode(&[c, h], Some(100.0), &mut out);
+        encode_with_exemplars(&[c, h], Some(100.0), None, &mut out);
         assert_eq!(
             out,
             "# HELP req Requests \\\"seen\\\"\n# TYPE req counter\n\

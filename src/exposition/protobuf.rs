@@ -14,6 +14,7 @@ use crate::exemplar::Exemplars;
 use crate::model::{Family, Kind, Labels, Sample};
 use crate::native_histogram::{NativeHistograms, ZERO_THRESHOLD};
 
+/// Content-Type of a protobuf body.
 pub const CONTENT_TYPE: &str =
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
@@ -23,7 +24,9 @@ pub struct Extras<'a> {
     /// When the directory's counters started (Unix seconds): every counter's,
     /// histogram's and summary's start timestamp.
     pub created: Option<f64>,
+    /// Native histogram buckets per series (only this format carries them).
     pub native: Option<&'a NativeHistograms>,
+    /// The latest exemplar of each sample.
     pub exemplars: Option<&'a Exemplars>,
 }
 

@@ -1,10 +1,11 @@
 //! The Prometheus text format 0.0.4, written as prometheus_client's
 //! `generate_latest` writes it.
 
-use super::float::push_go_float;
 use super::names::{push_label_name, push_metric_name};
 use crate::model::{Family, Kind};
+use crate::storage::float::push_go_float;
 
+/// Content-Type of a text 0.0.4 body.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn push_escaped(out: &mut String, s: &str, quote: bool) {

@@ -52,10 +52,13 @@ pub fn encode(metric_name: &str, sample_name: &str, labels: &[(&str, &str)], hel
 /// A key read back from a file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedKey {
+    /// The family's name.
     pub metric_name: String,
+    /// The sample's name, suffix included.
     pub sample_name: String,
     /// Sorted by label name, as prometheus_client's reader sorts them.
     pub labels: Vec<(String, String)>,
+    /// The family's help text.
     pub help: String,
 }
 

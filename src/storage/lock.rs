@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::names::LOCK_FILE;
 use super::open::{create_fresh, open_write};
-
-pub const LOCK_FILE: &str = ".lock";
 
 /// Between two attempts at a record lock held by another process.
 const RETRY_EVERY: Duration = Duration::from_millis(5);
@@ -30,6 +29,7 @@ enum Guard {
     Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
 }
 
+/// The directory lock, held until dropped.
 pub struct DirectoryLock {
     // Field order: the record lock is released (file closed) before the guard.
     _file: File,

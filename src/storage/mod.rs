@@ -1,13 +1,16 @@
 //! Per-process files in prometheus_client's multiprocess format (`mmap_dict.py`).
 
+pub mod float;
 pub mod incremental;
 pub mod key;
 pub mod lock;
+pub mod names;
 pub mod open;
 pub mod reader;
+pub mod running_clock;
 pub mod writer;
 
-pub use reader::{read_entries, Entry, ReadError};
+pub use reader::{read_entries, ReadError};
 pub use writer::{MmapWriter, SeriesFile, ValueSlot};
 
 /// Bytes of the header: a 4-byte used length and 4 bytes of padding.

@@ -77,11 +77,13 @@ impl ValueSlot {
         unsafe { &*self.0.as_ptr().add(1) }
     }
 
+    /// The value.
     #[inline]
     pub fn get(&self) -> f64 {
         f64::from_bits(self.value().load(Ordering::Relaxed))
     }
 
+    /// Stores the value.
     #[inline]
     pub fn set(&self, v: f64) {
         self.value().store(v.to_bits(), Ordering::Relaxed);
@@ -101,11 +103,13 @@ impl ValueSlot {
         }
     }
 
+    /// The timestamp.
     #[inline]
     pub fn get_timestamp(&self) -> f64 {
         f64::from_bits(self.timestamp().load(Ordering::Relaxed))
     }
 
+    /// Stores the timestamp.
     #[inline]
     pub fn set_timestamp(&self, ts: f64) {
         self.timestamp().store(ts.to_bits(), Ordering::Relaxed);
@@ -199,6 +203,7 @@ impl MmapWriter {
         Ok(writer)
     }
 
+    /// The path the file was opened at.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -290,6 +295,7 @@ pub struct SeriesFile {
 }
 
 impl SeriesFile {
+    /// Opens (creates) the file at `path`; a failure is counted, not returned.
     pub fn open(path: &Path) -> SeriesFile {
         let writer = match MmapWriter::open(path) {
             Ok(w) => Some(w),
@@ -308,11 +314,6 @@ impl SeriesFile {
             path: path.to_owned(),
             writer,
         }
-    }
-
-    /// Whether the file could be opened.
-    pub fn is_recording(&self) -> bool {
-        self.writer.is_some()
     }
 
     /// The slot of `key`; a sink (and a counted write error) if it cannot be recorded.

@@ -1,5 +1,9 @@
-//! Numbers written exactly as prometheus_client writes them (`floatToGoString`),
-//! so that samples match its output byte for byte.
+//! Numbers written exactly as prometheus_client writes them (`floatToGoString`).
+//!
+//! It is part of the file format: the `le` and `quantile` labels inside stored
+//! keys are these strings, and a key that differs by one byte from
+//! prometheus_client's is another series. The encoders use the same text for
+//! sample values, so that an exposition matches prometheus_client's byte for byte.
 
 use std::fmt::Write;
 
@@ -138,6 +142,7 @@ pub fn push_go_float(out: &mut String, v: f64) {
     }
 }
 
+/// prometheus_client's `floatToGoString`, as a new string (a bound's `le` in a key).
 pub fn go_float(v: f64) -> String {
     let mut s = String::new();
     push_go_float(&mut s, v);
