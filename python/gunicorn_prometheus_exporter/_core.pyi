@@ -1,4 +1,4 @@
-"""Types of the compiled core (src/python.rs)."""
+"""Types of the compiled core (src/python/)."""
 
 from collections.abc import Mapping, Sequence
 from os import PathLike
@@ -24,13 +24,11 @@ _Path = str | PathLike[str]
 class WorkerMeter:
     def __new__(
         cls,
+        settings: Settings,
         directory: _Path,
         pid: int,
         worker_id: int,
-        prefix: str,
-        duration_buckets: Sequence[float],
         sample_interval: float,
-        max_label_values: int = ...,
     ) -> WorkerMeter: ...
     def begin(self, req: Any) -> None: ...
     def start(self) -> int: ...
@@ -45,14 +43,12 @@ class WorkerMeter:
 
 @final
 class Settings:
-    directory: PathLike[str] | None
-    port: int
-    bind_address: str
-    web_config_file: PathLike[str] | None
-    duration_buckets: list[float]
-    prefix: str
-    max_label_values: int
-    native_histogram_schema: int
+    """The validated environment (or flags), parsed once by the core and
+    handed back to it whole."""
+    @property
+    def directory(self) -> PathLike[str] | None: ...
+    @property
+    def port(self) -> int: ...
     @staticmethod
     def from_mapping(mapping: Mapping[str, str]) -> Settings: ...
 
@@ -68,7 +64,7 @@ class Exporter:
 
 @final
 class MasterMeter:
-    def __new__(cls, directory: _Path, pid: int, prefix: str) -> MasterMeter: ...
+    def __new__(cls, settings: Settings, directory: _Path, pid: int) -> MasterMeter: ...
     def restart(self, reason: str) -> None: ...
     def signal(self, name: str) -> bool: ...
     def set_desired(self, workers: int) -> None: ...
@@ -80,12 +76,9 @@ class ArchiveCompactor:
     def deferred(self) -> int: ...
 
 def start_exporter(
+    settings: Settings,
     directory: _Path,
-    bind_address: str,
-    port: int,
-    prefix: str,
     build_info: Sequence[tuple[str, str]],
-    web_config_file: _Path | None = None,
     created: float | None = None,
     inherited_fd: int | None = None,
 ) -> Exporter: ...

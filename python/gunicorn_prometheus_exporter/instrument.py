@@ -13,7 +13,7 @@ import os
 from typing import Any, Callable
 
 from . import _core, routes, saturation, timeouts
-from .master import DIRECTORY_VARIABLE, master
+from .master import master
 
 RESOURCE_SAMPLE_SECONDS = 1.0
 
@@ -39,6 +39,9 @@ class MeteredWorker:
     """Mixin for a Gunicorn worker class; list it before Gunicorn's class."""
 
     worker_id: int
+    #: The master's settings and multiprocess directory, set before the fork.
+    metrics_settings: _core.Settings
+    metrics_directory: str
     meter: _core.WorkerMeter
 
     @classmethod
@@ -55,19 +58,13 @@ class MeteredWorker:
         state = master()
         state.setup(self.cfg)
         self.worker_id = state.assign_slot(self)
+        # Parsed once, in the master; the forked worker meters with them.
+        self.metrics_settings, self.metrics_directory = state.settings, state.directory
 
     def init_process(self) -> None:
         _core.close_inherited_metrics_sockets()  # an orphaned worker must not keep the port
-        settings = _core.Settings.from_mapping(os.environ)
-        self.meter = _core.WorkerMeter(
-            os.environ[DIRECTORY_VARIABLE],
-            os.getpid(),
-            self.worker_id,
-            settings.prefix,
-            settings.duration_buckets,
-            RESOURCE_SAMPLE_SECONDS,
-            settings.max_label_values,
-        )
+        self.meter = _core.WorkerMeter(self.metrics_settings, self.metrics_directory,
+                                       os.getpid(), self.worker_id, RESOURCE_SAMPLE_SECONDS)
         self.meter.set_concurrency(saturation.concurrency(self))
         self.meter.set_kernel_wait(saturation.has_tcp_listener(self))
         self.log = MeteredLog(self.log, self.meter)

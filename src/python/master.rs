@@ -8,6 +8,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
+use super::settings::Settings;
 use crate::archive;
 use crate::directory;
 use crate::failures;
@@ -70,10 +71,11 @@ pub(super) struct MasterMeter {
 
 #[pymethods]
 impl MasterMeter {
+    /// Opens the master's own file in `directory`, named with the prefix of `settings`.
     #[new]
-    fn new(directory: PathBuf, pid: u32, prefix: &str) -> Self {
+    fn new(settings: &Settings, directory: PathBuf, pid: u32) -> Self {
         MasterMeter {
-            meter: master_meter::MasterMeter::open(&directory, pid, prefix),
+            meter: master_meter::MasterMeter::open(&directory, pid, &settings.0.prefix),
         }
     }
 
@@ -125,30 +127,27 @@ impl ArchiveCompactor {
     }
 }
 
-/// Starts the metrics server for `directory` on a thread of the core.
+/// Starts the metrics server for `directory` on a thread of the core, on
+/// the address, prefix and web configuration of `settings`.
 /// `created`: when the directory's counters started (OpenMetrics `_created`).
 /// `inherited_fd`: a listening socket the old master handed over (USR2); one
 /// that is not listening on the configured address is ignored with a warning.
 #[pyfunction]
-#[pyo3(signature = (directory, bind_address, port, prefix, build_info, web_config_file=None, created=None, inherited_fd=None))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (settings, directory, build_info, created=None, inherited_fd=None))]
 pub(super) fn start_exporter(
+    settings: &Settings,
     directory: PathBuf,
-    bind_address: &str,
-    port: u16,
-    prefix: String,
     build_info: Vec<(String, String)>,
-    web_config_file: Option<PathBuf>,
     created: Option<f64>,
     inherited_fd: Option<i32>,
 ) -> PyResult<Exporter> {
-    let ip = bind_address
-        .parse()
-        .map_err(|_| PyValueError::new_err(format!("bad bind address {bind_address:?}")))?;
-    let web = match web_config_file {
-        Some(path) => WebConfig::load(&path).map_err(PyValueError::new_err)?,
+    let settings = &settings.0;
+    let (ip, port) = (settings.bind_address, settings.port);
+    let web = match &settings.web_config_file {
+        Some(path) => WebConfig::load(path).map_err(PyValueError::new_err)?,
         None => WebConfig::open(),
     };
+    let prefix = settings.prefix.clone();
     let source = Arc::new(ScrapeSource::new(directory, prefix, build_info, created));
     let addr = SocketAddr::new(ip, port);
     let inherited = inherited_fd.and_then(|fd| {
@@ -168,7 +167,7 @@ pub(super) fn start_exporter(
     };
     let server = started.map_err(|e| {
         PyOSError::new_err(format!(
-            "cannot serve metrics on {bind_address}:{port}: {e} (PROMETHEUS_METRICS_PORT)"
+            "cannot serve metrics on {ip}:{port}: {e} (PROMETHEUS_METRICS_PORT)"
         ))
     })?;
     Ok(Exporter {

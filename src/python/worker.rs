@@ -13,10 +13,11 @@ use super::request::{
     ascii_prefix, content_length, environ_of_exception, environ_route, environ_traceparent,
     method_of, request_traceparent, scope_headers, scope_route, status_of,
 };
+use super::settings::Settings;
 use crate::failures;
 use crate::meter::{MeterConfig, WorkerMeter as Meter};
 use crate::queue_time;
-use crate::route::{DEFAULT_MAX_LABEL_VALUES, NO_ROUTE};
+use crate::route::NO_ROUTE;
 use crate::server;
 
 /// Attribute of Gunicorn's request object that carries the start time.
@@ -98,26 +99,25 @@ impl WorkerMeter {
 
 #[pymethods]
 impl WorkerMeter {
+    /// Opens the worker's files in `directory` with the master's `settings`
+    /// (prefix, duration buckets, label cap) and starts the resource sampler.
     #[new]
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (directory, pid, worker_id, prefix, duration_buckets, sample_interval, max_label_values=DEFAULT_MAX_LABEL_VALUES))]
     fn new(
         py: Python<'_>,
+        settings: &Settings,
         directory: PathBuf,
         pid: u32,
         worker_id: u32,
-        prefix: String,
-        duration_buckets: Vec<f64>,
         sample_interval: f64,
-        max_label_values: usize,
     ) -> Self {
+        let settings = &settings.0;
         let config = MeterConfig {
             directory,
             pid,
             worker_id,
-            prefix,
-            duration_buckets,
-            max_label_values,
+            prefix: settings.prefix.clone(),
+            duration_buckets: settings.duration_buckets.clone(),
+            max_label_values: settings.max_label_values,
         };
         // Never fails: a metrics problem must not keep the worker from booting.
         let meter = Arc::new(Meter::open(&config));
