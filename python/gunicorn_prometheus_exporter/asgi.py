@@ -29,7 +29,7 @@ class MeteredASGI:
             await self.app(scope, receive, send)
             return
         meter = self.meter
-        started = meter.start()
+        started = meter.asgi_started()
         status = 0
         sent = 0
 
@@ -48,14 +48,14 @@ class MeteredASGI:
             status = 0  # the client went away: no response
             raise
         except BaseException as exc:
-            meter.fail(scope, exc)
+            meter.request_failed(scope, exc)
             status = status or 500  # the server answers 500 for it
             raise
         finally:
             if status:
-                meter.record(started, scope, status, sent)
+                meter.asgi_answered(started, scope, status, sent)
                 self.responses += 1
-            meter.end()
+            meter.request_left()
 
 
 class MeteredASGIWorker(MeteredWorker):

@@ -28,7 +28,7 @@ class MeteredLog:
         self._meter = meter
 
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
-        self._meter.access(resp, req, environ)
+        self._meter.wsgi_answered(resp, req, environ)
         self._log.access(resp, req, environ, request_time)
 
     def __getattr__(self, name: str) -> Any:
@@ -120,14 +120,14 @@ class MeteredWorker:
 _METERED_TEMPLATE = """
 def {name}(self, {params}):
     meter = self.meter
-    meter.begin(req)
+    meter.wsgi_started(req)
     try:
         return handle(self, {params})
     except BaseException as exc:
-        meter.fail(req, exc)
+        meter.request_failed(req, exc)
         raise
     finally:
-        meter.end()
+        meter.request_left()
 """
 
 

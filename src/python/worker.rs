@@ -25,6 +25,12 @@ const STARTED: &str = "_prometheus_started_ns";
 
 /// The instrumentation of one worker process. Its methods never raise: a
 /// metrics problem must not break a request.
+///
+/// Each request is told in pairs: `wsgi_started(req)` / `wsgi_answered(resp,
+/// req, environ)` on the WSGI path (the answer is counted where Gunicorn logs
+/// it), `asgi_started()` / `asgi_answered(started, scope, status, sent)` on the
+/// ASGI path; then `request_left()` on both, answered or not, with
+/// `request_failed` or `request_timed_out` before it when that happened.
 #[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
 pub(super) struct WorkerMeter {
     meter: Arc<Meter>,
@@ -130,19 +136,22 @@ impl WorkerMeter {
         }
     }
 
-    /// A request starts: counts it in flight and notes its start on `req`.
-    fn begin(&self, req: &Bound<'_, PyAny>) {
+    /// A WSGI request starts (Gunicorn's `req`): counts it in flight and
+    /// notes its start on `req`. Its pair: `wsgi_answered`, then `request_left`.
+    fn wsgi_started(&self, req: &Bound<'_, PyAny>) {
         let started = self.meter.begin();
         let _ = req.setattr(intern!(req.py(), STARTED), started);
     }
 
-    /// A request starts (ASGI): counts it in flight, returns its start time.
-    fn start(&self) -> u64 {
+    /// An ASGI request starts: counts it in flight, returns its start time
+    /// for `asgi_answered`; then `request_left`.
+    fn asgi_started(&self) -> u64 {
         self.meter.begin()
     }
 
-    /// An ASGI request that started at `started` got a response.
-    fn record(&self, started: u64, scope: &Bound<'_, PyAny>, status: u16, sent: u64) {
+    /// An ASGI request that started at `started` (`asgi_started`) was
+    /// answered with `status` and `sent` body bytes: counts it once.
+    fn asgi_answered(&self, started: u64, scope: &Bound<'_, PyAny>, status: u16, sent: u64) {
         let (length, stamped) = scope_headers(scope);
         if let Some(stamped) = stamped {
             let handled = crate::clock::monotonic_ns().saturating_sub(started) as f64 / 1e9;
@@ -160,13 +169,20 @@ impl WorkerMeter {
         }
     }
 
-    /// The request left the worker's hands (answered or not).
-    fn end(&self) {
+    /// The request left the worker's hands, answered or not: ends what
+    /// `wsgi_started` or `asgi_started` began (in flight, busy time).
+    fn request_left(&self) {
         self.meter.end();
     }
 
-    /// Gunicorn logged the response of `req`: count it once.
-    fn access(&self, resp: &Bound<'_, PyAny>, req: &Bound<'_, PyAny>, environ: &Bound<'_, PyAny>) {
+    /// Gunicorn logged the response `resp` of `req` (`log.access`, with the
+    /// WSGI `environ`): counts the request `wsgi_started` began, once.
+    fn wsgi_answered(
+        &self,
+        resp: &Bound<'_, PyAny>,
+        req: &Bound<'_, PyAny>,
+        environ: &Bound<'_, PyAny>,
+    ) {
         let py = req.py();
         let Ok(started) = req
             .getattr(intern!(py, STARTED))
@@ -218,7 +234,7 @@ impl WorkerMeter {
     /// The arbiter aborted this worker while it handled `req` (a Gunicorn
     /// request, with its WSGI `environ` when known, or an ASGI scope).
     #[pyo3(signature = (req, environ=None))]
-    fn timeout(&self, req: &Bound<'_, PyAny>, environ: Option<&Bound<'_, PyAny>>) {
+    fn request_timed_out(&self, req: &Bound<'_, PyAny>, environ: Option<&Bound<'_, PyAny>>) {
         let route = match environ {
             Some(environ) => environ_route(environ),
             None => scope_route(req),
@@ -233,8 +249,8 @@ impl WorkerMeter {
     }
 
     /// The application raised `exc` while handling `req` (a Gunicorn request
-    /// or an ASGI scope).
-    fn fail(&self, req: &Bound<'_, PyAny>, exc: &Bound<'_, PyAny>) {
+    /// or an ASGI scope); `request_left` follows.
+    fn request_failed(&self, req: &Bound<'_, PyAny>, exc: &Bound<'_, PyAny>) {
         let py = exc.py();
         let mut exc = exc.clone();
         // Gunicorn turns an error after the headers were sent into StopIteration.
