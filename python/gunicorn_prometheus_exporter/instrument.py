@@ -12,7 +12,7 @@ import inspect
 import os
 from typing import Any, Callable
 
-from . import _core, routes, saturation, timeouts
+from . import _core, routes, saturation, spans, timeouts
 from .master import master
 
 RESOURCE_SAMPLE_SECONDS = 1.0
@@ -104,9 +104,18 @@ class MeteredWorker:
         self.stop_signal = sig
         super().handle_quit(sig, frame)
 
+    #: Whether the loaded application is a WSGI one (ASGI workers wrap theirs).
+    serves_wsgi = True
+
     def load_wsgi(self) -> None:
         super().load_wsgi()  # type: ignore[misc]
         routes.watch_frameworks()
+        # An application that uses OpenTelemetry gives the exemplars of the
+        # requests that come without a traceparent header (spans.py).
+        watching = spans.watching()
+        self.meter.set_span_exemplars(watching)
+        if watching and self.serves_wsgi:
+            self.wsgi = spans.SpanCapturingWSGI(self.wsgi)
 
     def handle_abort(self, sig: int, frame: Any) -> None:
         # The arbiter's timeout: count and show the request(s) it interrupted.

@@ -164,6 +164,21 @@ pub(super) fn environ_traceparent(environ: &Bound<'_, PyAny>) -> Option<TracePar
     TraceParent::parse(ascii_prefix(&value, &mut buf)?)
 }
 
+/// Key of the WSGI environ / ASGI scope where the worker leaves the ids of
+/// the OpenTelemetry span current when the response started (`spans.py`):
+/// a tuple (trace_id, span_id) of ints.
+const SPAN_KEY: &str = "gunicorn_prometheus_exporter.span";
+
+/// The trace context of the OpenTelemetry span the worker captured in the
+/// WSGI environ or ASGI scope, if any: the exemplar of a request that came
+/// without a `traceparent` header. Ids of zero are ignored, as in the header.
+pub(super) fn captured_span(environ: &Bound<'_, PyAny>) -> Option<TraceParent> {
+    let environ = environ.cast::<PyDict>().ok()?;
+    let ids = environ.get_item(intern!(environ.py(), SPAN_KEY)).ok()??;
+    let (trace_id, span_id) = ids.extract::<(u128, u64)>().ok()?;
+    (trace_id != 0 && span_id != 0).then_some(TraceParent { trace_id, span_id })
+}
+
 /// The `traceparent` of an ASGI scope (bytes headers) or of a Gunicorn
 /// request (`req.headers`: upper-case str pairs), if valid.
 pub(super) fn request_traceparent(req: &Bound<'_, PyAny>) -> Option<TraceParent> {

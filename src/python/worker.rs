@@ -2,6 +2,7 @@
 //! instrumentation, and the worker's start-up chores.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +11,11 @@ use pyo3::types::{PyDict, PyString};
 use pyo3::{ffi, intern};
 
 use super::request::{
-    ascii_prefix, content_length, environ_of_exception, environ_route, environ_traceparent,
-    method_of, request_traceparent, scope_headers, scope_route, status_of,
+    ascii_prefix, captured_span, content_length, environ_of_exception, environ_route,
+    environ_traceparent, method_of, request_traceparent, scope_headers, scope_route, status_of,
 };
 use super::settings::Settings;
+use crate::exemplar::TraceParent;
 use crate::failures;
 use crate::meter::{MeterConfig, WorkerMeter as Meter};
 use crate::queue_time;
@@ -36,9 +38,21 @@ pub(super) struct WorkerMeter {
     meter: Arc<Meter>,
     /// Route template (str) -> id: the hot path's lookup, no allocation.
     route_ids: Py<PyDict>,
+    /// The application uses OpenTelemetry: read the span ids the worker
+    /// left in the environ / scope (off: no lookup at all).
+    spans: AtomicBool,
 }
 
 impl WorkerMeter {
+    /// The span ids the worker captured in `environ` (or an ASGI scope), when
+    /// the application uses OpenTelemetry.
+    fn captured_span(&self, environ: &Bound<'_, PyAny>) -> Option<TraceParent> {
+        if !self.spans.load(Ordering::Relaxed) {
+            return None;
+        }
+        captured_span(environ)
+    }
+
     /// The id of a route template object (`None`: nothing matched).
     fn route_id(&self, route: Option<Bound<'_, PyAny>>) -> u16 {
         let Some(route) = route else {
@@ -133,6 +147,7 @@ impl WorkerMeter {
         WorkerMeter {
             meter,
             route_ids: PyDict::new(py).unbind(),
+            spans: AtomicBool::new(false),
         }
     }
 
@@ -164,7 +179,8 @@ impl WorkerMeter {
         let route = self.route_id(scope_route(scope));
         self.meter
             .record(started, method, status, length, sent, route);
-        if let Some(trace) = request_traceparent(scope) {
+        // The header the caller sent wins over the span the application ran in.
+        if let Some(trace) = request_traceparent(scope).or_else(|| self.captured_span(scope)) {
             self.meter.exemplar(started, method, status, route, &trace);
         }
     }
@@ -216,9 +232,17 @@ impl WorkerMeter {
             sent,
             route,
         );
-        if let Some(trace) = environ_traceparent(environ) {
+        // The header the caller sent wins over the span the application ran in.
+        if let Some(trace) = environ_traceparent(environ).or_else(|| self.captured_span(environ)) {
             self.meter.exemplar(started, method, status, route, &trace);
         }
+    }
+
+    /// Whether the application uses OpenTelemetry: the worker then leaves the
+    /// current span's ids in the environ / scope (`spans.py`), the exemplar
+    /// of a request that came without a `traceparent` header.
+    fn set_span_exemplars(&self, on: bool) {
+        self.spans.store(on, Ordering::Relaxed);
     }
 
     /// Whether to read queue time from the kernel (the worker has a TCP listener).
@@ -274,15 +298,18 @@ impl WorkerMeter {
             .name()
             .map(|n| n.to_string())
             .unwrap_or_else(|_| "Exception".into());
-        let route = if req.cast::<PyDict>().is_ok() {
-            scope_route(req)
+        let (route, span) = if req.cast::<PyDict>().is_ok() {
+            (scope_route(req), self.captured_span(req))
         } else {
-            environ_of_exception(&exc).and_then(|e| environ_route(&e))
+            let environ = environ_of_exception(&exc);
+            let route = environ.as_ref().and_then(environ_route);
+            (route, environ.and_then(|e| self.captured_span(&e)))
         };
         let method = method_of(req);
         let route = self.route_id(route);
         self.meter.fail(method, &name, route);
-        if let Some(trace) = request_traceparent(req) {
+        // The header the caller sent wins over the span the application ran in.
+        if let Some(trace) = request_traceparent(req).or(span) {
             self.meter.fail_exemplar(method, &name, route, &trace);
         }
     }
