@@ -110,8 +110,10 @@ def _this(signals: bool):
         handle_request = metered(StandIn.handle_request)
 
     worker = object.__new__(Metered)
-    worker.meter = _core.WorkerMeter(os.environ["PROMETHEUS_MULTIPROC_DIR"], os.getpid(), 1,
-                                     "gunicorn", DURATION_BUCKETS, 1.0)
+    settings = _core.Settings.from_mapping(
+        {"PROMETHEUS_DURATION_BUCKETS": ",".join(map(str, DURATION_BUCKETS))})
+    worker.meter = _core.WorkerMeter(settings, os.environ["PROMETHEUS_MULTIPROC_DIR"],
+                                     os.getpid(), 1, 1.0)
     worker.log = MeteredLog(QuietLog(), worker.meter)
     if signals:
         class Signals(Metered):

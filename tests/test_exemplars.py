@@ -1,6 +1,7 @@
-"""Exemplars from W3C `traceparent` headers: on the duration bucket a request
-fell in and on the failed-requests counter, in OpenMetrics and protobuf,
-kept per worker, and stored by a real Prometheus."""
+"""Exemplars from W3C `traceparent` headers (or, without one, from the
+current OpenTelemetry span): on the duration bucket a request fell in and on
+the failed-requests counter, in OpenMetrics and protobuf, kept per worker, and
+stored by a real Prometheus."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import http.client
 import threading
 import time
 
+import pytest
 from conftest import wait_for
 from metrics_proto import decode_delimited, labels
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
@@ -130,3 +132,59 @@ scrape_configs:
     finally:
         stop.set()
         client.join()
+
+
+# worker class and application of the OpenTelemetry tests (tests/apps/otel_app.py)
+TRACED_APPS = {
+    "sync": ("PrometheusWorker", "otel_app:app"),
+    "gthread": ("PrometheusThreadWorker", "otel_app:app"),
+    "asgi": ("PrometheusASGIWorker", "otel_app:asgi_app"),
+    "uvicorn": ("PrometheusUvicornWorker", "otel_app:asgi_app"),
+}
+
+
+def start_traced(gunicorn, kind: str):
+    worker, app = TRACED_APPS[kind]
+    return gunicorn(["--worker-class", f"gunicorn_prometheus_exporter.{worker}"], app=app,
+                    workers=1)
+
+
+def spanned(port: int, path: str, traceparent: str | None = None) -> tuple[str, str]:
+    """GET `path` of otel_app: the (trace_id, span_id) of the span it answered in."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"traceparent": traceparent} if traceparent else {})
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        assert resp.status == 200, body
+    finally:
+        conn.close()
+    trace_id, span_id = body.split("-")
+    return trace_id, span_id
+
+
+@pytest.mark.parametrize("kind", list(TRACED_APPS))
+def test_the_current_opentelemetry_span_is_the_exemplar_of_an_untraced_request(gunicorn, kind):
+    g = start_traced(gunicorn, kind)
+    trace_id, span_id = spanned(g.port, "/sleep/0.05")
+    unsampled, _ = spanned(g.port, "/unsampled")
+    g.scrape_idle()
+    found = exemplars(scrape(g.metrics_port, OPENMETRICS).decode())
+    e = found[(f"{DURATION}_bucket", "0.075")]
+    assert e.labels == {"trace_id": trace_id, "span_id": span_id}
+    assert 0.05 <= e.value <= 0.075
+    # The unsampled span's trace is recorded nowhere: it leaves no exemplar.
+    assert {v.labels["trace_id"] for v in found.values()} == {trace_id}
+    assert unsampled != trace_id
+
+
+@pytest.mark.parametrize("kind", ["sync", "uvicorn"])
+def test_a_traceparent_header_wins_over_the_current_span(gunicorn, kind):
+    g = start_traced(gunicorn, kind)
+    # The application does not continue the caller's trace: its span has a trace of its own.
+    span_trace, _ = spanned(g.port, "/sleep/0.05", f"00-{TRACE}-{SPAN}-01")
+    assert span_trace != TRACE
+    g.scrape_idle()
+    found = exemplars(scrape(g.metrics_port, OPENMETRICS).decode())
+    assert found[(f"{DURATION}_bucket", "0.075")].labels == {"trace_id": TRACE, "span_id": SPAN}
+    assert {v.labels["trace_id"] for v in found.values()} == {TRACE}

@@ -6,11 +6,10 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import MIX, request, request_in_background
+from conftest import MIX, request, request_in_background, wait_for
 
 THREADS = ["--worker-class", "gunicorn_prometheus_exporter.PrometheusThreadWorker",
            "--threads", "4"]
@@ -76,10 +75,8 @@ def test_gthread_in_flight_counts_each_thread(gunicorn):
     g = gunicorn(THREADS, workers=1)
     clients = [request_in_background(g.port, "/sleep/1.5") for _ in range(3)]
     try:
-        deadline = time.monotonic() + 10
-        while g.scrape().get("gunicorn_worker_requests_in_flight") != 3:
-            assert time.monotonic() < deadline, "3 requests never in flight at once"
-            time.sleep(0.05)
+        wait_for(lambda: g.scrape().get("gunicorn_worker_requests_in_flight") == 3, 10,
+                 "3 requests in flight at once")
     finally:
         for c in clients:
             c.wait(timeout=15)
@@ -96,13 +93,8 @@ def test_gthread_replacement_worker_takes_the_killed_workers_slot(gunicorn):
     assert before == 10
     victim = g.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while True:
-        pids = g.worker_pids()
-        if victim not in pids and len(pids) == 2:
-            break
-        assert time.monotonic() < deadline, "the killed worker was not replaced"
-        time.sleep(0.1)
+    wait_for(lambda: victim not in (pids := g.worker_pids()) and len(pids) == 2, 20,
+             "the killed worker's replacement")
     g.wait_ready(2)
     for _ in range(10):
         request(g.port)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from . import _core
+from . import _core, spans
 from .instrument import MeteredWorker
 
 Scope = dict
@@ -23,21 +23,29 @@ class MeteredASGI:
         self.app = app
         self.meter = meter
         self.responses = 0  # for workers whose server counts max-requests itself
+        # The application uses OpenTelemetry: its span's ids are taken when
+        # the response starts (spans.py says why there).
+        self.spans = spans.watching()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         meter = self.meter
-        started = meter.start()
+        started = meter.asgi_started()
         status = 0
         sent = 0
+        capture = self.spans
 
         async def metered_send(message: dict) -> None:
             nonlocal status, sent
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
+                if capture:
+                    ids = spans.current()
+                    if ids is not None:
+                        scope[spans.SPAN_KEY] = ids
             elif kind == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
@@ -48,18 +56,20 @@ class MeteredASGI:
             status = 0  # the client went away: no response
             raise
         except BaseException as exc:
-            meter.fail(scope, exc)
+            meter.request_failed(scope, exc)
             status = status or 500  # the server answers 500 for it
             raise
         finally:
             if status:
-                meter.record(started, scope, status, sent)
+                meter.asgi_answered(started, scope, status, sent)
                 self.responses += 1
-            meter.end()
+            meter.request_left()
 
 
 class MeteredASGIWorker(MeteredWorker):
     """Mixin for an ASGI worker class: wraps the application it loaded."""
+
+    serves_wsgi = False
 
     #: The worker's attribute that holds the loaded application.
     app_attribute = "wsgi"

@@ -65,14 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     stop = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     try:
-        exporter = _core.start_exporter(
-            directory,
-            settings.bind_address,
-            settings.port,
-            settings.prefix,
-            build_info("standalone"),
-            web_config_file=settings.web_config_file,
-        )
+        exporter = _core.start_exporter(settings, directory, build_info("standalone"))
     except (OSError, ValueError) as exc:
         print(f"gunicorn-prometheus-exporter: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -12,8 +12,8 @@ import inspect
 import os
 from typing import Any, Callable
 
-from . import _core, routes, saturation, timeouts
-from .master import DIRECTORY_VARIABLE, master
+from . import _core, routes, saturation, spans, timeouts
+from .master import master
 
 RESOURCE_SAMPLE_SECONDS = 1.0
 
@@ -28,7 +28,7 @@ class MeteredLog:
         self._meter = meter
 
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
-        self._meter.access(resp, req, environ)
+        self._meter.wsgi_answered(resp, req, environ)
         self._log.access(resp, req, environ, request_time)
 
     def __getattr__(self, name: str) -> Any:
@@ -39,6 +39,9 @@ class MeteredWorker:
     """Mixin for a Gunicorn worker class; list it before Gunicorn's class."""
 
     worker_id: int
+    #: The master's settings and multiprocess directory, set before the fork.
+    metrics_settings: _core.Settings
+    metrics_directory: str
     meter: _core.WorkerMeter
 
     @classmethod
@@ -55,19 +58,13 @@ class MeteredWorker:
         state = master()
         state.setup(self.cfg)
         self.worker_id = state.assign_slot(self)
+        # Parsed once, in the master; the forked worker meters with them.
+        self.metrics_settings, self.metrics_directory = state.settings, state.directory
 
     def init_process(self) -> None:
         _core.close_inherited_metrics_sockets()  # an orphaned worker must not keep the port
-        settings = _core.Settings.from_mapping(os.environ)
-        self.meter = _core.WorkerMeter(
-            os.environ[DIRECTORY_VARIABLE],
-            os.getpid(),
-            self.worker_id,
-            settings.prefix,
-            settings.duration_buckets,
-            RESOURCE_SAMPLE_SECONDS,
-            settings.max_label_values,
-        )
+        self.meter = _core.WorkerMeter(self.metrics_settings, self.metrics_directory,
+                                       os.getpid(), self.worker_id, RESOURCE_SAMPLE_SECONDS)
         self.meter.set_concurrency(saturation.concurrency(self))
         self.meter.set_kernel_wait(saturation.has_tcp_listener(self))
         self.log = MeteredLog(self.log, self.meter)
@@ -107,9 +104,18 @@ class MeteredWorker:
         self.stop_signal = sig
         super().handle_quit(sig, frame)
 
+    #: Whether the loaded application is a WSGI one (ASGI workers wrap theirs).
+    serves_wsgi = True
+
     def load_wsgi(self) -> None:
         super().load_wsgi()  # type: ignore[misc]
         routes.watch_frameworks()
+        # An application that uses OpenTelemetry gives the exemplars of the
+        # requests that come without a traceparent header (spans.py).
+        watching = spans.watching()
+        self.meter.set_span_exemplars(watching)
+        if watching and self.serves_wsgi:
+            self.wsgi = spans.SpanCapturingWSGI(self.wsgi)
 
     def handle_abort(self, sig: int, frame: Any) -> None:
         # The arbiter's timeout: count and show the request(s) it interrupted.
@@ -123,14 +129,14 @@ class MeteredWorker:
 _METERED_TEMPLATE = """
 def {name}(self, {params}):
     meter = self.meter
-    meter.begin(req)
+    meter.wsgi_started(req)
     try:
         return handle(self, {params})
     except BaseException as exc:
-        meter.fail(req, exc)
+        meter.request_failed(req, exc)
         raise
     finally:
-        meter.end()
+        meter.request_left()
 """
 
 

@@ -108,7 +108,7 @@ class MasterExporter:
             started = _float_or(handed[CREATED_VARIABLE], started)
         if self.private:
             atexit.register(self._remove_private_directory)
-        self.meter = _core.MasterMeter(directory, self.pid, settings.prefix)
+        self.meter = _core.MasterMeter(settings, directory, self.pid)
         os.environ[DIRECTORY_VARIABLE] = str(directory)
         self.directory = str(directory)
         self.settings = settings
@@ -116,12 +116,9 @@ class MasterExporter:
         if settings.port != 0:
             try:
                 self.exporter = _core.start_exporter(
+                    settings,
                     self.directory,
-                    settings.bind_address,
-                    settings.port,
-                    settings.prefix,
                     build_info(str(getattr(cfg, "worker_class_str", ""))),
-                    web_config_file=settings.web_config_file,
                     created=started,  # the directory's counters start from zero now
                     inherited_fd=_int_or_none(handed[LISTENER_VARIABLE]),
                 )

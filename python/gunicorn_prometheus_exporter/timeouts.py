@@ -47,7 +47,7 @@ def report(worker: Any, interrupted: FrameType | None) -> int:
     for thread_id, leaf in frames.items():
         for req, environ, depth in _in_flight(leaf):
             found += 1
-            worker.meter.timeout(req, environ)
+            worker.meter.request_timed_out(req, environ)
             method, path = _describe(req)
             # From the worker's handler down to the line the request hung on.
             stack = "".join(traceback.format_stack(leaf, limit=depth))

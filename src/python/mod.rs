@@ -1,0 +1,30 @@
+//! The Python face of the core: `gunicorn_prometheus_exporter._core`.
+//!
+//! `request` reads what Gunicorn and ASGI servers hand a worker; `worker` and
+//! `master` hold the classes and functions each side of Gunicorn uses;
+//! `settings` the validated environment both read.
+
+mod master;
+mod request;
+mod settings;
+mod worker;
+
+use pyo3::prelude::*;
+
+use master::{prepare_directory, start_exporter, ArchiveCompactor, Exporter, MasterMeter};
+use settings::Settings;
+use worker::{close_inherited_metrics_sockets, WorkerMeter};
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<WorkerMeter>()?;
+    m.add_class::<Settings>()?;
+    m.add_class::<Exporter>()?;
+    m.add_function(wrap_pyfunction!(start_exporter, m)?)?;
+    m.add_function(wrap_pyfunction!(prepare_directory, m)?)?;
+    m.add_function(wrap_pyfunction!(close_inherited_metrics_sockets, m)?)?;
+    m.add_class::<MasterMeter>()?;
+    m.add_class::<ArchiveCompactor>()?;
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Reading what Gunicorn and ASGI servers hand the worker: the method,
+//! headers, route template, status and `traceparent` of a request, without
+//! allocating on the hot path.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::{ffi, intern};
+
+use crate::exemplar::TraceParent;
+use crate::labels::{parse_status, Method};
+use crate::queue_time;
+
+/// Copies up to `N` leading ASCII characters of a `str` without allocating
+/// (the limited API of Python 3.9 has no borrowed UTF-8 view).
+pub(super) fn ascii_prefix<'b, const N: usize>(
+    obj: &Bound<'_, PyAny>,
+    buf: &'b mut [u8; N],
+) -> Option<&'b [u8]> {
+    let s = obj.cast::<PyString>().ok()?;
+    // SAFETY: `s` is a live str object and the GIL is held (we have a Bound).
+    let len = unsafe { ffi::PyUnicode_GetLength(s.as_ptr()) };
+    if len < 0 {
+        return None;
+    }
+    let n = (len as usize).min(N);
+    for (i, slot) in buf.iter_mut().enumerate().take(n) {
+        // SAFETY: as above, and `i < len`: the index is in range.
+        let c = unsafe { ffi::PyUnicode_ReadChar(s.as_ptr(), i as ffi::Py_ssize_t) };
+        *slot = if c < 128 { c as u8 } else { 0 };
+    }
+    Some(&buf[..n])
+}
+
+/// The method of a Gunicorn request (`req.method`) or of an ASGI scope (`scope["method"]`).
+pub(super) fn method_of(req: &Bound<'_, PyAny>) -> Method {
+    let mut buf = [0u8; 8];
+    let py = req.py();
+    let method = match req.cast::<PyDict>() {
+        Ok(scope) => scope.get_item(intern!(py, "method")).ok().flatten(),
+        Err(_) => req.getattr(intern!(py, "method")).ok(),
+    };
+    method
+        .and_then(|m| ascii_prefix(&m, &mut buf).map(Method::parse))
+        .unwrap_or(Method::Other)
+}
+
+/// The Content-Length of an ASGI scope's headers (a list of (bytes, bytes)),
+/// and the time a proxy stamped on the request (`X-Request-Start`).
+pub(super) fn scope_headers(scope: &Bound<'_, PyAny>) -> (u64, Option<f64>) {
+    let py = scope.py();
+    let Ok(Some(headers)) = scope
+        .cast::<PyDict>()
+        .map(|s| s.get_item(intern!(py, "headers")).ok().flatten())
+    else {
+        return (0, None);
+    };
+    let Ok(headers) = headers.try_iter() else {
+        return (0, None);
+    };
+    let (mut length, mut stamped) = (0, None);
+    for header in headers.flatten() {
+        let (Ok(name), Ok(value)) = (header.get_item(0), header.get_item(1)) else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (name.cast::<PyBytes>(), value.cast::<PyBytes>()) else {
+            continue;
+        };
+        let name = name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+        } else if stamped.is_none()
+            && (name.eq_ignore_ascii_case(b"x-request-start")
+                || name.eq_ignore_ascii_case(b"x-queue-start"))
+        {
+            stamped = queue_time::parse_request_start(value.as_bytes());
+        }
+    }
+    (length, stamped)
+}
+
+/// Key of the WSGI environ / ASGI scope where any framework can leave the route template.
+const ROUTE_KEY: &str = "gunicorn_prometheus_exporter.route";
+
+/// The route template of a WSGI request: the environ key, or the rule of a
+/// Flask / Werkzeug request still in flight. `None`: nothing matched.
+pub(super) fn environ_route<'py>(environ: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let py = environ.py();
+    let environ = environ.cast::<PyDict>().ok()?;
+    if let Ok(Some(route)) = environ.get_item(intern!(py, ROUTE_KEY)) {
+        return Some(route);
+    }
+    let request = environ.get_item(intern!(py, "werkzeug.request")).ok()??;
+    if request.is_none() {
+        return None;
+    }
+    let rule = request.getattr(intern!(py, "url_rule")).ok()?;
+    if rule.is_none() {
+        return None;
+    }
+    rule.getattr(intern!(py, "rule")).ok()
+}
+
+/// The route template of an ASGI request: the scope key, or the path of the
+/// Starlette / FastAPI route that matched (behind the mounts that led to it).
+pub(super) fn scope_route<'py>(scope: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let py = scope.py();
+    let scope = scope.cast::<PyDict>().ok()?;
+    if let Ok(Some(route)) = scope.get_item(intern!(py, ROUTE_KEY)) {
+        return Some(route);
+    }
+    let route = scope.get_item(intern!(py, "route")).ok()??;
+    let path = route.getattr(intern!(py, "path")).ok()?;
+    let mounted = |key| {
+        scope
+            .get_item(key)
+            .ok()
+            .flatten()
+            .and_then(|v| v.extract::<String>().ok())
+    };
+    let root = mounted(intern!(py, "root_path")).unwrap_or_default();
+    let app_root = mounted(intern!(py, "app_root_path")).unwrap_or_default();
+    match root.strip_prefix(&app_root) {
+        Some(mount) if !mount.is_empty() => {
+            let path = path.extract::<String>().ok()?;
+            Some(PyString::new(py, &format!("{mount}{path}")).into_any())
+        }
+        _ => Some(path),
+    }
+}
+
+/// The WSGI environ of the request an exception left: a local of the
+/// handler's frame (cold path, when the application raised).
+pub(super) fn environ_of_exception<'py>(exc: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let py = exc.py();
+    let mut tb = exc.getattr(intern!(py, "__traceback__")).ok()?;
+    for _ in 0..8 {
+        if tb.is_none() {
+            return None;
+        }
+        let locals = tb
+            .getattr(intern!(py, "tb_frame"))
+            .and_then(|f| f.getattr(intern!(py, "f_locals")))
+            .ok()?;
+        if let Ok(environ) = locals.get_item("environ") {
+            if environ.cast::<PyDict>().is_ok() {
+                return Some(environ);
+            }
+        }
+        tb = tb.getattr(intern!(py, "tb_next")).ok()?;
+    }
+    None
+}
+
+/// The `traceparent` of a WSGI environ, if valid.
+pub(super) fn environ_traceparent(environ: &Bound<'_, PyAny>) -> Option<TraceParent> {
+    let environ = environ.cast::<PyDict>().ok()?;
+    let value = environ
+        .get_item(intern!(environ.py(), "HTTP_TRACEPARENT"))
+        .ok()??;
+    let mut buf = [0u8; 64];
+    TraceParent::parse(ascii_prefix(&value, &mut buf)?)
+}
+
+/// Key of the WSGI environ / ASGI scope where the worker leaves the ids of
+/// the OpenTelemetry span current when the response started (`spans.py`):
+/// a tuple (trace_id, span_id) of ints.
+const SPAN_KEY: &str = "gunicorn_prometheus_exporter.span";
+
+/// The trace context of the OpenTelemetry span the worker captured in the
+/// WSGI environ or ASGI scope, if any: the exemplar of a request that came
+/// without a `traceparent` header. Ids of zero are ignored, as in the header.
+pub(super) fn captured_span(environ: &Bound<'_, PyAny>) -> Option<TraceParent> {
+    let environ = environ.cast::<PyDict>().ok()?;
+    let ids = environ.get_item(intern!(environ.py(), SPAN_KEY)).ok()??;
+    let (trace_id, span_id) = ids.extract::<(u128, u64)>().ok()?;
+    (trace_id != 0 && span_id != 0).then_some(TraceParent { trace_id, span_id })
+}
+
+/// The `traceparent` of an ASGI scope (bytes headers) or of a Gunicorn
+/// request (`req.headers`: upper-case str pairs), if valid.
+pub(super) fn request_traceparent(req: &Bound<'_, PyAny>) -> Option<TraceParent> {
+    let py = req.py();
+    let headers = match req.cast::<PyDict>() {
+        Ok(scope) => scope.get_item(intern!(py, "headers")).ok()??,
+        Err(_) => req.getattr(intern!(py, "headers")).ok()?,
+    };
+    for header in headers.try_iter().ok()?.flatten() {
+        let (Ok(name), Ok(value)) = (header.get_item(0), header.get_item(1)) else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (name.cast::<PyBytes>(), value.cast::<PyBytes>()) {
+            if name.as_bytes().eq_ignore_ascii_case(b"traceparent") {
+                return TraceParent::parse(value.as_bytes());
+            }
+            continue;
+        }
+        let mut name_buf = [0u8; 12];
+        if ascii_prefix(&name, &mut name_buf)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"traceparent"))
+        {
+            let mut buf = [0u8; 64];
+            return TraceParent::parse(ascii_prefix(&value, &mut buf)?);
+        }
+    }
+    None
+}
+
+pub(super) fn status_of(status: &Bound<'_, PyAny>) -> Option<u16> {
+    if status.is_none() {
+        return None; // no start_response yet: Gunicorn logs again once it answers
+    }
+    let mut buf = [0u8; 4];
+    if let Some(prefix) = ascii_prefix(status, &mut buf) {
+        return Some(parse_status(prefix));
+    }
+    status.extract::<u16>().ok()
+}
+
+pub(super) fn content_length(environ: &Bound<'_, PyAny>) -> u64 {
+    let mut buf = [0u8; 20];
+    let Ok(environ) = environ.cast::<PyDict>() else {
+        return 0;
+    };
+    match environ.get_item(intern!(environ.py(), "CONTENT_LENGTH")) {
+        Ok(Some(v)) => ascii_prefix(&v, &mut buf)
+            .map(|d| {
+                d.iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .fold(0u64, |a, b| {
+                        a.saturating_mul(10).saturating_add((b - b'0') as u64)
+                    })
+            })
+            .unwrap_or(0),
+        _ => 0,
+    }
+}

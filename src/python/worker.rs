@@ -1,0 +1,323 @@
+//! The worker side of the compiled module: `WorkerMeter`, the per-request
+//! instrumentation, and the worker's start-up chores.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use pyo3::{ffi, intern};
+
+use super::request::{
+    ascii_prefix, captured_span, content_length, environ_of_exception, environ_route,
+    environ_traceparent, method_of, request_traceparent, scope_headers, scope_route, status_of,
+};
+use super::settings::Settings;
+use crate::exemplar::TraceParent;
+use crate::failures;
+use crate::meter::{MeterConfig, WorkerMeter as Meter};
+use crate::queue_time;
+use crate::route::NO_ROUTE;
+use crate::server;
+
+/// Attribute of Gunicorn's request object that carries the start time.
+const STARTED: &str = "_prometheus_started_ns";
+
+/// The instrumentation of one worker process. Its methods never raise: a
+/// metrics problem must not break a request.
+///
+/// Each request is told in pairs: `wsgi_started(req)` / `wsgi_answered(resp,
+/// req, environ)` on the WSGI path (the answer is counted where Gunicorn logs
+/// it), `asgi_started()` / `asgi_answered(started, scope, status, sent)` on the
+/// ASGI path; then `request_left()` on both, answered or not, with
+/// `request_failed` or `request_timed_out` before it when that happened.
+#[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
+pub(super) struct WorkerMeter {
+    meter: Arc<Meter>,
+    /// Route template (str) -> id: the hot path's lookup, no allocation.
+    route_ids: Py<PyDict>,
+    /// The application uses OpenTelemetry: read the span ids the worker
+    /// left in the environ / scope (off: no lookup at all).
+    spans: AtomicBool,
+}
+
+impl WorkerMeter {
+    /// The span ids the worker captured in `environ` (or an ASGI scope), when
+    /// the application uses OpenTelemetry.
+    fn captured_span(&self, environ: &Bound<'_, PyAny>) -> Option<TraceParent> {
+        if !self.spans.load(Ordering::Relaxed) {
+            return None;
+        }
+        captured_span(environ)
+    }
+
+    /// The id of a route template object (`None`: nothing matched).
+    fn route_id(&self, route: Option<Bound<'_, PyAny>>) -> u16 {
+        let Some(route) = route else {
+            return NO_ROUTE;
+        };
+        let py = route.py();
+        let ids = self.route_ids.bind(py);
+        if let Ok(Some(id)) = ids.get_item(&route) {
+            return id.extract().unwrap_or(NO_ROUTE);
+        }
+        let Some(name) = route
+            .cast::<PyString>()
+            .ok()
+            .and_then(|r| r.to_cow().ok().map(|n| n.into_owned()))
+        else {
+            return NO_ROUTE;
+        };
+        let (id, folded) = self.meter.route_id(&name);
+        if !folded {
+            let _ = ids.set_item(&route, id);
+        }
+        id
+    }
+
+    /// Queue time of a WSGI request begun at `started`, answered now: from the
+    /// proxy's stamp, else from the kernel (the client socket `resp.sock`).
+    fn observe_queue(&self, started: u64, resp: &Bound<'_, PyAny>, environ: &Bound<'_, PyAny>) {
+        let py = resp.py();
+        let now = crate::clock::monotonic_ns();
+        let handled = now.saturating_sub(started) as f64 / 1e9;
+        if let Ok(environ) = environ.cast::<PyDict>() {
+            for key in [
+                intern!(py, "HTTP_X_REQUEST_START"),
+                intern!(py, "HTTP_X_QUEUE_START"),
+            ] {
+                let Ok(Some(value)) = environ.get_item(key) else {
+                    continue;
+                };
+                let mut buf = [0u8; 32];
+                let stamped =
+                    ascii_prefix(&value, &mut buf).and_then(queue_time::parse_request_start);
+                let began = crate::clock::unix_seconds() - handled;
+                if let Some(waited) = stamped.and_then(|t| queue_time::from_stamp(t, began)) {
+                    self.meter.observe_queue(waited);
+                    return;
+                }
+            }
+        }
+        if !self.meter.should_probe_kernel(started, now) {
+            return;
+        }
+        let Ok(sock) = resp.getattr(intern!(py, "sock")) else {
+            return;
+        };
+        // SAFETY: `sock` is a live object; the call has no other precondition.
+        let fd = unsafe { ffi::PyObject_AsFileDescriptor(sock.as_ptr()) };
+        if fd < 0 {
+            let _ = PyErr::take(py);
+            return;
+        }
+        self.meter.observe_kernel_wait(fd, handled);
+    }
+}
+
+#[pymethods]
+impl WorkerMeter {
+    /// Opens the worker's files in `directory` with the master's `settings`
+    /// (prefix, duration buckets, label cap) and starts the resource sampler.
+    #[new]
+    fn new(
+        py: Python<'_>,
+        settings: &Settings,
+        directory: PathBuf,
+        pid: u32,
+        worker_id: u32,
+        sample_interval: f64,
+    ) -> Self {
+        let settings = &settings.0;
+        let config = MeterConfig {
+            directory,
+            pid,
+            worker_id,
+            prefix: settings.prefix.clone(),
+            duration_buckets: settings.duration_buckets.clone(),
+            max_label_values: settings.max_label_values,
+        };
+        // Never fails: a metrics problem must not keep the worker from booting.
+        let meter = Arc::new(Meter::open(&config));
+        if let Err(e) = meter.start_sampler(Duration::from_secs_f64(sample_interval)) {
+            failures::write_error(1, format_args!("cannot start the resource sampler: {e}"));
+        }
+        WorkerMeter {
+            meter,
+            route_ids: PyDict::new(py).unbind(),
+            spans: AtomicBool::new(false),
+        }
+    }
+
+    /// A WSGI request starts (Gunicorn's `req`): counts it in flight and
+    /// notes its start on `req`. Its pair: `wsgi_answered`, then `request_left`.
+    fn wsgi_started(&self, req: &Bound<'_, PyAny>) {
+        let started = self.meter.begin();
+        let _ = req.setattr(intern!(req.py(), STARTED), started);
+    }
+
+    /// An ASGI request starts: counts it in flight, returns its start time
+    /// for `asgi_answered`; then `request_left`.
+    fn asgi_started(&self) -> u64 {
+        self.meter.begin()
+    }
+
+    /// An ASGI request that started at `started` (`asgi_started`) was
+    /// answered with `status` and `sent` body bytes: counts it once.
+    fn asgi_answered(&self, started: u64, scope: &Bound<'_, PyAny>, status: u16, sent: u64) {
+        let (length, stamped) = scope_headers(scope);
+        if let Some(stamped) = stamped {
+            let handled = crate::clock::monotonic_ns().saturating_sub(started) as f64 / 1e9;
+            let began = crate::clock::unix_seconds() - handled;
+            if let Some(waited) = queue_time::from_stamp(stamped, began) {
+                self.meter.observe_queue(waited);
+            }
+        }
+        let method = method_of(scope);
+        let route = self.route_id(scope_route(scope));
+        self.meter
+            .record(started, method, status, length, sent, route);
+        // The header the caller sent wins over the span the application ran in.
+        if let Some(trace) = request_traceparent(scope).or_else(|| self.captured_span(scope)) {
+            self.meter.exemplar(started, method, status, route, &trace);
+        }
+    }
+
+    /// The request left the worker's hands, answered or not: ends what
+    /// `wsgi_started` or `asgi_started` began (in flight, busy time).
+    fn request_left(&self) {
+        self.meter.end();
+    }
+
+    /// Gunicorn logged the response `resp` of `req` (`log.access`, with the
+    /// WSGI `environ`): counts the request `wsgi_started` began, once.
+    fn wsgi_answered(
+        &self,
+        resp: &Bound<'_, PyAny>,
+        req: &Bound<'_, PyAny>,
+        environ: &Bound<'_, PyAny>,
+    ) {
+        let py = req.py();
+        let Ok(started) = req
+            .getattr(intern!(py, STARTED))
+            .and_then(|v| v.extract::<u64>())
+        else {
+            return;
+        };
+        if started == 0 {
+            return;
+        }
+        let Some(status) = resp
+            .getattr(intern!(py, "status"))
+            .ok()
+            .and_then(|s| status_of(&s))
+        else {
+            return;
+        };
+        let _ = req.setattr(intern!(py, STARTED), 0);
+        let sent = resp
+            .getattr(intern!(py, "sent"))
+            .and_then(|v| v.extract::<u64>())
+            .unwrap_or(0);
+        self.observe_queue(started, resp, environ);
+        let method = method_of(req);
+        let route = self.route_id(environ_route(environ));
+        self.meter.record(
+            started,
+            method,
+            status,
+            content_length(environ),
+            sent,
+            route,
+        );
+        // The header the caller sent wins over the span the application ran in.
+        if let Some(trace) = environ_traceparent(environ).or_else(|| self.captured_span(environ)) {
+            self.meter.exemplar(started, method, status, route, &trace);
+        }
+    }
+
+    /// Whether the application uses OpenTelemetry: the worker then leaves the
+    /// current span's ids in the environ / scope (`spans.py`), the exemplar
+    /// of a request that came without a `traceparent` header.
+    fn set_span_exemplars(&self, on: bool) {
+        self.spans.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether to read queue time from the kernel (the worker has a TCP listener).
+    fn set_kernel_wait(&self, on: bool) {
+        self.meter.set_kernel_wait(on);
+    }
+
+    /// Requests this worker can serve at once.
+    fn set_concurrency(&self, requests: u32) {
+        self.meter.set_concurrency(requests);
+    }
+
+    /// The arbiter aborted this worker while it handled `req` (a Gunicorn
+    /// request, with its WSGI `environ` when known, or an ASGI scope).
+    #[pyo3(signature = (req, environ=None))]
+    fn request_timed_out(&self, req: &Bound<'_, PyAny>, environ: Option<&Bound<'_, PyAny>>) {
+        let route = match environ {
+            Some(environ) => environ_route(environ),
+            None => scope_route(req),
+        };
+        self.meter.timeout(method_of(req), self.route_id(route));
+    }
+
+    /// Leaves the reason this worker exits (`max_requests`, `graceful`,
+    /// `crashed`); never raises (a failure is a counted write error).
+    fn note_exit(&self, reason: &str) -> bool {
+        self.meter.note_exit(reason)
+    }
+
+    /// The application raised `exc` while handling `req` (a Gunicorn request
+    /// or an ASGI scope); `request_left` follows.
+    fn request_failed(&self, req: &Bound<'_, PyAny>, exc: &Bound<'_, PyAny>) {
+        let py = exc.py();
+        let mut exc = exc.clone();
+        // Gunicorn turns an error after the headers were sent into StopIteration.
+        if exc.is_instance_of::<pyo3::exceptions::PyConnectionError>() {
+            return; // the client went away: not the application's failure
+        }
+        if exc.is_instance_of::<pyo3::exceptions::PySystemExit>()
+            || exc.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>()
+        {
+            return; // the worker is exiting (a timeout abort, a signal): not a failure
+        }
+        if exc.is_instance_of::<pyo3::exceptions::PyStopIteration>() {
+            if let Ok(context) = exc.getattr(intern!(py, "__context__")) {
+                if !context.is_none() {
+                    exc = context;
+                }
+            }
+        }
+        let name = exc
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "Exception".into());
+        let (route, span) = if req.cast::<PyDict>().is_ok() {
+            (scope_route(req), self.captured_span(req))
+        } else {
+            let environ = environ_of_exception(&exc);
+            let route = environ.as_ref().and_then(environ_route);
+            (route, environ.and_then(|e| self.captured_span(&e)))
+        };
+        let method = method_of(req);
+        let route = self.route_id(route);
+        self.meter.fail(method, &name, route);
+        // The header the caller sent wins over the span the application ran in.
+        if let Some(trace) = request_traceparent(req).or(span) {
+            self.meter.fail_exemplar(method, &name, route, &trace);
+        }
+    }
+}
+
+/// In a forked worker: closes the metrics sockets inherited from the master,
+/// so that an orphaned worker does not keep the port. Returns how many.
+#[pyfunction]
+pub(super) fn close_inherited_metrics_sockets() -> usize {
+    server::inherited::close_inherited_sockets()
+}
