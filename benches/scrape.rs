@@ -253,5 +253,7 @@ fn main() {
             );
         }
     }
-    formats(scrapes);
+    if std::env::var("NO_FORMATS").is_err() {
+        formats(scrapes);
+    }
 }

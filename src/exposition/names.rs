@@ -4,17 +4,60 @@
 //! The check is strict where prometheus_client's regex lets a trailing
 //! newline through.
 
+#[inline]
 fn is_label_rune(c: char, i: usize) -> bool {
     c.is_ascii_alphabetic() || c == '_' || (c.is_ascii_digit() && i > 0)
 }
 
+#[inline]
 fn is_metric_rune(c: char, i: usize) -> bool {
     is_label_rune(c, i) || c == ':'
 }
 
-fn push_escaped(out: &mut String, name: &str, valid: fn(char, usize) -> bool) {
+const LABEL: u8 = 1;
+const METRIC: u8 = 2;
+const DIGIT: u8 = 4;
+
+/// Per byte: `LABEL` if valid in a label name anywhere, `METRIC` if valid in
+/// a metric name anywhere; `DIGIT` if valid in both, but not first.
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_alphabetic() || c == b'_' {
+            LABEL | METRIC
+        } else if c == b':' {
+            METRIC
+        } else if c.is_ascii_digit() {
+            DIGIT
+        } else {
+            0
+        };
+        b += 1;
+    }
+    t
+};
+
+/// Whether `name` is all ASCII and valid as a name of `class`.
+#[inline]
+fn all_valid(name: &str, class: u8) -> bool {
+    let bytes = name.as_bytes();
+    let Some((&first, rest)) = bytes.split_first() else {
+        return true;
+    };
+    CLASSES[first as usize] & class != 0
+        && rest
+            .iter()
+            .all(|&b| CLASSES[b as usize] & (class | DIGIT) != 0)
+}
+
+/// `class`: `LABEL` or `METRIC`, checked by table; `valid` says the same of
+/// a character at an index, for a name that needs escaping.
+#[inline]
+fn push_escaped(out: &mut String, name: &str, class: u8, valid: fn(char, usize) -> bool) {
     // Python indexes characters, not bytes: a digit is allowed after any character.
-    if name.chars().enumerate().all(|(i, c)| valid(c, i)) {
+    if all_valid(name, class) {
         out.push_str(name);
         return;
     }
@@ -27,12 +70,12 @@ fn push_escaped(out: &mut String, name: &str, valid: fn(char, usize) -> bool) {
 
 /// A metric (family or sample) name.
 pub fn push_metric_name(out: &mut String, name: &str) {
-    push_escaped(out, name, is_metric_rune);
+    push_escaped(out, name, METRIC, is_metric_rune);
 }
 
 /// A label name.
 pub fn push_label_name(out: &mut String, name: &str) {
-    push_escaped(out, name, is_label_rune);
+    push_escaped(out, name, LABEL, is_label_rune);
 }
 
 #[cfg(test)]

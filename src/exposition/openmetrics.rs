@@ -1,7 +1,7 @@
 //! OpenMetrics 1.0 text, as prometheus_client's openmetrics exposition writes it.
 
 use super::names::push_metric_name;
-use super::text::push_labels;
+use super::text::{push_labels, SampleLabels};
 use crate::exemplar::Exemplars;
 use crate::model::{Family, Kind, Sample};
 use crate::storage::float::push_go_float;
@@ -30,6 +30,7 @@ pub fn encode_with_exemplars(
     exemplars: Option<&Exemplars>,
     out: &mut String,
 ) {
+    let mut labels = SampleLabels::default();
     for family in families {
         let exemplars = exemplars.filter(|e| e.has_family(&family.name));
         out.push_str("# HELP ");
@@ -45,7 +46,7 @@ pub fn encode_with_exemplars(
         let samples = &family.samples;
         for (i, sample) in samples.iter().enumerate() {
             push_metric_name(out, &sample.name);
-            push_labels(out, sample.label_pairs());
+            labels.push(out, sample);
             out.push(' ');
             push_go_float(out, sample.value);
             if let Some(e) = exemplars.and_then(|e| e.get(&family.name, sample)) {

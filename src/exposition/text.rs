@@ -2,17 +2,25 @@
 //! `generate_latest` writes it.
 
 use super::names::{push_label_name, push_metric_name};
-use crate::model::{Family, Kind};
+use std::sync::Arc;
+
+use crate::model::{Family, Kind, Labels, Sample};
 use crate::storage::float::push_go_float;
 
 /// Content-Type of a text 0.0.4 body.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn push_escaped(out: &mut String, s: &str, quote: bool) {
-    if !s
-        .bytes()
-        .any(|b| b == b'\\' || b == b'\n' || (quote && b == b'"'))
-    {
+    // Bytes that need escaping: 1 always, 2 in a quoted label value.
+    const SPECIAL: [u8; 256] = {
+        let mut t = [0u8; 256];
+        t[b'\\' as usize] = 1;
+        t[b'\n' as usize] = 1;
+        t[b'"' as usize] = 2;
+        t
+    };
+    let mask = if quote { 3 } else { 1 };
+    if !s.bytes().any(|b| SPECIAL[b as usize] & mask != 0) {
         out.push_str(s);
         return;
     }
@@ -33,6 +41,50 @@ pub fn push_labels<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, 
         return;
     }
     out.push('{');
+    push_pairs(out, labels);
+    out.push('}');
+}
+
+/// Writes the labels of samples one after the other, rendering a label set
+/// once for the samples that share it (a series' samples are contiguous and
+/// share one `Arc<Labels>`): most of a scrape's bytes are labels.
+#[derive(Default)]
+pub struct SampleLabels {
+    /// The label set rendered last (compared by address only, never read).
+    last: Option<*const Labels>,
+    /// Its labels, `k="v",...`, without braces.
+    rendered: String,
+}
+
+impl SampleLabels {
+    /// `{k="v",...}` of `sample`, its extra label last; nothing for no labels.
+    pub fn push(&mut self, out: &mut String, sample: &Sample) {
+        let set = Arc::as_ptr(&sample.labels);
+        if self.last != Some(set) {
+            self.rendered.clear();
+            push_pairs(
+                &mut self.rendered,
+                sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+            self.last = Some(set);
+        }
+        if self.rendered.is_empty() && sample.extra.is_none() {
+            return;
+        }
+        out.push('{');
+        out.push_str(&self.rendered);
+        if let Some((k, v)) = &sample.extra {
+            if !self.rendered.is_empty() {
+                out.push(',');
+            }
+            push_pairs(out, std::iter::once((*k, v.as_ref())));
+        }
+        out.push('}');
+    }
+}
+
+/// `k="v",...`
+fn push_pairs<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, &'a str)>) {
     for (i, (k, v)) in labels.enumerate() {
         if i > 0 {
             out.push(',');
@@ -42,11 +94,11 @@ pub fn push_labels<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, 
         push_escaped(out, v, true);
         out.push('"');
     }
-    out.push('}');
 }
 
 /// Appends the families to `out`.
 pub fn encode(families: &[Family], out: &mut String) {
+    let mut labels = SampleLabels::default();
     for family in families {
         let total;
         let name = if family.kind == Kind::Counter {
@@ -66,7 +118,7 @@ pub fn encode(families: &[Family], out: &mut String) {
         out.push('\n');
         for sample in &family.samples {
             push_metric_name(out, &sample.name);
-            push_labels(out, sample.label_pairs());
+            labels.push(out, sample);
             out.push(' ');
             push_go_float(out, sample.value);
             out.push('\n');

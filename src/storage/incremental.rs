@@ -9,33 +9,29 @@
 //!
 //! Nothing is trusted that was not checked. A read still takes the file's
 //! used bytes with `pread` (as `reader.rs` does, never a mapping of another
-//! process's file) and compares every remembered entry with them, length and
-//! key byte for byte, before it takes the value at the remembered offset. A
-//! file replaced under the same name, an inode number reused, or bytes
-//! rewritten in place are noticed at the first entry that differs, and the
-//! file is parsed again from there.
+//! process's file) and compares every remembered entry with the bytes of the
+//! last read, length and key byte for byte, before it takes the value at the
+//! remembered offset. A file replaced under the same name, an inode number
+//! reused, or bytes rewritten in place are noticed at the first entry that
+//! differs, and the file is parsed again from there. The last read's bytes
+//! are kept per file (the buffers are swapped, not copied): both sides of
+//! the comparison are read in file order, which is what makes it cheap.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
-
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::open::open_read_stat;
 use super::reader::{entry_at, read_used_sized, used_length, value_at_offset, ReadError};
 use super::{key_padding, HEADER_BYTES};
 
-/// Distinct keys remembered before everything is forgotten (and parsed again
-/// on the next read), so that churning keys cannot grow the cache unbounded.
-const MAX_KEYS: usize = 1 << 20;
-
-/// Largest read buffer kept between reads.
+/// Largest spare read buffer kept between reads.
 const KEPT_BUFFER_BYTES: usize = 4 << 20;
 
-/// An entry parsed before: where it starts, its key, and its tag.
+/// An entry parsed before: where it starts, its key's length, and its tag.
 struct Remembered<T> {
     offset: usize,
-    key: Arc<str>,
+    key_len: usize,
     tag: T,
 }
 
@@ -46,6 +42,9 @@ struct CachedFile<T> {
     entries: Vec<Remembered<T>>,
     /// Offset just past the last remembered entry.
     end: usize,
+    /// The bytes of the last read: the remembered entries' keys are checked
+    /// against them.
+    bytes: Vec<u8>,
     /// The pass that read it last (see `FileCache::begin_pass`).
     pass: u64,
 }
@@ -62,8 +61,7 @@ pub trait Visitor<T> {
 /// Remembers the entries of the files of directories read again and again.
 pub struct FileCache<T> {
     files: HashMap<Box<str>, CachedFile<T>>,
-    /// Every remembered key, once.
-    keys: HashSet<Arc<str>>,
+    /// The buffer the next file is read into.
     buf: Vec<u8>,
     pass: u64,
 }
@@ -72,7 +70,6 @@ impl<T> Default for FileCache<T> {
     fn default() -> Self {
         FileCache {
             files: HashMap::default(),
-            keys: HashSet::default(),
             buf: Vec::new(),
             pass: 0,
         }
@@ -84,9 +81,6 @@ impl<T> FileCache<T> {
     /// `end_pass` are forgotten then.
     pub fn begin_pass(&mut self) {
         self.pass += 1;
-        if self.keys.len() > MAX_KEYS {
-            self.forget();
-        }
     }
 
     /// Forgets the files not read since `begin_pass`.
@@ -101,7 +95,6 @@ impl<T> FileCache<T> {
     /// Forgets everything: every file is parsed again on its next read.
     pub fn forget(&mut self) {
         self.files.clear();
-        self.keys.clear();
     }
 
     /// Reads the file `name` of `dir`: `visitor.visit` for every entry, in
@@ -132,6 +125,7 @@ impl<T> FileCache<T> {
                 identity,
                 entries: Vec::new(),
                 end: HEADER_BYTES,
+                bytes: Vec::new(),
                 pass: 0,
             }),
         };
@@ -141,62 +135,63 @@ impl<T> FileCache<T> {
             cached.entries.clear();
             cached.end = HEADER_BYTES;
         }
+        let before = &cached.bytes;
         let still = cached
             .entries
             .iter()
-            .position(|r| !visit_if_same(data, used, r, visitor))
+            .position(|r| !visit_if_same(data, used, before, r, visitor))
             .unwrap_or(cached.entries.len());
         if still < cached.entries.len() {
             cached.end = cached.entries[still].offset;
             cached.entries.truncate(still);
         }
+        let mut error = None;
         if used < HEADER_BYTES {
-            return read_error.or((used != 0).then_some(ReadError::BadHeader));
-        }
-        let mut pos = cached.end;
-        while pos < used {
-            match entry_at(data, pos, used) {
-                Ok((entry, next)) => {
-                    let key = match self.keys.get(entry.key) {
-                        Some(key) => Arc::clone(key),
-                        None => {
-                            let key: Arc<str> = Arc::from(entry.key);
-                            self.keys.insert(Arc::clone(&key));
-                            key
-                        }
-                    };
-                    let t = visitor.tag(entry.key);
-                    visitor.visit(&t, entry.value, entry.timestamp);
-                    cached.entries.push(Remembered {
-                        offset: pos,
-                        key,
-                        tag: t,
-                    });
-                    pos = next;
-                    cached.end = next;
+            error = (used != 0).then_some(ReadError::BadHeader);
+        } else {
+            let mut pos = cached.end;
+            while pos < used {
+                match entry_at(data, pos, used) {
+                    Ok((entry, next)) => {
+                        let t = visitor.tag(entry.key);
+                        visitor.visit(&t, entry.value, entry.timestamp);
+                        cached.entries.push(Remembered {
+                            offset: pos,
+                            key_len: entry.key.len(),
+                            tag: t,
+                        });
+                        pos = next;
+                        cached.end = next;
+                    }
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
                 }
-                Err(e) => return read_error.or(Some(e)),
             }
         }
-        read_error
+        // These bytes are what the next read is checked against; the
+        // previous ones become the next read's buffer.
+        std::mem::swap(&mut cached.bytes, &mut self.buf);
+        read_error.or(error)
     }
 }
 
-/// Visits `r` if `data` (of which `used` bytes count) still holds its key at
-/// its offset; `false` if not.
+/// Visits `r` if `data` (of which `used` bytes count) still holds at its
+/// offset the length and key that `before` (the last read) held; `false` if not.
 #[inline]
 fn visit_if_same<T>(
     data: &[u8],
     used: usize,
+    before: &[u8],
     r: &Remembered<T>,
     visitor: &mut impl Visitor<T>,
 ) -> bool {
-    let len = r.key.len();
-    let value_at = r.offset + 4 + len + key_padding(len);
-    if value_at + 16 > used
-        || data[r.offset..r.offset + 4] != (len as i32).to_le_bytes()
-        || data[r.offset + 4..r.offset + 4 + len] != *r.key.as_bytes()
-    {
+    let key_end = r.offset + 4 + r.key_len;
+    let value_at = key_end + key_padding(r.key_len);
+    // `before` holds every remembered entry; `get` all the same: a slip here
+    // must cost a reparse, never a panic of the scrape.
+    if value_at + 16 > used || before.get(r.offset..key_end) != Some(&data[r.offset..key_end]) {
         return false;
     }
     let (value, timestamp) = value_at_offset(data, value_at);

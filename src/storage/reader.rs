@@ -6,7 +6,6 @@
 //! file is refused by its size, never read whole.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -72,11 +71,11 @@ pub(crate) fn read_used_sized(file: &File, size: u64, buf: &mut Vec<u8>) -> Resu
     let used = used as usize;
     // Never more than fstat says the file holds, whatever the header claims.
     let readable = used.min(size as usize);
-    // From offset 0 (the header was read with pread): no zero-filling of `buf`.
-    let got = file
-        .take(readable as u64)
-        .read_to_end(buf)
-        .map_err(|e| ReadError::Io(e.to_string()))?;
+    // One pread of every used byte, header included, into a buffer reused
+    // across files (zero-filled only where it grows).
+    buf.resize(readable, 0);
+    let got = read_at_most(file, buf, 0)?;
+    buf.truncate(got);
     if got < used {
         return Err(ReadError::Truncated);
     }
