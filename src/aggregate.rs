@@ -18,37 +18,31 @@ use crate::storage::names::{DbName, GaugeMode, DB_SUFFIX};
 use crate::storage::running_clock;
 use crate::storage::ReadError;
 
-/// A label set shared by every key that has it; compared by identity.
-#[derive(Clone)]
-struct LabelSet(Arc<Labels>);
+/// An interned value (one `Arc` per distinct value), compared and hashed
+/// by address.
+struct Interned<T: ?Sized>(Arc<T>);
 
-impl PartialEq for LabelSet {
+impl<T: ?Sized> Clone for Interned<T> {
+    fn clone(&self) -> Self {
+        Interned(Arc::clone(&self.0))
+    }
+}
+impl<T: ?Sized> PartialEq for Interned<T> {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
 }
-impl Eq for LabelSet {}
-impl Hash for LabelSet {
+impl<T: ?Sized> Eq for Interned<T> {}
+impl<T: ?Sized> Hash for Interned<T> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.0) as usize).hash(state)
+        (Arc::as_ptr(&self.0) as *const () as usize).hash(state)
     }
 }
 
-/// An interned string, compared and hashed by identity.
-#[derive(Clone)]
-struct Name(Arc<str>);
-
-impl PartialEq for Name {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-impl Eq for Name {}
-impl Hash for Name {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.0) as *const u8 as usize).hash(state)
-    }
-}
+/// A label set shared by every key that has it.
+type LabelSet = Interned<Labels>;
+/// A sample or family name.
+type Name = Interned<str>;
 
 /// A key of a file, parsed once.
 struct KeyInfo {
@@ -165,7 +159,7 @@ fn intern_str(set: &mut HashSet<Arc<str>>, s: &str) -> Arc<str> {
 
 impl Registry {
     fn intern_labels(&mut self, labels: Labels) -> LabelSet {
-        LabelSet(match self.label_sets.get(&labels) {
+        Interned(match self.label_sets.get(&labels) {
             Some(found) => Arc::clone(found),
             None => {
                 let new = Arc::new(labels);
@@ -201,7 +195,7 @@ impl Registry {
             Arc::new(KeyInfo {
                 family: intern_str(&mut self.names, &parsed.metric_name),
                 help: Arc::from(parsed.help),
-                sample: Name(intern_str(&mut self.names, &parsed.sample_name)),
+                sample: Interned(intern_str(&mut self.names, &parsed.sample_name)),
                 all_labels,
                 labels,
                 le,
@@ -241,7 +235,7 @@ impl Registry {
         let slot_key = SlotKey {
             family,
             labels,
-            pid: pid.clone().map(Name),
+            pid: pid.clone().map(Interned),
             sample: info.sample.clone(),
             bound: bucket.as_ref().map(|b| b.0.to_bits()),
         };
