@@ -390,6 +390,8 @@ impl Aggregator {
                 continue;
             }
             let mut family = Family::new(info.name.as_ref(), info.help.as_ref(), info.kind);
+            // At most a sample per slot, and a histogram's count per series.
+            family.samples.reserve(group.len() + group.len() / 8);
             let mut series = SeriesOut::default();
             for &slot_id in group {
                 let Some(acc) = self

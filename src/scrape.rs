@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -15,6 +15,7 @@ use crate::backlog;
 use crate::clock::monotonic_seconds;
 use crate::exemplar::{ExemplarAggregator, Exemplars};
 use crate::exposition::negotiate::Format;
+use crate::exposition::text::LabelCache;
 use crate::exposition::{openmetrics, protobuf, text};
 use crate::failures;
 use crate::model::{Family, Kind, Labels};
@@ -48,6 +49,10 @@ pub struct ScrapeSource {
     /// Refilled by `render` after encoding (moved, never copied).
     last_read: Mutex<(Vec<Family>, usize)>,
     read_errors: AtomicU64,
+    /// Label sets rendered by earlier scrapes.
+    labels: Mutex<LabelCache>,
+    /// The size of the last body rendered, to size the next one.
+    last_body: AtomicUsize,
     /// Native histograms, read only for the protobuf format.
     native: Mutex<NativeAggregator>,
     /// Exemplars, read for OpenMetrics and protobuf.
@@ -71,6 +76,8 @@ impl ScrapeSource {
             aggregator: Mutex::new(Aggregator::default()),
             last_read: Mutex::new((Vec::new(), 0)),
             read_errors: AtomicU64::new(0),
+            labels: Mutex::new(LabelCache::default()),
+            last_body: AtomicUsize::new(0),
             native: Mutex::new(NativeAggregator::default()),
             exemplars: Mutex::new(ExemplarAggregator::default()),
         }
@@ -212,6 +219,13 @@ impl ScrapeSource {
         vec![waiting, max]
     }
 
+    /// Room for a body: a little more than the last one (a body grown by
+    /// doubling costs a copy of it per doubling).
+    fn body_capacity(&self) -> usize {
+        let last = self.last_body.load(Ordering::Relaxed);
+        (last + last / 8).max(64 << 10)
+    }
+
     /// The body of a scrape in `format`.
     pub fn render(&self, format: Format) -> Vec<u8> {
         let extra = Extra {
@@ -219,18 +233,20 @@ impl ScrapeSource {
             exemplars: format != Format::Text,
         };
         let read = self.collect(extra);
+        let mut labels = self.labels.lock();
         let bytes = match format {
             Format::Text => {
-                let mut out = String::with_capacity(64 << 10);
-                text::encode(&read.families, &mut out);
+                let mut out = String::with_capacity(self.body_capacity());
+                text::encode_with(&read.families, &mut labels, &mut out);
                 out.into_bytes()
             }
             Format::OpenMetrics => {
-                let mut out = String::with_capacity(64 << 10);
+                let mut out = String::with_capacity(self.body_capacity());
                 openmetrics::encode_with_exemplars(
                     &read.families,
                     self.created,
                     Some(&read.exemplars),
+                    &mut labels,
                     &mut out,
                 );
                 out.into_bytes()
@@ -242,11 +258,14 @@ impl ScrapeSource {
                     ..Default::default()
                 }
                 .with_exemplars(&read.exemplars);
-                let mut bytes = Vec::with_capacity(64 << 10);
+                let mut bytes = Vec::with_capacity(self.body_capacity());
                 protobuf::encode(&read.families, &extras, &mut bytes);
                 bytes
             }
         };
+        labels.end_scrape();
+        drop(labels);
+        self.last_body.store(bytes.len(), Ordering::Relaxed);
         // Kept for a scrape that cannot take the lock: served again, not copied.
         let mut families = read.families;
         families.truncate(read.from_directory);

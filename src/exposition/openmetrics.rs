@@ -1,7 +1,7 @@
 //! OpenMetrics 1.0 text, as prometheus_client's openmetrics exposition writes it.
 
 use super::names::push_metric_name;
-use super::text::{push_labels, SampleLabels};
+use super::text::{push_labels, LabelCache};
 use crate::exemplar::Exemplars;
 use crate::model::{Family, Kind, Sample};
 use crate::storage::float::push_go_float;
@@ -28,9 +28,9 @@ pub fn encode_with_exemplars(
     families: &[Family],
     created: Option<f64>,
     exemplars: Option<&Exemplars>,
+    labels: &mut LabelCache,
     out: &mut String,
 ) {
-    let mut labels = SampleLabels::default();
     for family in families {
         let exemplars = exemplars.filter(|e| e.has_family(&family.name));
         out.push_str("# HELP ");
@@ -104,7 +104,13 @@ mod tests {
         h.push("_count", vec![], 1.0);
         h.push("_sum", vec![], 0.5);
         let mut out = String::new();
-        encode_with_exemplars(&[c, h], Some(100.0), None, &mut out);
+        encode_with_exemplars(
+            &[c, h],
+            Some(100.0),
+            None,
+            &mut LabelCache::default(),
+            &mut out,
+        );
         assert_eq!(
             out,
             "# HELP req Requests \\\"seen\\\"\n# TYPE req counter\n\

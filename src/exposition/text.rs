@@ -4,6 +4,8 @@
 use super::names::{push_label_name, push_metric_name};
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use crate::model::{Family, Kind, Labels, Sample};
 use crate::storage::float::push_go_float;
 
@@ -45,41 +47,60 @@ pub fn push_labels<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, 
     out.push('}');
 }
 
-/// Writes the labels of samples one after the other, rendering a label set
-/// once for the samples that share it (a series' samples are contiguous and
-/// share one `Arc<Labels>`): most of a scrape's bytes are labels.
+/// Label sets rendered once (`k="v",...`, without braces) and kept across
+/// scrapes: most of a scrape's bytes are labels, and a series keeps its
+/// label set (the aggregator interns them) for as long as it lives.
 #[derive(Default)]
-pub struct SampleLabels {
-    /// The label set rendered last (compared by address only, never read).
-    last: Option<*const Labels>,
-    /// Its labels, `k="v",...`, without braces.
-    rendered: String,
+pub struct LabelCache {
+    /// By the address of the set; the `Arc` kept here keeps that address
+    /// from being reused by another set.
+    rendered: FxHashMap<usize, (Arc<Labels>, Box<str>)>,
+    /// Label sets asked for since `end_scrape` (a set asked for by several
+    /// series is counted for each).
+    asked: usize,
+    last: usize,
 }
 
-impl SampleLabels {
+impl LabelCache {
     /// `{k="v",...}` of `sample`, its extra label last; nothing for no labels.
     pub fn push(&mut self, out: &mut String, sample: &Sample) {
-        let set = Arc::as_ptr(&sample.labels);
-        if self.last != Some(set) {
-            self.rendered.clear();
-            push_pairs(
-                &mut self.rendered,
-                sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            );
-            self.last = Some(set);
+        let key = Arc::as_ptr(&sample.labels) as usize;
+        if key != self.last {
+            self.asked += 1;
+            self.last = key;
         }
-        if self.rendered.is_empty() && sample.extra.is_none() {
+        let rendered = &*self
+            .rendered
+            .entry(key)
+            .or_insert_with(|| {
+                let mut text = String::new();
+                push_pairs(
+                    &mut text,
+                    sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                (Arc::clone(&sample.labels), text.into())
+            })
+            .1;
+        if rendered.is_empty() && sample.extra.is_none() {
             return;
         }
         out.push('{');
-        out.push_str(&self.rendered);
+        out.push_str(rendered);
         if let Some((k, v)) = &sample.extra {
-            if !self.rendered.is_empty() {
+            if !rendered.is_empty() {
                 out.push(',');
             }
             push_pairs(out, std::iter::once((*k, v.as_ref())));
         }
         out.push('}');
+    }
+
+    /// Ends a scrape: the sets of series gone are forgotten once they are most.
+    pub fn end_scrape(&mut self) {
+        if self.rendered.len() > 2 * self.asked + 1024 {
+            self.rendered.clear();
+        }
+        (self.asked, self.last) = (0, 0);
     }
 }
 
@@ -97,8 +118,13 @@ fn push_pairs<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, &'a s
 }
 
 /// Appends the families to `out`.
+#[cfg(test)]
 pub fn encode(families: &[Family], out: &mut String) {
-    let mut labels = SampleLabels::default();
+    encode_with(families, &mut LabelCache::default(), out)
+}
+
+/// Appends the families to `out`, with label sets rendered before in `labels`.
+pub fn encode_with(families: &[Family], labels: &mut LabelCache, out: &mut String) {
     for family in families {
         let total;
         let name = if family.kind == Kind::Counter {

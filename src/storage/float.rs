@@ -121,6 +121,14 @@ pub fn push_go_float(out: &mut String, v: f64) {
         out.push_str("-Inf");
     } else if v.is_nan() {
         out.push_str("NaN");
+    } else if v == v.trunc() && v.abs() < 1e6 && !(v == 0.0 && v.is_sign_negative()) {
+        // Integral below a million (most counters and buckets): Python's and
+        // Go's forms agree, `N.0`.
+        if v < 0.0 {
+            out.push('-');
+        }
+        push_integer(out, v.abs() as u32);
+        out.push_str(".0");
     } else {
         let start = out.len();
         push_python_repr(out, v);
@@ -140,6 +148,22 @@ pub fn push_go_float(out: &mut String, v: f64) {
             let _ = write!(out, "e+{:02}", dot - 1);
         }
     }
+}
+
+/// The decimal digits of `n`.
+fn push_integer(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits only.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
 }
 
 /// prometheus_client's `floatToGoString`, as a new string (a bound's `le` in a key).

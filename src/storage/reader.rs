@@ -53,7 +53,20 @@ pub fn read_used_from(file: &File, buf: &mut Vec<u8>) -> Result<(), ReadError> {
 
 /// Reads from `file`, whose `fstat` size is `size`.
 pub(crate) fn read_used_sized(file: &File, size: u64, buf: &mut Vec<u8>) -> Result<(), ReadError> {
-    buf.clear();
+    let read = read_into(file, size, buf);
+    if matches!(
+        read,
+        Err(ReadError::Io(_) | ReadError::TooLarge | ReadError::BadHeader)
+    ) {
+        // Nothing of another file's bytes may be taken for this one's.
+        buf.clear();
+    }
+    read
+}
+
+/// As `read_used_sized`; on an error other than `Truncated`, `buf` holds
+/// anything.
+fn read_into(file: &File, size: u64, buf: &mut Vec<u8>) -> Result<(), ReadError> {
     if size > MAX_FILE_BYTES as u64 {
         return Err(ReadError::TooLarge);
     }
@@ -62,6 +75,7 @@ pub(crate) fn read_used_sized(file: &File, size: u64, buf: &mut Vec<u8>) -> Resu
     let used = i32::from_le_bytes(header[..4].try_into().unwrap());
     // A file being created: no size yet, or no used length published yet.
     if got == 0 || (got == HEADER_BYTES && used == 0) {
+        buf.clear();
         buf.extend_from_slice(&[0; HEADER_BYTES]);
         return Ok(());
     }
@@ -72,7 +86,7 @@ pub(crate) fn read_used_sized(file: &File, size: u64, buf: &mut Vec<u8>) -> Resu
     // Never more than fstat says the file holds, whatever the header claims.
     let readable = used.min(size as usize);
     // One pread of every used byte, header included, into a buffer reused
-    // across files (zero-filled only where it grows).
+    // across files (its old bytes are overwritten, or cut off below).
     buf.resize(readable, 0);
     let got = read_at_most(file, buf, 0)?;
     buf.truncate(got);
