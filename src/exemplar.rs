@@ -369,6 +369,16 @@ fn parse_part(raw: &str) -> Option<PartKey> {
     })
 }
 
+/// The last `digits` hex digits of `v`, lower case, zero-padded (as
+/// `{:032x}`, without the formatting machinery: a scrape writes thousands).
+fn lower_hex(v: u128, digits: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    (0..digits)
+        .rev()
+        .map(|i| HEX[((v >> (4 * i)) & 0xf) as usize] as char)
+        .collect()
+}
+
 /// The three parts of one stored exemplar, as read.
 #[derive(Default, Clone, Copy)]
 struct Parts {
@@ -386,8 +396,8 @@ impl Parts {
             return None;
         }
         Some(Exemplar {
-            trace_id: format!("{trace_id:032x}"),
-            span_id: format!("{span:016x}"),
+            trace_id: lower_hex(trace_id, 32),
+            span_id: lower_hex(span as u128, 16),
             value,
             timestamp,
         })
@@ -629,6 +639,10 @@ mod tests {
         let low = got.get_key(&key("0.1")).unwrap();
         assert_eq!((low.value, low.timestamp), (0.07, 200.0));
         assert_eq!(low.trace_id, format!("{:032x}", 7));
+        assert_eq!(
+            lower_hex(0x00f067aa0ba902b7, 16),
+            format!("{:016x}", 0x00f067aa0ba902b7u64)
+        );
         assert_eq!(
             got.get_key(&key("1.0")).unwrap().trace_id,
             "4bf92f3577b34da6a3ce929d0e0e4736"
