@@ -36,29 +36,9 @@ fn of_tcp_listener(_fd: RawFd) -> Option<Backlog> {
 }
 
 #[cfg(target_os = "linux")]
-/// Not measured outside Linux (no TCP_INFO queue lengths there).
-#[cfg(not(target_os = "linux"))]
-fn of_tcp_listener(_fd: RawFd) -> Option<Backlog> {
-    None
-}
-
-#[cfg(target_os = "linux")]
 fn of_tcp_listener(fd: RawFd) -> Option<Backlog> {
-    // SAFETY: tcp_info is a plain C struct for which all-zero is valid.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own;
-    // on an fd that is not a socket (or closed) it fails and we return None.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            &mut info as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if rc != 0 || info.tcpi_state != TCP_LISTEN {
+    let info = crate::tcp_info::read(fd, std::mem::size_of::<libc::tcp_info>()).ok()?;
+    if info.tcpi_state != TCP_LISTEN {
         return None;
     }
     Some(Backlog {

@@ -27,6 +27,8 @@ mod route;
 mod scrape;
 mod server;
 mod storage;
+#[cfg(target_os = "linux")]
+mod tcp_info;
 mod web_config;
 
 mod python;

@@ -67,29 +67,14 @@ pub fn from_stamp(stamped: f64, began: f64) -> Option<f64> {
 /// with the kernel's resolution (a jiffy, 1 to 10 ms).
 #[cfg(target_os = "linux")]
 pub fn last_data_age(fd: std::os::fd::RawFd) -> Result<f64, bool> {
-    // SAFETY: tcp_info is plain integers, for which all-zero bytes are valid.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     // Only the fields up to tcpi_last_data_recv: the kernel copies no more.
     let end = std::mem::offset_of!(libc::tcp_info, tcpi_last_data_recv) + 4;
-    let mut len = end as libc::socklen_t;
-    // SAFETY: `info` is a tcp_info on our stack and `len` no more than its size;
-    // the kernel writes at most `len` bytes into it.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            &mut info as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if rc != 0 || (len as usize) < end {
-        let errno = std::io::Error::last_os_error().raw_os_error();
-        return Err(matches!(
-            errno,
+    let info = crate::tcp_info::read(fd, end).map_err(|e| {
+        matches!(
+            e.raw_os_error(),
             Some(libc::EOPNOTSUPP) | Some(libc::ENOPROTOOPT)
-        ));
-    }
+        )
+    })?;
     Ok(info.tcpi_last_data_recv as f64 / 1e3)
 }
 

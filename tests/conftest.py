@@ -227,6 +227,25 @@ class Gunicorn:
         return self.proc.returncode
 
 
+def check_a_replacement_takes_the_killed_workers_slot(g: Gunicorn) -> None:
+    """Ten requests, SIGKILL one of two workers, ten more: the replacement
+    counts on, under the dead worker's worker_id."""
+    for _ in range(10):
+        request(g.port)
+    before = g.scrape_idle().get("gunicorn_worker_requests_total")
+    assert before == 10
+    victim = g.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in (pids := g.worker_pids()) and len(pids) == 2, 20,
+             "the killed worker's replacement")
+    g.wait_ready(2)
+    for _ in range(10):
+        request(g.port)
+    m = g.scrape_idle()
+    assert m.get("gunicorn_worker_requests_total") == before + 10
+    assert {s.labels["worker_id"] for s in m.matching("gunicorn_worker_memory_bytes")} == {"1", "2"}
+
+
 @pytest.fixture
 def gunicorn(tmp_path):
     """Start Gunicorn masters: `gunicorn(args, env=..., app=...)`; all stopped at the end."""

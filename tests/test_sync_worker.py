@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -13,7 +12,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import MIX, failed_start, request, request_in_background, wait_for
+from conftest import (
+    MIX,
+    check_a_replacement_takes_the_killed_workers_slot,
+    failed_start,
+    request,
+    request_in_background,
+    wait_for,
+)
 from prometheus_client.mmap_dict import MmapedDict
 
 
@@ -145,20 +151,7 @@ def test_metrics_are_served_while_every_worker_is_busy(gunicorn):
 
 
 def test_replacement_worker_takes_the_killed_workers_slot(gunicorn):
-    g = gunicorn(workers=2)
-    for _ in range(10):
-        request(g.port)
-    before = g.scrape_idle().get("gunicorn_worker_requests_total")
-    victim = g.worker_pids()[0]
-    os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: victim not in (pids := g.worker_pids()) and len(pids) == 2, 20,
-             "the killed worker's replacement")
-    g.wait_ready(2)
-    for _ in range(10):
-        request(g.port)
-    m = g.scrape_idle()
-    assert m.get("gunicorn_worker_requests_total") == before + 10
-    assert {s.labels["worker_id"] for s in m.matching("gunicorn_worker_memory_bytes")} == {"1", "2"}
+    check_a_replacement_takes_the_killed_workers_slot(gunicorn(workers=2))
 
 
 def test_zero_config_makes_a_private_directory_and_removes_it(gunicorn):

@@ -4,12 +4,16 @@ With test_sync_worker.py, the suite run on every supported Gunicorn and CPython.
 from __future__ import annotations
 
 import http.client
-import os
-import signal
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import MIX, request, request_in_background, wait_for
+from conftest import (
+    MIX,
+    check_a_replacement_takes_the_killed_workers_slot,
+    request,
+    request_in_background,
+    wait_for,
+)
 
 THREADS = ["--worker-class", "gunicorn_prometheus_exporter.PrometheusThreadWorker",
            "--threads", "4"]
@@ -86,18 +90,4 @@ def test_gthread_in_flight_counts_each_thread(gunicorn):
 
 
 def test_gthread_replacement_worker_takes_the_killed_workers_slot(gunicorn):
-    g = gunicorn(THREADS, workers=2)
-    for _ in range(10):
-        request(g.port)
-    before = g.scrape_idle().get("gunicorn_worker_requests_total")
-    assert before == 10
-    victim = g.worker_pids()[0]
-    os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: victim not in (pids := g.worker_pids()) and len(pids) == 2, 20,
-             "the killed worker's replacement")
-    g.wait_ready(2)
-    for _ in range(10):
-        request(g.port)
-    m = g.scrape_idle()
-    assert m.get("gunicorn_worker_requests_total") == before + 10
-    assert {s.labels["worker_id"] for s in m.matching("gunicorn_worker_memory_bytes")} == {"1", "2"}
+    check_a_replacement_takes_the_killed_workers_slot(gunicorn(THREADS, workers=2))

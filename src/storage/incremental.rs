@@ -28,6 +28,13 @@ use super::{key_padding, HEADER_BYTES};
 /// Largest spare read buffer kept between reads.
 const KEPT_BUFFER_BYTES: usize = 4 << 20;
 
+/// Largest file whose bytes are kept between reads, and most bytes kept for
+/// all files together: past them a file is parsed whole at every read, as if
+/// it were new, so that a directory of huge (or hostile) files costs time,
+/// never unbounded memory.
+const MAX_KEPT_FILE_BYTES: usize = 16 << 20;
+const MAX_KEPT_BYTES: usize = 256 << 20;
+
 /// An entry parsed before: where it starts, its key's length, and its tag.
 struct Remembered<T> {
     offset: usize,
@@ -63,6 +70,10 @@ pub struct FileCache<T> {
     files: HashMap<Box<str>, CachedFile<T>>,
     /// The buffer the next file is read into.
     buf: Vec<u8>,
+    /// Bytes kept for all files (`CachedFile::bytes`), and the limits.
+    kept: usize,
+    max_file: usize,
+    max_total: usize,
     pass: u64,
 }
 
@@ -71,6 +82,9 @@ impl<T> Default for FileCache<T> {
         FileCache {
             files: HashMap::default(),
             buf: Vec::new(),
+            kept: 0,
+            max_file: MAX_KEPT_FILE_BYTES,
+            max_total: MAX_KEPT_BYTES,
             pass: 0,
         }
     }
@@ -87,6 +101,7 @@ impl<T> FileCache<T> {
     pub fn end_pass(&mut self) {
         let pass = self.pass;
         self.files.retain(|_, f| f.pass == pass);
+        self.kept = self.files.values().map(|f| f.bytes.capacity()).sum();
         if self.buf.capacity() > KEPT_BUFFER_BYTES {
             self.buf = Vec::new();
         }
@@ -95,6 +110,7 @@ impl<T> FileCache<T> {
     /// Forgets everything: every file is parsed again on its next read.
     pub fn forget(&mut self) {
         self.files.clear();
+        self.kept = 0;
     }
 
     /// Reads the file `name` of `dir`: `visitor.visit` for every entry, in
@@ -111,7 +127,9 @@ impl<T> FileCache<T> {
         let (file, meta) = match open_read_stat(&dir.join(name)) {
             Ok(opened) => opened,
             Err(e) => {
-                self.files.remove(name);
+                if let Some(gone) = self.files.remove(name) {
+                    self.kept = self.kept.saturating_sub(gone.bytes.capacity());
+                }
                 return Some(ReadError::Io(e.to_string()));
             }
         };
@@ -171,8 +189,18 @@ impl<T> FileCache<T> {
             }
         }
         // These bytes are what the next read is checked against; the
-        // previous ones become the next read's buffer.
-        std::mem::swap(&mut cached.bytes, &mut self.buf);
+        // previous ones become the next read's buffer. Past the limits,
+        // nothing is kept: the file is parsed whole at its next read.
+        let others = self.kept.saturating_sub(cached.bytes.capacity());
+        if self.buf.len() <= self.max_file && others + self.buf.capacity() <= self.max_total {
+            std::mem::swap(&mut cached.bytes, &mut self.buf);
+            self.kept = others + cached.bytes.capacity();
+        } else {
+            cached.bytes = Vec::new();
+            cached.entries.clear();
+            cached.end = HEADER_BYTES;
+            self.kept = others;
+        }
         read_error.or(error)
     }
 }
@@ -317,6 +345,38 @@ mod tests {
         let (seen, _, error) = read(&mut cache, dir.path(), "counter_1.db");
         assert!(seen.is_empty());
         assert!(matches!(error, Some(ReadError::Io(_))));
+    }
+
+    #[test]
+    fn past_the_memory_limits_a_file_is_parsed_whole_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["counter_1.db", "counter_2.db"] {
+            let mut w = MmapWriter::open(&dir.path().join(n)).unwrap();
+            for i in 0..3 {
+                w.slot(&key(i)).unwrap().set(i as f64);
+            }
+        }
+        let mut cache = FileCache {
+            max_file: 100,
+            ..Default::default()
+        };
+        cache.begin_pass();
+        for _ in 0..2 {
+            let (seen, tagged, error) = read(&mut cache, dir.path(), "counter_1.db");
+            assert_eq!((seen.len(), tagged, error), (3, 3, None));
+        }
+        assert_eq!(cache.kept, 0);
+        // Room for one file's bytes in all: the second is parsed whole.
+        let mut cache = FileCache::default();
+        cache.begin_pass();
+        read(&mut cache, dir.path(), "counter_1.db");
+        cache.max_total = cache.kept;
+        for _ in 0..2 {
+            assert_eq!(read(&mut cache, dir.path(), "counter_1.db").1, 0);
+            assert_eq!(read(&mut cache, dir.path(), "counter_2.db").1, 3);
+        }
+        cache.end_pass();
+        assert_eq!(cache.kept, cache.max_total);
     }
 
     #[test]
