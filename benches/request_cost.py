@@ -103,7 +103,7 @@ def this_no_signals():
 
 def _this(signals: bool):
     from gunicorn_prometheus_exporter import _core
-    from gunicorn_prometheus_exporter.instrument import MeteredLog, metered
+    from gunicorn_prometheus_exporter.instrument import metered
     from gunicorn_prometheus_exporter.sync import PrometheusWorker
 
     class Metered(PrometheusWorker, StandIn):
@@ -114,7 +114,7 @@ def _this(signals: bool):
         {"PROMETHEUS_DURATION_BUCKETS": ",".join(map(str, DURATION_BUCKETS))})
     worker.meter = _core.WorkerMeter(settings, os.environ["PROMETHEUS_MULTIPROC_DIR"],
                                      os.getpid(), 1, 1.0)
-    worker.log = MeteredLog(QuietLog(), worker.meter)
+    worker.log = _core.MeteredLog(QuietLog(), worker.meter)
     if signals:
         class Signals(Metered):
             def handle_request(self, listener, req, client, addr):

@@ -125,3 +125,25 @@ def test_a_missing_optional_package_names_what_to_install(tmp_path):
             "        raise AssertionError(name)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_greenlets_in_one_thread_each_keep_their_own_start(gunicorn):
+    # A gevent worker runs requests concurrently in one thread: the start of
+    # the one in flight moves onto its request when a second begins (the core
+    # keeps one start per thread). Each duration must still be its own.
+    g = start(gunicorn, "gevent", workers=1)
+    slow = request_in_background(g.port, "/sleep/0.4")
+    try:
+        deadline = time.monotonic() + 10
+        while g.scrape().get("gunicorn_worker_requests_in_flight") < 1:
+            assert time.monotonic() < deadline, "the slow request never started"
+            time.sleep(0.01)
+        for _ in range(3):  # begun and answered while the slow one is in flight
+            assert request(g.port, "GET", "/sleep/0.01")[0] == 200
+    finally:
+        slow.wait(timeout=20)
+    m = g.scrape_idle()
+    duration = "gunicorn_worker_request_duration_seconds"
+    assert m.get(f"{duration}_count", status="200") == 4
+    assert m.get(f"{duration}_bucket", status="200", le="0.25") == 3  # the slow one is not
+    assert m.get(f"{duration}_sum", status="200") >= 0.4 + 3 * 0.01

@@ -63,7 +63,7 @@ class MeteredASGI:
             if status:
                 meter.asgi_answered(started, scope, status, sent)
                 self.responses += 1
-            meter.request_left()
+            meter.asgi_left()
 
 
 class MeteredASGIWorker(MeteredWorker):

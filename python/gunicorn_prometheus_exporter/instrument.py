@@ -2,7 +2,8 @@
 
 A WSGI worker class combines `MeteredWorker` with one of Gunicorn's workers
 and wraps its `handle_request` with `metered`; the response is counted where
-Gunicorn logs it (`log.access`), so no Gunicorn code is copied. ASGI workers
+Gunicorn logs it (`log.access`, through the core's `MeteredLog`), so no
+Gunicorn code is copied. ASGI workers
 wrap the application instead (`asgi.MeteredASGI`).
 """
 
@@ -16,23 +17,6 @@ from . import _core, routes, saturation, spans, timeouts
 from .master import master
 
 RESOURCE_SAMPLE_SECONDS = 1.0
-
-
-class MeteredLog:
-    """Gunicorn's logger, with `access` also counting the response."""
-
-    __slots__ = ("_log", "_meter")
-
-    def __init__(self, log: Any, meter: _core.WorkerMeter) -> None:
-        self._log = log
-        self._meter = meter
-
-    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
-        self._meter.wsgi_answered(resp, req, environ)
-        self._log.access(resp, req, environ, request_time)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._log, name)
 
 
 class MeteredWorker:
@@ -67,7 +51,7 @@ class MeteredWorker:
                                        os.getpid(), self.worker_id, RESOURCE_SAMPLE_SECONDS)
         self.meter.set_concurrency(saturation.concurrency(self))
         self.meter.set_kernel_wait(saturation.has_tcp_listener(self))
-        self.log = MeteredLog(self.log, self.meter)
+        self.log = _core.MeteredLog(self.log, self.meter)
         note = "crashed"
         try:
             super().init_process()
@@ -136,7 +120,7 @@ def {name}(self, {params}):
         meter.request_failed(req, exc)
         raise
     finally:
-        meter.request_left()
+        meter.wsgi_left()
 """
 
 

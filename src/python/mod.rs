@@ -4,6 +4,7 @@
 //! `master` hold the classes and functions each side of Gunicorn uses;
 //! `settings` the validated environment both read.
 
+mod fast_methods;
 mod master;
 mod request;
 mod settings;
@@ -13,12 +14,14 @@ use pyo3::prelude::*;
 
 use master::{prepare_directory, start_exporter, ArchiveCompactor, Exporter, MasterMeter};
 use settings::Settings;
-use worker::{close_inherited_metrics_sockets, WorkerMeter};
+use worker::{close_inherited_metrics_sockets, MeteredLog, WorkerMeter};
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<WorkerMeter>()?;
+    m.add_class::<MeteredLog>()?;
+    fast_methods::install(m.py())?;
     m.add_class::<Settings>()?;
     m.add_class::<Exporter>()?;
     m.add_function(wrap_pyfunction!(start_exporter, m)?)?;

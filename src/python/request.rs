@@ -10,37 +10,43 @@ use crate::exemplar::TraceParent;
 use crate::labels::{parse_status, Method};
 use crate::queue_time;
 
-/// Copies up to `N` leading ASCII characters of a `str` without allocating
-/// (the limited API of Python 3.9 has no borrowed UTF-8 view).
-pub(super) fn ascii_prefix<'b, const N: usize>(
-    obj: &Bound<'_, PyAny>,
-    buf: &'b mut [u8; N],
-) -> Option<&'b [u8]> {
+extern "C" {
+    // Part of the limited API since 3.10, and exported by every CPython 3
+    // before it (public since 3.3): the one abi3 wheel can call it on 3.9 too.
+    // pyo3-ffi declares it only for a limited API of 3.10 and newer.
+    fn PyUnicode_AsUTF8AndSize(
+        unicode: *mut ffi::PyObject,
+        size: *mut ffi::Py_ssize_t,
+    ) -> *const std::os::raw::c_char;
+}
+
+/// The UTF-8 bytes of a `str`, borrowed from the object (CPython keeps them:
+/// an ASCII string's own data, no copy). `None` for a non-str or a string
+/// that has no UTF-8 form (lone surrogates).
+pub(super) fn utf8_of<'a>(obj: &'a Bound<'_, PyAny>) -> Option<&'a [u8]> {
     let s = obj.cast::<PyString>().ok()?;
-    // SAFETY: `s` is a live str object and the GIL is held (we have a Bound).
-    let len = unsafe { ffi::PyUnicode_GetLength(s.as_ptr()) };
-    if len < 0 {
+    let mut len: ffi::Py_ssize_t = 0;
+    // SAFETY: `s` is a live str and the GIL is held (we have a Bound); `len`
+    // is a valid out-pointer.
+    let data = unsafe { PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut len) };
+    if data.is_null() || len < 0 {
+        let _ = PyErr::take(obj.py()); // UnicodeEncodeError: not ours to raise
         return None;
     }
-    let n = (len as usize).min(N);
-    for (i, slot) in buf.iter_mut().enumerate().take(n) {
-        // SAFETY: as above, and `i < len`: the index is in range.
-        let c = unsafe { ffi::PyUnicode_ReadChar(s.as_ptr(), i as ffi::Py_ssize_t) };
-        *slot = if c < 128 { c as u8 } else { 0 };
-    }
-    Some(&buf[..n])
+    // SAFETY: CPython returns `len` bytes at `data`, owned by the str object,
+    // which outlives `'a` (it is borrowed for `'a`) and is immutable.
+    Some(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len as usize) })
 }
 
 /// The method of a Gunicorn request (`req.method`) or of an ASGI scope (`scope["method"]`).
 pub(super) fn method_of(req: &Bound<'_, PyAny>) -> Method {
-    let mut buf = [0u8; 8];
     let py = req.py();
     let method = match req.cast::<PyDict>() {
         Ok(scope) => scope.get_item(intern!(py, "method")).ok().flatten(),
         Err(_) => req.getattr(intern!(py, "method")).ok(),
     };
     method
-        .and_then(|m| ascii_prefix(&m, &mut buf).map(Method::parse))
+        .and_then(|m| utf8_of(&m).map(Method::parse))
         .unwrap_or(Method::Other)
 }
 
@@ -160,8 +166,7 @@ pub(super) fn environ_traceparent(environ: &Bound<'_, PyAny>) -> Option<TracePar
     let value = environ
         .get_item(intern!(environ.py(), "HTTP_TRACEPARENT"))
         .ok()??;
-    let mut buf = [0u8; 64];
-    TraceParent::parse(ascii_prefix(&value, &mut buf)?)
+    TraceParent::parse(utf8_of(&value)?)
 }
 
 /// Key of the WSGI environ / ASGI scope where the worker leaves the ids of
@@ -197,12 +202,8 @@ pub(super) fn request_traceparent(req: &Bound<'_, PyAny>) -> Option<TraceParent>
             }
             continue;
         }
-        let mut name_buf = [0u8; 12];
-        if ascii_prefix(&name, &mut name_buf)
-            .is_some_and(|n| n.eq_ignore_ascii_case(b"traceparent"))
-        {
-            let mut buf = [0u8; 64];
-            return TraceParent::parse(ascii_prefix(&value, &mut buf)?);
+        if utf8_of(&name).is_some_and(|n| n.eq_ignore_ascii_case(b"traceparent")) {
+            return TraceParent::parse(utf8_of(&value)?);
         }
     }
     None
@@ -212,22 +213,21 @@ pub(super) fn status_of(status: &Bound<'_, PyAny>) -> Option<u16> {
     if status.is_none() {
         return None; // no start_response yet: Gunicorn logs again once it answers
     }
-    let mut buf = [0u8; 4];
-    if let Some(prefix) = ascii_prefix(status, &mut buf) {
-        return Some(parse_status(prefix));
+    if let Some(status) = utf8_of(status) {
+        return Some(parse_status(status));
     }
     status.extract::<u16>().ok()
 }
 
 pub(super) fn content_length(environ: &Bound<'_, PyAny>) -> u64 {
-    let mut buf = [0u8; 20];
     let Ok(environ) = environ.cast::<PyDict>() else {
         return 0;
     };
     match environ.get_item(intern!(environ.py(), "CONTENT_LENGTH")) {
-        Ok(Some(v)) => ascii_prefix(&v, &mut buf)
+        Ok(Some(v)) => utf8_of(&v)
             .map(|d| {
                 d.iter()
+                    .take(20)
                     .take_while(|b| b.is_ascii_digit())
                     .fold(0u64, |a, b| {
                         a.saturating_mul(10).saturating_add((b - b'0') as u64)

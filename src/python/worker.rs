@@ -1,6 +1,7 @@
 //! The worker side of the compiled module: `WorkerMeter`, the per-request
 //! instrumentation, and the worker's start-up chores.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use pyo3::types::{PyDict, PyString};
 use pyo3::{ffi, intern};
 
 use super::request::{
-    ascii_prefix, captured_span, content_length, environ_of_exception, environ_route,
-    environ_traceparent, method_of, request_traceparent, scope_headers, scope_route, status_of,
+    captured_span, content_length, environ_of_exception, environ_route, environ_traceparent,
+    method_of, request_traceparent, scope_headers, scope_route, status_of, utf8_of,
 };
 use super::settings::Settings;
 use crate::exemplar::TraceParent;
@@ -22,17 +23,105 @@ use crate::queue_time;
 use crate::route::NO_ROUTE;
 use crate::server;
 
-/// Attribute of Gunicorn's request object that carries the start time.
+/// Attribute of Gunicorn's request object that carries the start time, when
+/// its thread has more than one request in flight (greenlets).
 const STARTED: &str = "_prometheus_started_ns";
+
+/// The WSGI requests a thread has in flight. Gunicorn's sync and gthread
+/// workers handle one at a time per thread: its start is kept here, with a
+/// reference to the request (so that identity is exact), and nothing is set
+/// on the request object. A second one in the same thread (a greenlet
+/// worker) moves every start onto its request (`STARTED`).
+struct InFlight {
+    depth: u32,
+    /// The only request in flight, and when it started.
+    only: Option<(Py<PyAny>, u64)>,
+}
+
+thread_local! {
+    static IN_FLIGHT: RefCell<InFlight> = const { RefCell::new(InFlight { depth: 0, only: None }) };
+}
+
+/// Keeps the start of `req`, which began now in this thread.
+fn keep_start(req: &Bound<'_, PyAny>, started: u64) {
+    let py = req.py();
+    let moved = IN_FLIGHT.with(|cell| {
+        let mut state = cell.borrow_mut();
+        state.depth += 1;
+        if state.depth == 1 {
+            state.only = Some((req.clone().unbind(), started));
+            return None;
+        }
+        Some(state.only.take())
+    });
+    if let Some(moved) = moved {
+        if let Some((other, other_started)) = moved {
+            let _ = other.bind(py).setattr(intern!(py, STARTED), other_started);
+        }
+        let _ = req.setattr(intern!(py, STARTED), started);
+    }
+}
+
+/// Takes the start of `req` (it is counted once): `None` if it was not
+/// begun by `wsgi_started` or was already answered.
+fn take_start(req: &Bound<'_, PyAny>) -> Option<u64> {
+    let kept = IN_FLIGHT.with(|cell| {
+        let mut state = cell.borrow_mut();
+        match &state.only {
+            Some((only, _)) if only.is(req) => state.only.take(),
+            _ => None,
+        }
+    });
+    if let Some((only, started)) = kept {
+        // Released here, attached (a Py dropped where PyO3 cannot tell would
+        // wait in its pool of deferred references).
+        drop(only.into_bound(req.py()));
+        return Some(started);
+    }
+    // More than one in flight here: the request carries its own start.
+    let py = req.py();
+    let attributes = req.getattr(intern!(py, "__dict__")).ok()?;
+    let attributes = attributes.cast::<PyDict>().ok()?;
+    let started = attributes
+        .get_item(intern!(py, STARTED))
+        .ok()??
+        .extract::<u64>()
+        .ok()?;
+    if started == 0 {
+        return None;
+    }
+    let _ = attributes.set_item(intern!(py, STARTED), 0);
+    Some(started)
+}
+
+/// A WSGI request of this thread left (answered or not). One that leaves
+/// unanswered keeps its start on the request object: Gunicorn logs the error
+/// page of a failed request after its handler returned (`handle_error`).
+fn forget_start(py: Python<'_>) {
+    let unanswered = IN_FLIGHT.with(|cell| {
+        let mut state = cell.borrow_mut();
+        state.depth = state.depth.saturating_sub(1);
+        if state.depth == 0 {
+            state.only.take()
+        } else {
+            None
+        }
+    });
+    // Outside the borrow: setting an attribute may run Python code.
+    if let Some((req, started)) = unanswered {
+        let _ = req.into_bound(py).setattr(intern!(py, STARTED), started);
+    }
+}
 
 /// The instrumentation of one worker process. Its methods never raise: a
 /// metrics problem must not break a request.
 ///
-/// Each request is told in pairs: `wsgi_started(req)` / `wsgi_answered(resp,
-/// req, environ)` on the WSGI path (the answer is counted where Gunicorn logs
-/// it), `asgi_started()` / `asgi_answered(started, scope, status, sent)` on the
-/// ASGI path; then `request_left()` on both, answered or not, with
-/// `request_failed` or `request_timed_out` before it when that happened.
+/// Each request is told in the same three steps: `wsgi_started(req)`,
+/// `wsgi_answered(resp, req, environ)` (where Gunicorn logs it:
+/// `MeteredLog.access`) and `wsgi_left()` on the WSGI path; `asgi_started()`,
+/// `asgi_answered(started, scope, status, sent)` and `asgi_left()` on the
+/// ASGI path. `request_failed` or `request_timed_out` come before the last
+/// step when that happened.
 #[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
 pub(super) struct WorkerMeter {
     meter: Arc<Meter>,
@@ -44,6 +133,12 @@ pub(super) struct WorkerMeter {
 }
 
 impl WorkerMeter {
+    /// A WSGI request starts (Gunicorn's `req`): counts it in flight and
+    /// keeps its start (`fast_methods` makes it the Python method).
+    pub(super) fn wsgi_started(&self, req: &Bound<'_, PyAny>) {
+        keep_start(req, self.meter.begin());
+    }
+
     /// The span ids the worker captured in `environ` (or an ASGI scope), when
     /// the application uses OpenTelemetry.
     fn captured_span(&self, environ: &Bound<'_, PyAny>) -> Option<TraceParent> {
@@ -91,9 +186,9 @@ impl WorkerMeter {
                 let Ok(Some(value)) = environ.get_item(key) else {
                     continue;
                 };
-                let mut buf = [0u8; 32];
-                let stamped =
-                    ascii_prefix(&value, &mut buf).and_then(queue_time::parse_request_start);
+                let stamped = utf8_of(&value)
+                    .map(|v| &v[..v.len().min(32)]) // a stamp is short: no 8 KiB parse
+                    .and_then(queue_time::parse_request_start);
                 let began = crate::clock::unix_seconds() - handled;
                 if let Some(waited) = stamped.and_then(|t| queue_time::from_stamp(t, began)) {
                     self.meter.observe_queue(waited);
@@ -151,11 +246,11 @@ impl WorkerMeter {
         }
     }
 
-    /// A WSGI request starts (Gunicorn's `req`): counts it in flight and
-    /// notes its start on `req`. Its pair: `wsgi_answered`, then `request_left`.
-    fn wsgi_started(&self, req: &Bound<'_, PyAny>) {
-        let started = self.meter.begin();
-        let _ = req.setattr(intern!(req.py(), STARTED), started);
+    /// The WSGI request `wsgi_started` began left the worker's hands,
+    /// answered or not: ends it (in flight, busy time).
+    fn wsgi_left(&self, py: Python<'_>) {
+        forget_start(py);
+        self.meter.end();
     }
 
     /// An ASGI request starts: counts it in flight, returns its start time
@@ -185,9 +280,9 @@ impl WorkerMeter {
         }
     }
 
-    /// The request left the worker's hands, answered or not: ends what
-    /// `wsgi_started` or `asgi_started` began (in flight, busy time).
-    fn request_left(&self) {
+    /// The ASGI request `asgi_started` began left the worker's hands,
+    /// answered or not: ends it (in flight, busy time).
+    fn asgi_left(&self) {
         self.meter.end();
     }
 
@@ -200,23 +295,16 @@ impl WorkerMeter {
         environ: &Bound<'_, PyAny>,
     ) {
         let py = req.py();
-        let Ok(started) = req
-            .getattr(intern!(py, STARTED))
-            .and_then(|v| v.extract::<u64>())
-        else {
-            return;
-        };
-        if started == 0 {
-            return;
-        }
         let Some(status) = resp
             .getattr(intern!(py, "status"))
             .ok()
             .and_then(|s| status_of(&s))
         else {
+            return; // no start_response yet: Gunicorn logs again once it answers
+        };
+        let Some(started) = take_start(req) else {
             return;
         };
-        let _ = req.setattr(intern!(py, STARTED), 0);
         let sent = resp
             .getattr(intern!(py, "sent"))
             .and_then(|v| v.extract::<u64>())
@@ -312,6 +400,57 @@ impl WorkerMeter {
         if let Some(trace) = request_traceparent(req).or(span) {
             self.meter.fail_exemplar(method, &name, route, &trace);
         }
+    }
+}
+
+/// Gunicorn's logger with its `access` also counting the response
+/// (`WorkerMeter.wsgi_answered`); every other attribute is the logger's.
+#[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
+pub(super) struct MeteredLog {
+    log: Py<PyAny>,
+    meter: Py<WorkerMeter>,
+}
+
+#[pymethods]
+impl MeteredLog {
+    #[new]
+    fn new(log: Py<PyAny>, meter: Py<WorkerMeter>) -> Self {
+        MeteredLog { log, meter }
+    }
+
+    fn __getattr__<'py>(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+        self.log.bind(name.py()).getattr(name)
+    }
+}
+
+impl MeteredLog {
+    /// Counts the response, then logs it as Gunicorn would (`fast_methods`
+    /// makes it the Python method).
+    pub(super) fn access(
+        &self,
+        resp: &Bound<'_, PyAny>,
+        req: &Bound<'_, PyAny>,
+        environ: &Bound<'_, PyAny>,
+        request_time: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = req.py();
+        self.meter.get().wsgi_answered(resp, req, environ);
+        // SAFETY: every argument is a live object (borrowed for the call), the
+        // GIL is held, and the list ends with the NULL the C API requires.
+        // No tuple is built, as pyo3's call_method would (abi3 of 3.9).
+        let logged = unsafe {
+            ffi::PyObject_CallMethodObjArgs(
+                self.log.as_ptr(),
+                intern!(py, "access").as_ptr(),
+                resp.as_ptr(),
+                req.as_ptr(),
+                environ.as_ptr(),
+                request_time.as_ptr(),
+                std::ptr::null_mut::<ffi::PyObject>(),
+            )
+        };
+        // SAFETY: a new reference or NULL with an exception set, as documented.
+        unsafe { Bound::from_owned_ptr_or_err(py, logged) }.map(drop)
     }
 }
 

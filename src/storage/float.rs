@@ -121,7 +121,7 @@ pub fn push_go_float(out: &mut String, v: f64) {
         out.push_str("-Inf");
     } else if v.is_nan() {
         out.push_str("NaN");
-    } else if v == v.trunc() && v.abs() < 1e6 && !(v == 0.0 && v.is_sign_negative()) {
+    } else if v.abs() < 1e6 && (v as i32) as f64 == v && !(v == 0.0 && v.is_sign_negative()) {
         // Integral below a million (most counters and buckets): Python's and
         // Go's forms agree, `N.0`.
         if v < 0.0 {
@@ -162,8 +162,7 @@ fn push_integer(out: &mut String, mut n: u32) {
             break;
         }
     }
-    // ASCII digits only.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+    out.extend(digits[i..].iter().map(|&d| d as char)); // ASCII: no UTF-8 check
 }
 
 /// prometheus_client's `floatToGoString`, as a new string (a bound's `le` in a key).

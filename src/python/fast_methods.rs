@@ -1,0 +1,144 @@
+//! The two methods a WSGI request calls with arguments, defined with the
+//! calling conventions that pass them without a tuple: `METH_O` for
+//! `WorkerMeter.wsgi_started(req)` and `METH_FASTCALL` (vectorcall) for
+//! `MeteredLog.access(resp, req, environ, request_time)`.
+//!
+//! PyO3 defines the methods of an abi3 module built for Python 3.9 with
+//! `METH_VARARGS`: every call packs its arguments in a tuple and unpacks them
+//! again, a quarter of what the core costs per request. `METH_FASTCALL` joined
+//! the limited API in 3.10, but CPython has called such methods the same way
+//! since 3.7, so the one abi3 wheel can use it on 3.9 as well. Everything
+//! else the methods do goes through PyO3's safe types.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use super::worker::{MeteredLog, WorkerMeter};
+
+/// CPython's flag for the vectorcall convention (`Include/methodobject.h`,
+/// the same value since 3.7); pyo3-ffi declares it only for 3.10 and newer.
+const METH_FASTCALL: std::os::raw::c_int = 0x0080;
+
+/// Installs the methods on their classes (module start-up).
+pub(super) fn install(py: Python<'_>) -> PyResult<()> {
+    define(
+        &py.get_type::<WorkerMeter>(),
+        c"wsgi_started",
+        wsgi_started as *mut std::ffi::c_void,
+        ffi::METH_O,
+        c"wsgi_started($self, req, /)\n--\n\nA WSGI request starts (Gunicorn's `req`): counts it in \
+          flight and keeps its start. Its pair: `wsgi_answered`, then `wsgi_left`.",
+    )?;
+    define(
+        &py.get_type::<MeteredLog>(),
+        c"access",
+        access as *mut std::ffi::c_void,
+        METH_FASTCALL,
+        c"access($self, resp, req, environ, request_time, /)\n--\n\nCounts the response, \
+          then logs it as Gunicorn would.",
+    )
+}
+
+fn define(
+    class: &Bound<'_, PyType>,
+    name: &'static std::ffi::CStr,
+    function: *mut std::ffi::c_void,
+    flags: std::os::raw::c_int,
+    doc: &'static std::ffi::CStr,
+) -> PyResult<()> {
+    // CPython keeps a pointer to the definition for as long as the method
+    // lives: it is leaked, once per method.
+    let definition = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: name.as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            // SAFETY: C stores every calling convention in this field and
+            // reads it back as the one `ml_flags` names; `function` has the
+            // signature of that convention (below).
+            PyCFunction: unsafe {
+                std::mem::transmute::<*mut std::ffi::c_void, ffi::PyCFunction>(function)
+            },
+        },
+        ml_flags: flags,
+        ml_doc: doc.as_ptr(),
+    }));
+    let py = class.py();
+    // SAFETY: `class` is a live type object and `definition` lives forever;
+    // the result is a new reference or NULL with an exception set.
+    let method = unsafe {
+        Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(class.as_type_ptr(), definition))
+    }?;
+    class.setattr(name.to_str().unwrap_or_default(), method)
+}
+
+/// `None`, as a new reference (what a method returns).
+fn none() -> *mut ffi::PyObject {
+    // SAFETY: Py_None is immortal or reference-counted; either way the
+    // caller receives a reference it owns, as the C API expects.
+    unsafe {
+        let none = ffi::Py_None();
+        ffi::Py_IncRef(none);
+        none
+    }
+}
+
+/// `METH_O`: `WorkerMeter.wsgi_started(req)`; never raises.
+unsafe extern "C" fn wsgi_started(
+    slf: *mut ffi::PyObject,
+    req: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a method with the thread attached and with live
+    // `self` and argument, borrowed for the call.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: both pointers are live objects borrowed for the call (above).
+    let (slf, req) = unsafe {
+        (
+            Bound::from_borrowed_ptr(py, slf),
+            Bound::from_borrowed_ptr(py, req),
+        )
+    };
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // The method descriptor checked that `self` is a WorkerMeter.
+        if let Ok(meter) = slf.cast::<WorkerMeter>() {
+            meter.get().wsgi_started(&req);
+        }
+    }));
+    none()
+}
+
+/// `METH_FASTCALL`: `MeteredLog.access(resp, req, environ, request_time)`.
+unsafe extern "C" fn access(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a method with the thread attached, a live `self`
+    // and `nargs` live arguments at `args`, borrowed for the call.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: `slf` is a live object borrowed for the call (above).
+    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+    let result = if nargs != 4 {
+        Err(PyTypeError::new_err(format!(
+            "access() takes 4 positional arguments ({nargs} given)"
+        )))
+    } else {
+        // SAFETY: as above, `args` holds `nargs` = 4 pointers.
+        let arg = |i: usize| unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) };
+        let (resp, req, environ, request_time) = (arg(0), arg(1), arg(2), arg(3));
+        catch_unwind(AssertUnwindSafe(|| match slf.cast::<MeteredLog>() {
+            Ok(log) => log.get().access(&resp, &req, &environ, &request_time),
+            Err(e) => Err(e.into()),
+        }))
+        .unwrap_or_else(|_| Err(PyTypeError::new_err("MeteredLog.access panicked")))
+    };
+    match result {
+        Ok(()) => none(),
+        Err(e) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
