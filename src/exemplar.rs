@@ -172,15 +172,41 @@ pub struct TraceParent {
     pub span_id: u64,
 }
 
+/// Value of each lower-case hex digit; `NOT_HEX` for any other byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+const NOT_HEX: u8 = 0xff;
+
+/// Up to 16 lower-case hex digits (a u64 per step: a request header is
+/// parsed on the hot path).
+fn hex64(digits: &[u8]) -> Option<u64> {
+    let mut acc = 0u64;
+    let mut bad = 0u8;
+    for &d in digits {
+        let v = HEX_VALUES[d as usize];
+        bad |= v & 0xf0;
+        acc = acc << 4 | (v & 0x0f) as u64;
+    }
+    (bad == 0).then_some(acc)
+}
+
+/// Up to 32 lower-case hex digits.
 fn hex(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |acc, &d| {
-        let v = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => return None,
-        };
-        Some(acc << 4 | v as u128)
-    })
+    let split = digits.len().saturating_sub(16);
+    let (high, low) = digits.split_at(split);
+    Some((hex64(high)? as u128) << (4 * low.len()) | hex64(low)? as u128)
 }
 
 impl TraceParent {
@@ -373,10 +399,15 @@ fn parse_part(raw: &str) -> Option<PartKey> {
 /// `{:032x}`, without the formatting machinery: a scrape writes thousands).
 fn lower_hex(v: u128, digits: usize) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    (0..digits)
-        .rev()
-        .map(|i| HEX[((v >> (4 * i)) & 0xf) as usize] as char)
-        .collect()
+    let mut buf = [0u8; 32];
+    let digits = &mut buf[..digits.min(32)];
+    let mut rest = v;
+    for d in digits.iter_mut().rev() {
+        *d = HEX[(rest & 0xf) as usize];
+        rest >>= 4;
+    }
+    // ASCII digits: the check cannot fail.
+    std::str::from_utf8(digits).unwrap_or_default().to_owned()
 }
 
 /// The three parts of one stored exemplar, as read.

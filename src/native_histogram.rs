@@ -13,6 +13,8 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use rustc_hash::FxHashMap;
+
 use parking_lot::Mutex;
 
 use crate::model::Labels;
@@ -304,8 +306,9 @@ impl NativeBuckets {
     }
 }
 
-/// Native histograms by (metric name, sorted labels).
-pub type NativeHistograms = HashMap<(String, Labels), NativeBuckets>;
+/// Native histograms by (metric name, sorted labels), both shared with the
+/// aggregator's registry (nothing is copied per scrape).
+pub type NativeHistograms = FxHashMap<(Arc<str>, Arc<Labels>), NativeBuckets>;
 
 /// What an entry's key says, parsed once.
 #[derive(Clone)]
@@ -443,7 +446,7 @@ impl NativeAggregator {
     pub fn collect(&mut self, dir: &Path) -> (NativeHistograms, u64) {
         let mut errors = 0;
         let Ok(listing) = std::fs::read_dir(dir) else {
-            return (HashMap::new(), 1);
+            return (NativeHistograms::default(), 1);
         };
         let mut names: Vec<String> = listing
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -477,14 +480,14 @@ impl NativeAggregator {
     /// The cells of this scrape, merged per series: one accumulator per
     /// schema seen, reduced to the coarsest.
     fn merged(&self) -> NativeHistograms {
-        let mut acc: HashMap<u32, BTreeMap<i8, NativeBuckets>> = HashMap::new();
+        // By series id (dense): no hashing per cell.
+        let mut acc: Vec<BTreeMap<i8, NativeBuckets>> = Vec::new();
+        acc.resize_with(self.registry.series.len(), BTreeMap::new);
         for (cell, &(sum, pass)) in self.registry.cells.iter().zip(&self.sums) {
             if pass != self.pass {
                 continue;
             }
-            let buckets = acc
-                .entry(cell.series)
-                .or_default()
+            let buckets = acc[cell.series as usize]
                 .entry(cell.schema)
                 .or_insert_with(|| NativeBuckets {
                     schema: cell.schema,
@@ -496,14 +499,15 @@ impl NativeAggregator {
             }
         }
         acc.into_iter()
+            .enumerate()
             .filter_map(|(series, by_schema)| {
                 let mut all = by_schema.into_values();
                 let mut first = all.next()?;
                 for other in all {
                     first.merge(other);
                 }
-                let (name, labels) = &self.registry.series[series as usize];
-                Some(((name.to_string(), (**labels).clone()), first))
+                let (name, labels) = &self.registry.series[series];
+                Some(((Arc::clone(name), Arc::clone(labels)), first))
             })
             .collect()
     }
@@ -612,11 +616,11 @@ mod tests {
         let (merged, errors) = agg.collect(d);
         assert_eq!(errors, 0);
         let key = (
-            "dur".to_string(),
-            vec![
+            Arc::from("dur"),
+            Arc::new(vec![
                 ("method".to_string(), "GET".to_string()),
                 ("worker_id".into(), "1".into()),
-            ],
+            ]),
         );
         let h = &merged[&key];
         assert_eq!(h.schema, 1);

@@ -1,5 +1,7 @@
 //! OpenMetrics 1.0 text, as prometheus_client's openmetrics exposition writes it.
 
+use std::sync::Arc;
+
 use super::names::push_metric_name;
 use super::text::{push_labels, LabelCache};
 use crate::exemplar::Exemplars;
@@ -31,6 +33,12 @@ pub fn encode_with_exemplars(
     labels: &mut LabelCache,
     out: &mut String,
 ) {
+    // The same for every series: formatted once.
+    let created = created.map(|c| {
+        let mut text = String::new();
+        push_go_float(&mut text, c);
+        text
+    });
     for family in families {
         let exemplars = exemplars.filter(|e| e.has_family(&family.name));
         out.push_str("# HELP ");
@@ -42,12 +50,10 @@ pub fn encode_with_exemplars(
         out.push(' ');
         out.push_str(family.kind.as_str());
         out.push('\n');
-        let created = created.filter(|_| has_created(family));
+        let created = created.as_deref().filter(|_| has_created(family));
         let samples = &family.samples;
         for (i, sample) in samples.iter().enumerate() {
-            push_metric_name(out, &sample.name);
-            labels.push(out, sample);
-            out.push(' ');
+            labels.push_line_start(out, sample);
             push_go_float(out, sample.value);
             if let Some(e) = exemplars.and_then(|e| e.get(&family.name, sample)) {
                 out.push_str(" # ");
@@ -65,9 +71,19 @@ pub fn encode_with_exemplars(
             if let (Some(created), true) = (created, last_of_series) {
                 push_metric_name(out, &family.name);
                 out.push_str("_created");
-                push_labels(out, series_labels(sample));
+                // The series' labels: the sample's label set, rendered once,
+                // unless an `le` or another extra label is in the way.
+                let set_is_series = match &sample.extra {
+                    Some((k, _)) => *k == "le",
+                    None => sample.labels.iter().all(|(k, _)| k != "le"),
+                };
+                if set_is_series {
+                    labels.push_set(out, sample);
+                } else {
+                    push_labels(out, series_labels(sample));
+                }
                 out.push(' ');
-                push_go_float(out, created);
+                out.push_str(created);
                 out.push('\n');
             }
         }
@@ -81,7 +97,8 @@ fn series_labels(sample: &Sample) -> impl Iterator<Item = (&str, &str)> {
 }
 
 fn same_series(a: &Sample, b: &Sample) -> bool {
-    series_labels(a).eq(series_labels(b))
+    // From the aggregator, a series' samples share one label set.
+    Arc::ptr_eq(&a.labels, &b.labels) || series_labels(a).eq(series_labels(b))
 }
 
 fn has_created(family: &Family) -> bool {
@@ -120,5 +137,52 @@ mod tests {
              dur_bucket{le=\"1.0\"} 1.0\ndur_bucket{le=\"+Inf\"} 1.0\ndur_count 1.0\ndur_sum 0.5\ndur_created 100.0\n\
              # EOF\n"
         );
+    }
+
+    #[test]
+    fn text_and_openmetrics_scrapes_sharing_kept_lines_match_fresh_encodings() {
+        let name: Arc<str> = Arc::from("d_bucket");
+        let (sum, count): (Arc<str>, Arc<str>) = (Arc::from("d_sum"), Arc::from("d_count"));
+        let sets: Vec<Arc<crate::model::Labels>> = (0..3)
+            .map(|i| Arc::new(vec![("w".to_string(), i.to_string())]))
+            .collect();
+        let les: Vec<Arc<str>> = ["0.1", "+Inf"].into_iter().map(Arc::from).collect();
+        let family = |series: &[usize]| {
+            let mut f = Family::new("d", "h", Kind::Histogram);
+            for &s in series {
+                for le in &les {
+                    f.samples.push(Sample {
+                        name: Arc::clone(&name),
+                        labels: Arc::clone(&sets[s]),
+                        extra: Some(("le", Arc::clone(le))),
+                        value: 1.0,
+                    });
+                }
+                for n in [&count, &sum] {
+                    f.samples.push(Sample {
+                        name: Arc::clone(n),
+                        labels: Arc::clone(&sets[s]),
+                        extra: None,
+                        value: 2.5,
+                    });
+                }
+            }
+            f
+        };
+        let mut kept = LabelCache::default();
+        for (i, series) in [&[0, 1][..], &[0, 1], &[1, 2], &[0, 2]].iter().enumerate() {
+            let families = [family(series)];
+            let (mut om, mut om_fresh) = (String::new(), String::new());
+            encode_with_exemplars(&families, Some(1.7e9), None, &mut kept, &mut om);
+            kept.end_scrape();
+            let fresh = &mut LabelCache::default();
+            encode_with_exemplars(&families, Some(1.7e9), None, fresh, &mut om_fresh);
+            assert_eq!(om, om_fresh, "OpenMetrics scrape {i}");
+            let (mut text, mut text_fresh) = (String::new(), String::new());
+            super::super::text::encode_with(&families, &mut kept, &mut text);
+            kept.end_scrape();
+            super::super::text::encode(&families, &mut text_fresh);
+            assert_eq!(text, text_fresh, "text scrape {i}");
+        }
     }
 }

@@ -74,23 +74,7 @@ pub struct LabelCache {
 impl LabelCache {
     /// `{k="v",...}` of `sample`, its extra label last; nothing for no labels.
     pub fn push(&mut self, out: &mut String, sample: &Sample) {
-        let key = Arc::as_ptr(&sample.labels) as usize;
-        if key != self.last {
-            self.asked += 1;
-            self.last = key;
-        }
-        let rendered = &*self
-            .rendered
-            .entry(key)
-            .or_insert_with(|| {
-                let mut text = String::new();
-                push_pairs(
-                    &mut text,
-                    sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                );
-                (Arc::clone(&sample.labels), text.into())
-            })
-            .1;
+        let rendered = self.rendered(sample);
         if rendered.is_empty() && sample.extra.is_none() {
             return;
         }
@@ -103,6 +87,17 @@ impl LabelCache {
             push_pairs(out, std::iter::once((*k, v.as_ref())));
         }
         out.push('}');
+    }
+
+    /// `{k="v",...}` of `sample`'s label set alone (its extra label left
+    /// out); nothing for no labels.
+    pub fn push_set(&mut self, out: &mut String, sample: &Sample) {
+        let rendered = self.rendered(sample);
+        if !rendered.is_empty() {
+            out.push('{');
+            out.push_str(rendered);
+            out.push('}');
+        }
     }
 
     /// `name{labels} ` of `sample`: what its text line holds before the value.
@@ -134,6 +129,27 @@ impl LabelCache {
             text: text.into(),
         };
         self.lines.insert(key, line);
+    }
+
+    /// `k="v",...` of `sample`'s label set, rendered once.
+    fn rendered(&mut self, sample: &Sample) -> &str {
+        let key = Arc::as_ptr(&sample.labels) as usize;
+        if key != self.last {
+            self.asked += 1;
+            self.last = key;
+        }
+        &self
+            .rendered
+            .entry(key)
+            .or_insert_with(|| {
+                let mut text = String::new();
+                push_pairs(
+                    &mut text,
+                    sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                (Arc::clone(&sample.labels), text.into())
+            })
+            .1
     }
 
     /// Ends a scrape: the sets of series gone are forgotten once they are most.
