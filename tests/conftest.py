@@ -182,7 +182,13 @@ class Gunicorn:
         deadline = time.monotonic() + timeout
         while True:
             m = self.scrape()
-            if m.get("gunicorn_worker_requests_in_flight") == 0 or time.monotonic() > deadline:
+            if m.get("gunicorn_worker_requests_in_flight") == 0:
+                # Read again: a scrape reads the files one after another, so
+                # the one that saw no request in flight may have read a
+                # counter before the last request was counted (it counts,
+                # then leaves). This one starts after that request left.
+                return self.scrape()
+            if time.monotonic() > deadline:
                 return m
             time.sleep(0.05)
 

@@ -56,7 +56,10 @@ fn keep_start(req: &Bound<'_, PyAny>, started: u64) {
     });
     if let Some(moved) = moved {
         if let Some((other, other_started)) = moved {
-            let _ = other.bind(py).setattr(intern!(py, STARTED), other_started);
+            // Released as a Bound: attached, not through PyO3's deferred pool
+            // (this runs under `fast_methods`, outside PyO3's own trampoline).
+            let other = other.into_bound(py);
+            let _ = other.setattr(intern!(py, STARTED), other_started);
         }
         let _ = req.setattr(intern!(py, STARTED), started);
     }
