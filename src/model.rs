@@ -65,6 +65,23 @@ impl Sample {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .chain(extra)
     }
+
+    /// The labels of the sample's series: all but a bucket's `le`.
+    pub fn series_labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.label_pairs().filter(|(k, _)| *k != "le")
+    }
+
+    /// Whether `other` belongs to the same series. Samples of one series
+    /// share their label set (the aggregator interns it), so the same set
+    /// with the same extra label, or with `le` on either side, is enough;
+    /// otherwise the labels are compared.
+    pub fn same_series(&self, other: &Sample) -> bool {
+        fn extra(s: &Sample) -> Option<&(&'static str, Arc<str>)> {
+            s.extra.as_ref().filter(|(k, _)| *k != "le")
+        }
+        (Arc::ptr_eq(&self.labels, &other.labels) && extra(self) == extra(other))
+            || self.series_labels().eq(other.series_labels())
+    }
 }
 
 /// A family: for counters `name` has no `_total`, as in prometheus_client.

@@ -1,11 +1,9 @@
 //! OpenMetrics 1.0 text, as prometheus_client's openmetrics exposition writes it.
 
-use std::sync::Arc;
-
 use super::names::push_metric_name;
 use super::text::{push_labels, LabelCache};
 use crate::exemplar::Exemplars;
-use crate::model::{Family, Kind, Sample};
+use crate::model::{Family, Kind};
 use crate::storage::float::push_go_float;
 use std::fmt::Write as _;
 
@@ -67,7 +65,7 @@ pub fn encode_with_exemplars(
             // A series' samples are contiguous: `_created` follows its last one.
             let last_of_series = samples
                 .get(i + 1)
-                .is_none_or(|next| !same_series(next, sample));
+                .is_none_or(|next| !next.same_series(sample));
             if let (Some(created), true) = (created, last_of_series) {
                 push_metric_name(out, &family.name);
                 out.push_str("_created");
@@ -80,7 +78,7 @@ pub fn encode_with_exemplars(
                 if set_is_series {
                     labels.push_set(out, sample);
                 } else {
-                    push_labels(out, series_labels(sample));
+                    push_labels(out, sample.series_labels());
                 }
                 out.push(' ');
                 out.push_str(created);
@@ -91,16 +89,6 @@ pub fn encode_with_exemplars(
     out.push_str("# EOF\n");
 }
 
-/// The labels of a sample's series: all but `le`.
-fn series_labels(sample: &Sample) -> impl Iterator<Item = (&str, &str)> {
-    sample.label_pairs().filter(|(k, _)| *k != "le")
-}
-
-fn same_series(a: &Sample, b: &Sample) -> bool {
-    // From the aggregator, a series' samples share one label set.
-    Arc::ptr_eq(&a.labels, &b.labels) || series_labels(a).eq(series_labels(b))
-}
-
 fn has_created(family: &Family) -> bool {
     matches!(family.kind, Kind::Counter | Kind::Histogram | Kind::Summary)
         && !family.name.starts_with("process_")
@@ -109,6 +97,8 @@ fn has_created(family: &Family) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Sample;
+    use std::sync::Arc;
 
     #[test]
     fn counter_family_has_no_total_suffix_and_output_ends_with_eof() {

@@ -84,11 +84,6 @@ fn exemplar(extras: &Extras, name: &str, sample: &Sample) -> Option<pb::Exemplar
     })
 }
 
-/// The labels of a sample's series (all but `le`), in order.
-fn series_labels(sample: &Sample) -> impl Iterator<Item = (&str, &str)> {
-    sample.label_pairs().filter(|(k, _)| *k != "le")
-}
-
 fn start(extras: &Extras, family: &Family) -> Option<prost_types::Timestamp> {
     extras
         .created
@@ -131,7 +126,7 @@ impl LabelBytes {
             .entry(key)
             .or_insert_with(|| {
                 let pairs: Vec<_> = if series_only {
-                    label_pairs(series_labels(sample))
+                    label_pairs(sample.series_labels())
                 } else {
                     label_pairs(sample.label_pairs())
                 };
@@ -286,9 +281,7 @@ fn gauge(family: &Family, metrics: &mut Metrics) -> pb::MetricFamily {
 /// Splits a family's samples into series (their samples are contiguous and,
 /// from the aggregator, share one label set).
 fn series(family: &Family) -> impl Iterator<Item = &[Sample]> {
-    family
-        .samples
-        .chunk_by(|a, b| Arc::ptr_eq(&a.labels, &b.labels) || series_labels(a).eq(series_labels(b)))
+    family.samples.chunk_by(|a, b| a.same_series(b))
 }
 
 fn summary(family: &Family, extras: &Extras, metrics: &mut Metrics) -> pb::MetricFamily {
