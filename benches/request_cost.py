@@ -4,7 +4,7 @@ Each mode drives a stand-in for Gunicorn's SyncWorker.handle_request (which
 calls `log.access` once, as Gunicorn does) N times:
 
   plain              the stand-in alone
-  this               this project's PrometheusWorker wrapper and metered log,
+  this               this project's PrometheusWorker (handler and log metered by the core),
                      with a route template and the kernel's queue time (one
                      getsockopt on a real TCP socket), as a Flask app on TCP has
   this_no_signals    the same without route nor queue time (no socket: a Unix
@@ -106,22 +106,26 @@ def _this(signals: bool):
     from gunicorn_prometheus_exporter.instrument import metered
     from gunicorn_prometheus_exporter.sync import PrometheusWorker
 
+    @metered(StandIn.handle_request)
     class Metered(PrometheusWorker, StandIn):
-        handle_request = metered(StandIn.handle_request)
+        pass
 
     worker = object.__new__(Metered)
     settings = _core.Settings.from_mapping(
         {"PROMETHEUS_DURATION_BUCKETS": ",".join(map(str, DURATION_BUCKETS))})
     worker.meter = _core.WorkerMeter(settings, os.environ["PROMETHEUS_MULTIPROC_DIR"],
                                      os.getpid(), 1, 1.0)
-    worker.log = _core.MeteredLog(QuietLog(), worker.meter)
+    worker.log = worker.meter.watch_log(QuietLog())
     if signals:
-        class Signals(Metered):
+        class SignalsStandIn(StandIn):
             def handle_request(self, listener, req, client, addr):
                 self.log.access(SignalsResp, req, SIGNALS_ENVIRON, None)
 
+        @metered(SignalsStandIn.handle_request)
+        class Signals(PrometheusWorker, SignalsStandIn):
+            pass
+
         worker.__class__ = Signals
-        Signals.handle_request = metered(Signals.handle_request)
     else:
         worker.meter.set_kernel_wait(False)
     return worker.handle_request

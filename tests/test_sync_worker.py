@@ -57,6 +57,39 @@ def test_exact_counts_per_method_and_status(gunicorn):
     assert worker_ids <= {"1", "2"}
 
 
+def test_the_applications_exception_reaches_gunicorn_as_raised(gunicorn):
+    # The core's handler counts the exception, then lets Gunicorn see the
+    # very exception the application raised (its error log shows it).
+    g = gunicorn(workers=1)
+    assert request(g.port, "GET", "/raise")[0] == 500
+    m = g.scrape_idle()
+    assert m.get("gunicorn_worker_failed_requests_total", error_type="AppFailure") == 1
+    out = wait_for(lambda: "AppFailure: the application failed" in g.output() and g.output(),
+                   what="the application's exception in Gunicorn's log")
+    assert "SystemError" not in out
+
+
+@pytest.mark.parametrize("logger_class", [None, "wsgi_app.ReadOnlyAccessLogger"])
+def test_every_response_is_counted_and_still_logged(gunicorn, tmp_path, logger_class):
+    # The core sets the logger's `access` attribute; a logger whose `access`
+    # cannot be set (a read-only property) is wrapped instead. Either way each
+    # response is counted once and logged once, by the logger's own access.
+    access_log = tmp_path / "access.log"
+    args = ["--access-logfile", str(access_log)]
+    if logger_class:
+        args += ["--logger-class", logger_class]
+    g = gunicorn(args)
+    sent = send_mix(g.port, 5)
+    m = g.scrape_idle()
+    for (method, status), n in sent.items():
+        assert m.get("gunicorn_worker_requests_total", method=method, status=status) == n
+    assert m.get("gunicorn_worker_requests_total") == 5 * len(MIX)
+    lines = wait_for(lambda: (t := access_log.read_text().splitlines()) and
+                     len(t) >= 5 * len(MIX) and t, what="the access log lines")
+    assert len(lines) == 5 * len(MIX)
+    assert sum(' "DELETE /status/204 ' in line for line in lines) == 5
+
+
 def test_unknown_methods_share_one_series(gunicorn):
     g = gunicorn(workers=1)
     for i in range(20):

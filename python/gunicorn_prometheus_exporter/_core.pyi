@@ -6,13 +6,16 @@ from typing import Any, final
 
 __all__ = [
     "ArchiveCompactor",
+    "CountedAccess",
     "Exporter",
     "MasterMeter",
     "MeteredLog",
     "Settings",
+    "UnmeteredHandler",
     "WorkerMeter",
     "__version__",
     "close_inherited_metrics_sockets",
+    "meter_handler",
     "prepare_directory",
     "start_exporter",
 ]
@@ -36,6 +39,7 @@ class WorkerMeter:
     def asgi_started(self) -> int: ...
     def asgi_answered(self, started: int, scope: Any, status: int, sent: int) -> None: ...
     def wsgi_left(self) -> None: ...
+    def watch_log(self, log: Any) -> Any: ...
     def asgi_left(self) -> None: ...
     def request_failed(self, req: Any, exc: BaseException) -> None: ...
     def request_timed_out(self, req: Any, environ: Any = None) -> None: ...
@@ -47,9 +51,19 @@ class WorkerMeter:
 @final
 class MeteredLog:
     """Gunicorn's logger (every attribute), with `access` also counting the
-    response (`WorkerMeter.wsgi_answered`)."""
-    def __new__(cls, log: Any, meter: WorkerMeter) -> MeteredLog: ...
+    response (`WorkerMeter.wsgi_answered`): what `WorkerMeter.watch_log`
+    returns for a logger whose own `access` cannot be replaced."""
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any, /) -> None: ...
+
+@final
+class CountedAccess:
+    """A logger's own `access`, counted first (`WorkerMeter.watch_log`)."""
+
+@final
+class UnmeteredHandler:
+    """Gunicorn's request handler, kept on the class `meter_handler` metered."""
+
+def meter_handler(cls: type, name: str, handle: Any, req_index: int) -> None: ...
 
 @final
 class Settings:

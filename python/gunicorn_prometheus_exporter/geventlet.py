@@ -13,5 +13,6 @@ except (ImportError, RuntimeError) as exc:  # Gunicorn raises RuntimeError for a
 from .instrument import MeteredWorker, metered
 
 
+@metered(EventletWorker.handle_request)
 class PrometheusEventletWorker(MeteredWorker, EventletWorker):
-    handle_request = metered(EventletWorker.handle_request)
+    pass

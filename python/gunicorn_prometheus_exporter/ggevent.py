@@ -10,7 +10,6 @@ except (ImportError, RuntimeError) as exc:  # Gunicorn raises RuntimeError for a
 from .instrument import MeteredWorker, metered
 
 
+@metered(GeventWorker.handle_request, getattr(GeventWorker, "handle_http2_request", None))
 class PrometheusGeventWorker(MeteredWorker, GeventWorker):
-    handle_request = metered(GeventWorker.handle_request)
-    if hasattr(GeventWorker, "handle_http2_request"):
-        handle_http2_request = metered(GeventWorker.handle_http2_request)
+    pass

@@ -5,7 +5,6 @@ from gunicorn.workers.gthread import ThreadWorker
 from .instrument import MeteredWorker, metered
 
 
+@metered(ThreadWorker.handle_request, getattr(ThreadWorker, "handle_http2_request", None))
 class PrometheusThreadWorker(MeteredWorker, ThreadWorker):
-    handle_request = metered(ThreadWorker.handle_request)
-    if hasattr(ThreadWorker, "handle_http2_request"):
-        handle_http2_request = metered(ThreadWorker.handle_http2_request)
+    pass

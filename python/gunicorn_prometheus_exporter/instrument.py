@@ -1,9 +1,9 @@
 """The instrumentation every Prometheus worker class shares.
 
 A WSGI worker class combines `MeteredWorker` with one of Gunicorn's workers
-and wraps its `handle_request` with `metered`; the response is counted where
-Gunicorn logs it (`log.access`, through the core's `MeteredLog`), so no
-Gunicorn code is copied. ASGI workers
+and has the core meter its `handle_request` (`metered`); the response is
+counted where Gunicorn logs it (`log.access`, made to count by the core:
+`WorkerMeter.watch_log`), so no Gunicorn code is copied. ASGI workers
 wrap the application instead (`asgi.MeteredASGI`).
 """
 
@@ -51,7 +51,7 @@ class MeteredWorker:
                                        os.getpid(), self.worker_id, RESOURCE_SAMPLE_SECONDS)
         self.meter.set_concurrency(saturation.concurrency(self))
         self.meter.set_kernel_wait(saturation.has_tcp_listener(self))
-        self.log = _core.MeteredLog(self.log, self.meter)
+        self.log = self.meter.watch_log(self.log)
         note = "crashed"
         try:
             super().init_process()
@@ -110,35 +110,23 @@ class MeteredWorker:
         super().handle_abort(sig, frame)  # type: ignore[misc]
 
 
-_METERED_TEMPLATE = """
-def {name}(self, {params}):
-    meter = self.meter
-    meter.wsgi_started(req)
-    try:
-        return handle(self, {params})
-    except BaseException as exc:
-        meter.request_failed(req, exc)
-        raise
-    finally:
-        meter.wsgi_left()
-"""
+def metered(*handlers: Callable[..., Any] | None) -> Callable[[type], type]:
+    """Class decorator: the class's Gunicorn request `handlers` (functions of
+    Gunicorn's worker class, `handle_request(self, ..., req, ...)`; None: the
+    Gunicorn installed has no such handler) are metered by the core: it counts
+    the request in flight while it runs, and any exception the application
+    let out. Gunicorn's own `log.access` counts the response.
 
-
-def metered(handle: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap one of Gunicorn's request handlers (`handle_request(self, ..., req, ...)`):
-    count the request in flight while it runs, and any exception the
-    application raised. Gunicorn's own `log.access` counts the response.
-
-    The wrapper is written with the handler's own parameters, as dataclasses
-    writes its methods: packing `*args` would cost the hot path ~300 ns."""
-    params = list(inspect.signature(handle).parameters)[1:]
-    if "req" not in params or not all(p.isidentifier() for p in params):
-        raise TypeError(f"cannot meter {handle.__qualname__}{inspect.signature(handle)}")
-    namespace: dict[str, Any] = {"handle": handle}
-    source = _METERED_TEMPLATE.format(name=handle.__name__, params=", ".join(params))
-    code = compile(source, timeouts.METERED_FILENAME, "exec")
-    exec(code, namespace)  # noqa: S102 - the source is the template above
-    wrapper = namespace[handle.__name__]
-    wrapper.__qualname__ = f"metered({handle.__qualname__})"
-    wrapper.__doc__ = handle.__doc__
-    return wrapper
+    The core's method calls Gunicorn's handler with the same arguments, with
+    no Python frame of its own (`src/python/metered_handler.rs`)."""
+    def meter(cls: type) -> type:
+        for handle in handlers:
+            if handle is None:
+                continue
+            params = list(inspect.signature(handle).parameters)[1:]
+            if "req" not in params:
+                raise TypeError(f"cannot meter {handle.__qualname__}{inspect.signature(handle)}")
+            _core.meter_handler(cls, handle.__name__, handle, params.index("req"))
+            timeouts.watch(handle)
+        return cls
+    return meter

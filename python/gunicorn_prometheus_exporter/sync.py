@@ -9,9 +9,8 @@ from gunicorn.workers.sync import SyncWorker
 from .instrument import MeteredWorker, metered
 
 
+@metered(SyncWorker.handle_request)
 class PrometheusWorker(MeteredWorker, SyncWorker):
-    handle_request = metered(SyncWorker.handle_request)
-
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         # Gunicorn runs its threaded worker for `sync` with --threads N>1, but
         # only for its own class names: do the same for this class (not for

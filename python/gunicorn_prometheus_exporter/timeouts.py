@@ -8,33 +8,39 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
-#: File name given to the code of `instrument.metered` wrappers, to find them on a stack.
-METERED_FILENAME = "<gunicorn_prometheus_exporter.metered>"
+#: The code of Gunicorn's request handlers the core meters (`instrument.metered`):
+#: a frame running one holds the request (`req`) and its WSGI `environ`.
+_HANDLERS: set[CodeType] = set()
+
+
+def watch(handle: Any) -> None:
+    """Find the requests `handle` (a Gunicorn request handler) has in flight."""
+    _HANDLERS.add(handle.__code__)
 
 
 def _in_flight(leaf: FrameType) -> Iterator[tuple[Any, Any, int]]:
     """(req, environ, depth) of the metered request on the stack that ends at
-    `leaf`, `depth` frames above it; (scope, None, depth) for an ASGI request."""
+    `leaf`, in the handler `depth` frames up from it (the leaf is 1);
+    (scope, None, depth) for an ASGI request."""
     from .asgi import MeteredASGI
 
     asgi_code = MeteredASGI.__call__.__code__
-    inner: FrameType | None = None
     frame: FrameType | None = leaf
     depth = 0
     while frame is not None:
         code = frame.f_code
-        if code.co_filename == METERED_FILENAME and "req" in frame.f_locals:
-            environ = inner.f_locals.get("environ") if inner is not None else None
+        depth += 1
+        if code in _HANDLERS and "req" in frame.f_locals:
+            environ = frame.f_locals.get("environ")
             yield frame.f_locals["req"], environ if isinstance(environ, dict) else None, depth
             return
         if code is asgi_code and "scope" in frame.f_locals:
-            yield frame.f_locals["scope"], None, depth
+            yield frame.f_locals["scope"], None, depth - 1
             return
-        inner, frame = frame, frame.f_back
-        depth += 1
+        frame = frame.f_back
 
 
 def report(worker: Any, interrupted: FrameType | None) -> int:

@@ -17,11 +17,14 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use super::worker::{MeteredLog, WorkerMeter};
+use std::sync::OnceLock;
+
+use super::access_log::{CountedAccess, MeteredLog};
+use super::worker::WorkerMeter;
 
 /// CPython's flag for the vectorcall convention (`Include/methodobject.h`,
 /// the same value since 3.7); pyo3-ffi declares it only for 3.10 and newer.
-const METH_FASTCALL: std::os::raw::c_int = 0x0080;
+pub(super) const METH_FASTCALL: std::os::raw::c_int = 0x0080;
 
 /// Installs the methods on their classes (module start-up).
 pub(super) fn install(py: Python<'_>) -> PyResult<()> {
@@ -43,16 +46,34 @@ pub(super) fn install(py: Python<'_>) -> PyResult<()> {
     )
 }
 
-fn define(
+/// Makes `function` (of the convention `flags` names) the method `name` of
+/// `class`.
+pub(super) fn define(
     class: &Bound<'_, PyType>,
     name: &'static std::ffi::CStr,
     function: *mut std::ffi::c_void,
     flags: std::os::raw::c_int,
     doc: &'static std::ffi::CStr,
 ) -> PyResult<()> {
-    // CPython keeps a pointer to the definition for as long as the method
-    // lives: it is leaked, once per method.
-    let definition = Box::leak(Box::new(ffi::PyMethodDef {
+    let definition = leak_definition(name, function, flags, doc);
+    let py = class.py();
+    // SAFETY: `class` is a live type object and `definition` lives forever;
+    // the result is a new reference or NULL with an exception set.
+    let method = unsafe {
+        Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(class.as_type_ptr(), definition))
+    }?;
+    class.setattr(name.to_str().unwrap_or_default(), method)
+}
+
+/// A method definition that lives forever: CPython keeps a pointer to it for
+/// as long as the method lives (leaked once per method made).
+fn leak_definition(
+    name: &'static std::ffi::CStr,
+    function: *mut std::ffi::c_void,
+    flags: std::os::raw::c_int,
+    doc: &'static std::ffi::CStr,
+) -> *mut ffi::PyMethodDef {
+    Box::leak(Box::new(ffi::PyMethodDef {
         ml_name: name.as_ptr(),
         ml_meth: ffi::PyMethodDefPointer {
             // SAFETY: C stores every calling convention in this field and
@@ -64,14 +85,19 @@ fn define(
         },
         ml_flags: flags,
         ml_doc: doc.as_ptr(),
-    }));
-    let py = class.py();
-    // SAFETY: `class` is a live type object and `definition` lives forever;
-    // the result is a new reference or NULL with an exception set.
-    let method = unsafe {
-        Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(class.as_type_ptr(), definition))
-    }?;
-    class.setattr(name.to_str().unwrap_or_default(), method)
+    }))
+}
+
+extern "C" {
+    /// Exported by every CPython since 3.9 (limited API since 3.12): calls
+    /// `callable` with `args` (and a dict of keyword arguments, or NULL)
+    /// through its vectorcall when it has one.
+    pub(super) fn PyObject_VectorcallDict(
+        callable: *mut ffi::PyObject,
+        args: *const *mut ffi::PyObject,
+        nargsf: usize,
+        kwargs: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
 }
 
 /// `None`, as a new reference (what a method returns).
@@ -118,27 +144,87 @@ unsafe extern "C" fn access(
     // SAFETY: CPython calls a method with the thread attached, a live `self`
     // and `nargs` live arguments at `args`, borrowed for the call.
     let py = unsafe { Python::assume_attached() };
+    // SAFETY: as above.
+    let Some(args) = (unsafe { four(py, args, nargs) }) else {
+        return std::ptr::null_mut();
+    };
     // SAFETY: `slf` is a live object borrowed for the call (above).
     let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
-    let result = if nargs != 4 {
-        Err(PyTypeError::new_err(format!(
-            "access() takes 4 positional arguments ({nargs} given)"
-        )))
-    } else {
-        // SAFETY: as above, `args` holds `nargs` = 4 pointers.
-        let arg = |i: usize| unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) };
-        let (resp, req, environ, request_time) = (arg(0), arg(1), arg(2), arg(3));
-        catch_unwind(AssertUnwindSafe(|| match slf.cast::<MeteredLog>() {
-            Ok(log) => log.get().access(&resp, &req, &environ, &request_time),
-            Err(e) => Err(e.into()),
-        }))
-        .unwrap_or_else(|_| Err(PyTypeError::new_err("MeteredLog.access panicked")))
-    };
-    match result {
-        Ok(()) => none(),
+    match slf.cast::<MeteredLog>() {
+        Ok(log) => log.get().access(py, args),
         Err(e) => {
-            e.restore(py);
+            PyErr::from(e).restore(py);
             std::ptr::null_mut()
         }
     }
+}
+
+/// `METH_FASTCALL` with a `CountedAccess` as `self`: the logger's `access`
+/// attribute that `WorkerMeter.watch_log` sets.
+unsafe extern "C" fn counted_access(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    // SAFETY: as in `access`.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: as in `access`.
+    let Some(args) = (unsafe { four(py, args, nargs) }) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: `slf` is the `CountedAccess` the function was made with (below).
+    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+    match slf.cast::<CountedAccess>() {
+        Ok(counted) => counted.get().call(py, args),
+        Err(e) => {
+            PyErr::from(e).restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// The built-in function `counted.call`, called with vectorcall.
+pub(super) fn counted_access_function<'py>(
+    counted: &Bound<'py, CountedAccess>,
+) -> PyResult<Bound<'py, PyAny>> {
+    static DEFINITION: OnceLock<usize> = OnceLock::new();
+    let definition = *DEFINITION.get_or_init(|| {
+        leak_definition(
+            c"access",
+            counted_access as *mut std::ffi::c_void,
+            METH_FASTCALL,
+            c"access(resp, req, environ, request_time, /)\n--\n\nCounts the response, then \
+              logs it with the logger's own access.",
+        ) as usize
+    }) as *mut ffi::PyMethodDef;
+    let py = counted.py();
+    // SAFETY: `definition` lives forever and `counted` is live (the function
+    // keeps a reference); the result is a new reference or NULL with an
+    // exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyCFunction_NewEx(definition, counted.as_ptr(), std::ptr::null_mut()),
+        )
+    }
+}
+
+/// The four arguments of `access`, or NULL's exception set.
+///
+/// # Safety
+/// `args` holds `nargs` live objects.
+unsafe fn four<'a>(
+    py: Python<'_>,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> Option<&'a [*mut ffi::PyObject; 4]> {
+    if nargs != 4 {
+        PyTypeError::new_err(format!(
+            "access() takes 4 positional arguments ({nargs} given)"
+        ))
+        .restore(py);
+        return None;
+    }
+    // SAFETY: `args` holds 4 pointers (checked), live for the call.
+    Some(unsafe { &*(args as *const [*mut ffi::PyObject; 4]) })
 }

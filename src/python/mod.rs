@@ -4,23 +4,30 @@
 //! `master` hold the classes and functions each side of Gunicorn uses;
 //! `settings` the validated environment both read.
 
+mod access_log;
 mod fast_methods;
 mod master;
+mod metered_handler;
 mod request;
 mod settings;
 mod worker;
 
 use pyo3::prelude::*;
 
+use access_log::{CountedAccess, MeteredLog};
 use master::{prepare_directory, start_exporter, ArchiveCompactor, Exporter, MasterMeter};
+use metered_handler::{meter_handler, UnmeteredHandler};
 use settings::Settings;
-use worker::{close_inherited_metrics_sockets, MeteredLog, WorkerMeter};
+use worker::{close_inherited_metrics_sockets, WorkerMeter};
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<WorkerMeter>()?;
     m.add_class::<MeteredLog>()?;
+    m.add_class::<CountedAccess>()?;
+    m.add_class::<UnmeteredHandler>()?;
+    m.add_function(wrap_pyfunction!(meter_handler, m)?)?;
     fast_methods::install(m.py())?;
     m.add_class::<Settings>()?;
     m.add_class::<Exporter>()?;

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use pyo3::{ffi, intern};
 
+use super::access_log;
 use super::request::{
     captured_span, content_length, environ_of_exception, environ_route, environ_traceparent,
     method_of, request_traceparent, scope_headers, scope_route, status_of, utf8_of,
@@ -249,9 +250,16 @@ impl WorkerMeter {
         }
     }
 
+    /// Makes `log.access` count each response (`wsgi_answered`) before it
+    /// logs it; returns the logger the worker uses from then on (`log`, or a
+    /// wrapper around it: `access_log`).
+    fn watch_log(slf: &Bound<'_, Self>, log: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        access_log::watch(slf, log)
+    }
+
     /// The WSGI request `wsgi_started` began left the worker's hands,
     /// answered or not: ends it (in flight, busy time).
-    fn wsgi_left(&self, py: Python<'_>) {
+    pub(super) fn wsgi_left(&self, py: Python<'_>) {
         forget_start(py);
         self.meter.end();
     }
@@ -291,7 +299,7 @@ impl WorkerMeter {
 
     /// Gunicorn logged the response `resp` of `req` (`log.access`, with the
     /// WSGI `environ`): counts the request `wsgi_started` began, once.
-    fn wsgi_answered(
+    pub(super) fn wsgi_answered(
         &self,
         resp: &Bound<'_, PyAny>,
         req: &Bound<'_, PyAny>,
@@ -365,7 +373,7 @@ impl WorkerMeter {
 
     /// The application raised `exc` while handling `req` (a Gunicorn request
     /// or an ASGI scope); `request_left` follows.
-    fn request_failed(&self, req: &Bound<'_, PyAny>, exc: &Bound<'_, PyAny>) {
+    pub(super) fn request_failed(&self, req: &Bound<'_, PyAny>, exc: &Bound<'_, PyAny>) {
         let py = exc.py();
         let mut exc = exc.clone();
         // Gunicorn turns an error after the headers were sent into StopIteration.
@@ -403,57 +411,6 @@ impl WorkerMeter {
         if let Some(trace) = request_traceparent(req).or(span) {
             self.meter.fail_exemplar(method, &name, route, &trace);
         }
-    }
-}
-
-/// Gunicorn's logger with its `access` also counting the response
-/// (`WorkerMeter.wsgi_answered`); every other attribute is the logger's.
-#[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
-pub(super) struct MeteredLog {
-    log: Py<PyAny>,
-    meter: Py<WorkerMeter>,
-}
-
-#[pymethods]
-impl MeteredLog {
-    #[new]
-    fn new(log: Py<PyAny>, meter: Py<WorkerMeter>) -> Self {
-        MeteredLog { log, meter }
-    }
-
-    fn __getattr__<'py>(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
-        self.log.bind(name.py()).getattr(name)
-    }
-}
-
-impl MeteredLog {
-    /// Counts the response, then logs it as Gunicorn would (`fast_methods`
-    /// makes it the Python method).
-    pub(super) fn access(
-        &self,
-        resp: &Bound<'_, PyAny>,
-        req: &Bound<'_, PyAny>,
-        environ: &Bound<'_, PyAny>,
-        request_time: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let py = req.py();
-        self.meter.get().wsgi_answered(resp, req, environ);
-        // SAFETY: every argument is a live object (borrowed for the call), the
-        // GIL is held, and the list ends with the NULL the C API requires.
-        // No tuple is built, as pyo3's call_method would (abi3 of 3.9).
-        let logged = unsafe {
-            ffi::PyObject_CallMethodObjArgs(
-                self.log.as_ptr(),
-                intern!(py, "access").as_ptr(),
-                resp.as_ptr(),
-                req.as_ptr(),
-                environ.as_ptr(),
-                request_time.as_ptr(),
-                std::ptr::null_mut::<ffi::PyObject>(),
-            )
-        };
-        // SAFETY: a new reference or NULL with an exception set, as documented.
-        unsafe { Bound::from_owned_ptr_or_err(py, logged) }.map(drop)
     }
 }
 

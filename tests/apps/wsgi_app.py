@@ -34,3 +34,18 @@ def app(environ, start_response):
         body = environ["wsgi.input"].read(length)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def _gunicorn_logger():
+    from gunicorn import glogging
+
+    return glogging.Logger
+
+
+class ReadOnlyAccessLogger(_gunicorn_logger()):
+    """A logger class (`--logger-class`) whose `access` is a read-only
+    property: the exporter cannot set the attribute and wraps the logger."""
+
+    @property
+    def access(self):
+        return super().access

@@ -1,0 +1,106 @@
+//! Where Gunicorn logs a response (`log.access`), the core counts it first.
+//!
+//! `WorkerMeter.watch_log(log)` sets the logger's `access` attribute to a
+//! built-in function of the core (`CountedAccess`, called with vectorcall):
+//! Gunicorn's `self.log.access(...)` then finds it in the instance's
+//! dictionary, with no method bound and no tuple packed. A logger whose
+//! `access` cannot be replaced (a property, slots) is wrapped instead
+//! (`MeteredLog`, every other attribute the logger's).
+
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use super::fast_methods;
+use super::worker::WorkerMeter;
+
+/// A logger's own `access` (bound to it), counted by `meter` first.
+#[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
+pub(super) struct CountedAccess {
+    access: Py<PyAny>,
+    meter: Py<WorkerMeter>,
+}
+
+impl CountedAccess {
+    /// Counts the response, then logs it with the logger's own `access`:
+    /// `args` are `(resp, req, environ, request_time)`. A new reference, or
+    /// NULL with the logger's exception set.
+    pub(super) fn call(
+        &self,
+        py: Python<'_>,
+        args: &[*mut pyo3::ffi::PyObject; 4],
+    ) -> *mut pyo3::ffi::PyObject {
+        // SAFETY: the four are live objects, borrowed for the call.
+        let arg = |i: usize| unsafe { Bound::from_borrowed_ptr(py, args[i]) };
+        let (resp, req, environ) = (arg(0), arg(1), arg(2));
+        // Never raises nor panics out: counting must not break the log.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.meter.get().wsgi_answered(&resp, &req, &environ)
+        }));
+        // SAFETY: `access` is live, `args` holds 4 live objects; the result
+        // is a new reference or NULL with an exception set.
+        unsafe {
+            fast_methods::PyObject_VectorcallDict(
+                self.access.as_ptr(),
+                args.as_ptr(),
+                4,
+                std::ptr::null_mut(),
+            )
+        }
+    }
+}
+
+/// Makes `log.access` count each response on `meter`; returns the logger to
+/// use: `log` itself, or a `MeteredLog` around it.
+pub(super) fn watch(meter: &Bound<'_, WorkerMeter>, log: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let py = log.py();
+    let name = pyo3::intern!(py, "access");
+    let counted = Bound::new(
+        py,
+        CountedAccess {
+            access: log.getattr(name)?.unbind(),
+            meter: meter.clone().unbind(),
+        },
+    )?;
+    let function = fast_methods::counted_access_function(&counted)?;
+    if log.setattr(name, &function).is_ok() && log.getattr(name).is_ok_and(|a| a.is(&function)) {
+        return Ok(log.unbind());
+    }
+    let _ = PyErr::take(py);
+    Ok(Bound::new(
+        py,
+        MeteredLog {
+            log: log.unbind(),
+            counted: counted.unbind(),
+        },
+    )?
+    .into_any()
+    .unbind())
+}
+
+/// Gunicorn's logger with its `access` also counting the response, for a
+/// logger whose own attribute cannot be replaced; every other attribute is
+/// the logger's.
+#[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
+pub(super) struct MeteredLog {
+    log: Py<PyAny>,
+    counted: Py<CountedAccess>,
+}
+
+#[pymethods]
+impl MeteredLog {
+    fn __getattr__<'py>(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+        self.log.bind(name.py()).getattr(name)
+    }
+}
+
+impl MeteredLog {
+    /// `access(resp, req, environ, request_time)` (`fast_methods` makes it
+    /// the Python method).
+    pub(super) fn access(
+        &self,
+        py: Python<'_>,
+        args: &[*mut pyo3::ffi::PyObject; 4],
+    ) -> *mut pyo3::ffi::PyObject {
+        self.counted.get().call(py, args)
+    }
+}

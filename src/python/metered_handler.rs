@@ -1,0 +1,272 @@
+//! Gunicorn's request handlers, metered by the core: `meter_handler(cls,
+//! name, handle, req_index)` makes `cls.<name>` a method of the core that
+//! counts the request in flight (`wsgi_started`), calls Gunicorn's `handle`,
+//! counts an exception the application let out (`request_failed`) and ends
+//! the request (`wsgi_left`).
+//!
+//! A Python wrapper did the same in a frame of its own, with a `try`, an
+//! attribute and three method calls: about 1,000 instructions a request, a
+//! third of the instrumentation. Here it is a method descriptor of the class
+//! (`PyDescr_NewMethod`, `METH_FASTCALL | METH_KEYWORDS`): Python calls it
+//! without binding a method or packing a tuple, and it calls Gunicorn's
+//! handler with the same arguments through vectorcall.
+//!
+//! Each name has its own C function, which finds Gunicorn's handler in the
+//! class attribute `_unmetered_<name>` (an `UnmeteredHandler`).
+
+use std::ffi::CStr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+
+use super::fast_methods::{self, define, METH_FASTCALL};
+use super::worker::WorkerMeter;
+
+/// Gunicorn's own handler, kept on the metered class, and the position of
+/// its `req` among the arguments after `self`.
+#[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
+pub(super) struct UnmeteredHandler {
+    handle: Py<PyAny>,
+    req_index: usize,
+}
+
+/// The handlers the core can meter, with their C functions.
+const HANDLERS: [(&CStr, Handler); 2] = [
+    (c"handle_request", handle_request),
+    (c"handle_http2_request", handle_http2_request),
+];
+
+/// The class attribute that keeps Gunicorn's handler of each name.
+type KeptName = for<'py> fn(Python<'py>) -> &'py Bound<'py, PyString>;
+
+type Handler = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+
+/// `_core.meter_handler(cls, name, handle, req_index)`: `cls.<name>` counts
+/// each request `handle` (Gunicorn's handler, whose argument `req_index`
+/// after `self` is the request) handles.
+#[pyfunction]
+pub(super) fn meter_handler(
+    cls: &Bound<'_, PyType>,
+    name: &str,
+    handle: Py<PyAny>,
+    req_index: usize,
+) -> PyResult<()> {
+    let Some((method, function)) = HANDLERS
+        .iter()
+        .find(|(method, _)| method.to_str() == Ok(name))
+    else {
+        return Err(PyTypeError::new_err(format!(
+            "the core cannot meter a handler named {name:?}"
+        )));
+    };
+    cls.setattr(
+        format!("_unmetered_{name}"),
+        UnmeteredHandler { handle, req_index },
+    )?;
+    define(
+        cls,
+        method,
+        *function as *mut std::ffi::c_void,
+        METH_FASTCALL | ffi::METH_KEYWORDS,
+        c"Gunicorn's handler of one request, metered by the core.",
+    )
+}
+
+unsafe extern "C" fn handle_request(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method with these.
+    unsafe {
+        metered_call(slf, args, nargs, kwnames, |py| {
+            pyo3::intern!(py, "_unmetered_handle_request")
+        })
+    }
+}
+
+unsafe extern "C" fn handle_http2_request(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: as in `handle_request`.
+    unsafe {
+        metered_call(slf, args, nargs, kwnames, |py| {
+            pyo3::intern!(py, "_unmetered_handle_http2_request")
+        })
+    }
+}
+
+/// Calls Gunicorn's handler kept under `kept` on the class of `slf`, metered.
+///
+/// # Safety
+/// The arguments of a METH_FASTCALL | METH_KEYWORDS method, as CPython passes
+/// them: the thread attached, `slf` live, `nargs` positional arguments at
+/// `args` followed by one value per name in `kwnames` (a tuple, or NULL).
+unsafe fn metered_call(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    kept: KeptName,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a method with the thread attached.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: `slf` is live, borrowed for the call.
+    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+    let positional = usize::try_from(nargs).unwrap_or(0);
+    let names = if kwnames.is_null() {
+        None
+    } else {
+        // SAFETY: a non-NULL `kwnames` is a live tuple, borrowed for the call.
+        unsafe { Bound::from_borrowed_ptr(py, kwnames) }
+            .cast_into::<PyTuple>()
+            .ok()
+    };
+    let keywords = names.as_ref().map_or(0, |n| n.len());
+    let args: &[*mut ffi::PyObject] = if positional + keywords == 0 {
+        &[]
+    } else {
+        // SAFETY: `args` holds the positional arguments, then one per keyword.
+        unsafe { std::slice::from_raw_parts(args, positional + keywords) }
+    };
+    let handler = match unmetered(&slf, kept(py)) {
+        Ok(handler) => handler,
+        Err(e) => {
+            e.restore(py);
+            return std::ptr::null_mut();
+        }
+    };
+    let handler = handler.get();
+    let req = request(py, handler.req_index, args, positional, names.as_ref());
+    let meter = req.as_ref().and_then(|req| started(&slf, req));
+    let result = call(
+        py,
+        handler.handle.bind(py),
+        &slf,
+        args,
+        positional,
+        names.as_ref(),
+    );
+    let Some(meter) = meter else {
+        return result;
+    };
+    // The exception the handler let out (if any) is put aside while the
+    // core runs (it calls into Python), counted, then raised again as it was.
+    let error = result.is_null().then(|| PyErr::fetch(py));
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let meter = meter.get();
+        if let (Some(error), Some(req)) = (&error, &req) {
+            meter.request_failed(req, error.value(py).as_any());
+        }
+        meter.wsgi_left(py);
+    }));
+    if let Some(error) = error {
+        error.restore(py);
+    }
+    result
+}
+
+/// `type(slf).<kept>`: Gunicorn's handler.
+fn unmetered<'py>(
+    slf: &Bound<'py, PyAny>,
+    kept: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, UnmeteredHandler>> {
+    Ok(slf
+        .get_type()
+        .getattr(kept)?
+        .cast_into::<UnmeteredHandler>()?)
+}
+
+/// The request among the arguments: at `req_index`, or passed as `req=`.
+fn request<'py>(
+    py: Python<'py>,
+    req_index: usize,
+    args: &[*mut ffi::PyObject],
+    positional: usize,
+    names: Option<&Bound<'py, PyTuple>>,
+) -> Option<Bound<'py, PyAny>> {
+    let at = if req_index < positional {
+        Some(req_index)
+    } else {
+        let names = names?;
+        (0..names.len())
+            .find(|&i| {
+                names
+                    .get_item(i)
+                    .is_ok_and(|n| n.eq("req").unwrap_or(false))
+            })
+            .map(|i| positional + i)
+    }?;
+    // SAFETY: every pointer in `args` is a live object borrowed for the call.
+    Some(unsafe { Bound::from_borrowed_ptr(py, args[at]) })
+}
+
+/// Counts `req` in flight on the worker's meter (none: not metered).
+fn started<'py>(
+    slf: &Bound<'py, PyAny>,
+    req: &Bound<'py, PyAny>,
+) -> Option<Bound<'py, WorkerMeter>> {
+    let py = slf.py();
+    let meter = slf
+        .getattr(pyo3::intern!(py, "meter"))
+        .ok()?
+        .cast_into::<WorkerMeter>()
+        .ok()?;
+    catch_unwind(AssertUnwindSafe(|| meter.get().wsgi_started(req))).ok()?;
+    Some(meter)
+}
+
+/// Calls `handle(slf, *args, **keywords)`; a new reference, or NULL with the
+/// exception set.
+fn call(
+    py: Python<'_>,
+    handle: &Bound<'_, PyAny>,
+    slf: &Bound<'_, PyAny>,
+    args: &[*mut ffi::PyObject],
+    positional: usize,
+    names: Option<&Bound<'_, PyTuple>>,
+) -> *mut ffi::PyObject {
+    let mut kwargs = None;
+    if let Some(names) = names.filter(|n| !n.is_empty()) {
+        let dict = PyDict::new(py);
+        for (i, name) in names.iter().enumerate() {
+            // SAFETY: the values follow the positional arguments, live.
+            let value = unsafe { Bound::from_borrowed_ptr(py, args[positional + i]) };
+            if let Err(e) = dict.set_item(name, value) {
+                e.restore(py);
+                return std::ptr::null_mut();
+            }
+        }
+        kwargs = Some(dict);
+    }
+    // `self` first, then the positional arguments: on the stack when few.
+    let mut stack = [std::ptr::null_mut(); 8];
+    let mut heap = Vec::new();
+    let all: &mut [*mut ffi::PyObject] = if positional < stack.len() {
+        &mut stack[..=positional]
+    } else {
+        heap.resize(positional + 1, std::ptr::null_mut());
+        &mut heap
+    };
+    all[0] = slf.as_ptr();
+    all[1..].copy_from_slice(&args[..positional]);
+    let kwargs = kwargs.as_ref().map_or(std::ptr::null_mut(), |d| d.as_ptr());
+    // SAFETY: `handle` is live, `all` holds `positional + 1` live objects and
+    // `kwargs` is a dict or NULL; the result is a new reference or NULL with
+    // an exception set.
+    unsafe {
+        fast_methods::PyObject_VectorcallDict(handle.as_ptr(), all.as_ptr(), positional + 1, kwargs)
+    }
+}

@@ -1,0 +1,80 @@
+"""The core's metered request handler (`instrument.metered`), as a small
+piece: what Gunicorn's handler receives, returns and raises is unchanged.
+Counting itself is checked end to end by the worker suites."""
+
+from __future__ import annotations
+
+import pytest
+from gunicorn_prometheus_exporter import _core
+from gunicorn_prometheus_exporter.instrument import metered
+
+
+class Req:
+    method = "GET"
+
+
+class Handler:
+    """Stands in for a Gunicorn worker class: records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def handle_request(self, listener, req, client, addr=None):
+        self.calls.append((listener, req, client, addr))
+        if isinstance(client, BaseException):
+            raise client
+        return ("returned", req)
+
+
+@pytest.fixture
+def worker(tmp_path):
+    @metered(Handler.handle_request)
+    class Metered(Handler):
+        pass
+
+    w = Metered()
+    w.meter = _core.WorkerMeter(_core.Settings.from_mapping({}), str(tmp_path), 4242, 1, 60.0)
+    return w
+
+
+def test_the_handler_gets_the_same_arguments_and_its_result_comes_back(worker):
+    req = Req()
+    assert worker.handle_request("l", req, "c", "a") == ("returned", req)
+    assert worker.handle_request("l", req, client="c") == ("returned", req)
+    assert worker.handle_request(listener="l", req=req, client="c", addr=5) == ("returned", req)
+    assert worker.calls == [("l", req, "c", "a"), ("l", req, "c", None), ("l", req, "c", 5)]
+
+
+def test_an_exception_comes_out_as_raised(worker):
+    error = KeyError("app")
+    with pytest.raises(KeyError) as raised:
+        worker.handle_request("l", Req(), error)
+    assert raised.value is error
+    # The traceback still reaches into Gunicorn's handler.
+    assert raised.traceback[-1].name == "handle_request"
+
+
+def test_a_worker_without_a_meter_is_served_unmetered(worker):
+    del worker.meter
+    req = Req()
+    assert worker.handle_request("l", req, "c") == ("returned", req)
+
+
+def test_wrong_arguments_fail_as_they_would_unmetered(worker):
+    with pytest.raises(TypeError):
+        worker.handle_request("l")  # no req: Gunicorn's handler raises
+    with pytest.raises(TypeError):
+        worker.handle_request("l", Req(), "c", "a", "extra")
+
+
+def test_a_handler_without_req_or_of_another_name_is_refused():
+    def handle_request(self, listener, client):
+        pass
+
+    def handle(self, req):
+        pass
+
+    with pytest.raises(TypeError, match="cannot meter"):
+        metered(handle_request)(type("A", (), {}))
+    with pytest.raises(TypeError, match='cannot meter a handler named "handle"'):
+        metered(handle)(type("B", (), {}))
