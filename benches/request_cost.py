@@ -38,14 +38,20 @@ ENVIRON = {"CONTENT_LENGTH": "0", "REQUEST_METHOD": "GET"}
 
 
 class Req:
-    method = "GET"
-    path = "/"
+    """Gunicorn's request: `method` and `path` are attributes of each one."""
+
+    def __init__(self):
+        self.method = "GET"
+        self.path = "/"
 
 
 class Resp:
-    status = "200 OK"
-    sent = 6
-    sock = None
+    """Gunicorn's response as `log.access` gets it: attributes of the instance."""
+
+    def __init__(self, sock=None):
+        self.status = "200 OK"
+        self.sent = 6
+        self.sock = sock
 
 
 _OPEN: list[socket.socket] = []
@@ -63,8 +69,8 @@ def tcp_pair() -> socket.socket:
     return server
 
 
-class SignalsResp(Resp):
-    sock = tcp_pair()
+RESP = Resp()
+SIGNALS_RESP = Resp(tcp_pair())
 
 
 # Route, queue time (the kernel's, from a real TCP socket) and an exemplar.
@@ -84,7 +90,7 @@ class StandIn(SyncWorker):
     """What SyncWorker.handle_request does that matters here: one log.access."""
 
     def handle_request(self, listener, req, client, addr):
-        self.log.access(Resp, req, ENVIRON, None)
+        self.log.access(RESP, req, ENVIRON, None)
 
 
 def plain():
@@ -119,7 +125,7 @@ def _this(signals: bool):
     if signals:
         class SignalsStandIn(StandIn):
             def handle_request(self, listener, req, client, addr):
-                self.log.access(SignalsResp, req, SIGNALS_ENVIRON, None)
+                self.log.access(SIGNALS_RESP, req, SIGNALS_ENVIRON, None)
 
         @metered(SignalsStandIn.handle_request)
         class Signals(PrometheusWorker, SignalsStandIn):

@@ -348,17 +348,12 @@ impl WorkerMeter {
             .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if previous == Ok(1) {
-            self.signals
-                .idle_since_ns
-                .store(monotonic_ns(), Ordering::Relaxed);
+            let now = monotonic_ns(); // one clock reading: idle from, busy until
+            self.signals.idle_since_ns.store(now, Ordering::Relaxed);
             let busy = &self.fixed.busy;
             let anchor = busy.get_timestamp();
             if running_clock::is_running(anchor) {
-                busy.set(running_clock::resolve(
-                    busy.get(),
-                    anchor,
-                    monotonic_seconds(),
-                ));
+                busy.set(running_clock::resolve(busy.get(), anchor, now as f64 / 1e9));
                 busy.set_timestamp(running_clock::STOPPED);
             }
         }

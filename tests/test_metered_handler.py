@@ -78,3 +78,25 @@ def test_a_handler_without_req_or_of_another_name_is_refused():
         metered(handle_request)(type("A", (), {}))
     with pytest.raises(TypeError, match='cannot meter a handler named "handle"'):
         metered(handle)(type("B", (), {}))
+
+
+def test_each_of_many_metered_classes_calls_its_own_handler(tmp_path):
+    # The first handlers get a C function of their own (a slot), the rest are
+    # found on their class by name: each must call its own Gunicorn handler.
+    meter = _core.WorkerMeter(_core.Settings.from_mapping({}), str(tmp_path), 4243, 1, 60.0)
+    workers = []
+    for i in range(80):
+        def handle_request(self, req, i=i):
+            return i
+
+        def handle_http2_request(self, req, i=i):
+            return -i
+
+        base = type(f"Base{i}", (), {"handle_request": handle_request,
+                                      "handle_http2_request": handle_http2_request})
+        cls = metered(base.handle_request, base.handle_http2_request)(type(f"M{i}", (base,), {}))
+        worker = cls()
+        worker.meter = meter
+        workers.append(worker)
+    assert [w.handle_request(Req()) for w in workers] == list(range(80))
+    assert [w.handle_http2_request(Req()) for w in workers] == [-i for i in range(80)]

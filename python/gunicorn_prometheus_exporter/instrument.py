@@ -93,7 +93,7 @@ class MeteredWorker:
 
     def load_wsgi(self) -> None:
         super().load_wsgi()  # type: ignore[misc]
-        routes.watch_frameworks()
+        self.meter.set_flask_routes(routes.watch_frameworks())
         # An application that uses OpenTelemetry gives the exemplars of the
         # requests that come without a traceparent header (spans.py).
         watching = spans.watching()

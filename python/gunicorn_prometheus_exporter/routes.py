@@ -27,15 +27,20 @@ def _copy_flask_rule(sender: Any, **kwargs: Any) -> None:
         ctx.request.environ[ROUTE_KEY] = rule.rule
 
 
-def watch_frameworks() -> None:
-    """Called once the application is loaded: hooks the frameworks it imported."""
+def watch_frameworks() -> bool:
+    """Called once the application is loaded: hooks the frameworks it imported.
+    Whether it loaded Flask (the core then also reads the rule of a Flask
+    request still in the environ)."""
     global _flask_connected, _cv_request
-    if _flask_connected or "flask" not in sys.modules:
-        return
+    if "flask" not in sys.modules:
+        return False
+    if _flask_connected:
+        return True
     try:
         from flask.globals import _cv_request
         from flask.signals import request_tearing_down
-    except ImportError:  # a Flask without them: only the environ key works
-        return
+    except ImportError:  # a Flask without them: the rule in the environ, or the environ key
+        return True
     request_tearing_down.connect(_copy_flask_rule, weak=False)
     _flask_connected = True
+    return True

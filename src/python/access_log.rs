@@ -13,10 +13,14 @@ use pyo3::types::PyString;
 use super::fast_methods;
 use super::worker::WorkerMeter;
 
-/// A logger's own `access` (bound to it), counted by `meter` first.
+/// A logger's own `access`, counted by `meter` first.
 #[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
 pub(super) struct CountedAccess {
+    /// The logger's `access`: when it is a method bound to the logger (as
+    /// Gunicorn's is), its function, called with the logger first (no bound
+    /// method to unwrap per call).
     access: Py<PyAny>,
+    bound_to: Option<Py<PyAny>>,
     meter: Py<WorkerMeter>,
 }
 
@@ -36,13 +40,20 @@ impl CountedAccess {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.meter.get().wsgi_answered(&resp, &req, &environ)
         }));
-        // SAFETY: `access` is live, `args` holds 4 live objects; the result
-        // is a new reference or NULL with an exception set.
+        let (args, count) = match &self.bound_to {
+            Some(logger) => (
+                &[logger.as_ptr(), args[0], args[1], args[2], args[3]][..],
+                5,
+            ),
+            None => (&args[..], 4),
+        };
+        // SAFETY: `access` is live, `args` holds `count` live objects; the
+        // result is a new reference or NULL with an exception set.
         unsafe {
             fast_methods::PyObject_VectorcallDict(
                 self.access.as_ptr(),
                 args.as_ptr(),
-                4,
+                count,
                 std::ptr::null_mut(),
             )
         }
@@ -54,10 +65,22 @@ impl CountedAccess {
 pub(super) fn watch(meter: &Bound<'_, WorkerMeter>, log: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let py = log.py();
     let name = pyo3::intern!(py, "access");
+    let access = log.getattr(name)?;
+    let method_type = py.import("types")?.getattr("MethodType")?;
+    let (access, bound_to) = if access.is_instance(&method_type)? {
+        let bound_to = access.getattr(pyo3::intern!(py, "__self__"))?;
+        (
+            access.getattr(pyo3::intern!(py, "__func__"))?,
+            Some(bound_to.unbind()),
+        )
+    } else {
+        (access, None)
+    };
     let counted = Bound::new(
         py,
         CountedAccess {
-            access: log.getattr(name)?.unbind(),
+            access: access.unbind(),
+            bound_to,
             meter: meter.clone().unbind(),
         },
     )?;

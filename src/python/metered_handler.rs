@@ -11,11 +11,15 @@
 //! without binding a method or packing a tuple, and it calls Gunicorn's
 //! handler with the same arguments through vectorcall.
 //!
-//! Each name has its own C function, which finds Gunicorn's handler in the
-//! class attribute `_unmetered_<name>` (an `UnmeteredHandler`).
+//! Gunicorn's handler is kept on the class (`_unmetered_<name>`, an
+//! `UnmeteredHandler`) and, for the first `SLOT_COUNT` handlers metered in a
+//! process, in a slot with a C function of its own, which finds it with no
+//! look-up (a class attribute look-up costs about 200 instructions).
 
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
@@ -33,14 +37,12 @@ pub(super) struct UnmeteredHandler {
     req_index: usize,
 }
 
-/// The handlers the core can meter, with their C functions.
+/// The handlers the core can meter, with the C function that finds
+/// Gunicorn's handler on the class by name.
 const HANDLERS: [(&CStr, Handler); 2] = [
     (c"handle_request", handle_request),
     (c"handle_http2_request", handle_http2_request),
 ];
-
-/// The class attribute that keeps Gunicorn's handler of each name.
-type KeptName = for<'py> fn(Python<'py>) -> &'py Bound<'py, PyString>;
 
 type Handler = unsafe extern "C" fn(
     *mut ffi::PyObject,
@@ -59,7 +61,7 @@ pub(super) fn meter_handler(
     handle: Py<PyAny>,
     req_index: usize,
 ) -> PyResult<()> {
-    let Some((method, function)) = HANDLERS
+    let Some((method, by_name)) = HANDLERS
         .iter()
         .find(|(method, _)| method.to_str() == Ok(name))
     else {
@@ -67,17 +69,56 @@ pub(super) fn meter_handler(
             "the core cannot meter a handler named {name:?}"
         )));
     };
-    cls.setattr(
-        format!("_unmetered_{name}"),
-        UnmeteredHandler { handle, req_index },
-    )?;
+    let py = cls.py();
+    let handler = Py::new(py, UnmeteredHandler { handle, req_index })?;
+    cls.setattr(format!("_unmetered_{name}"), &handler)?;
+    // A slot of its own when one is left, else found on the class by name.
+    let slot = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+    let function = match SLOTS.get(slot) {
+        Some(kept) if kept.set(handler).is_ok() => SLOT_FUNCTIONS[slot],
+        _ => *by_name,
+    };
     define(
         cls,
         method,
-        *function as *mut std::ffi::c_void,
+        function as *mut std::ffi::c_void,
         METH_FASTCALL | ffi::METH_KEYWORDS,
         c"Gunicorn's handler of one request, metered by the core.",
     )
+}
+
+/// How many handlers get a C function of their own, which finds Gunicorn's
+/// handler with no look-up; past them (a program that meters many classes),
+/// the function of the handler's name looks it up on the class.
+const SLOT_COUNT: usize = 32;
+
+/// The handlers metered so far, in the order they were: one per slot.
+static SLOTS: [OnceLock<Py<UnmeteredHandler>>; SLOT_COUNT] =
+    [const { OnceLock::new() }; SLOT_COUNT];
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+macro_rules! slot_functions {
+    ($($slot:literal)*) => { [$(slot_handler::<$slot> as Handler),*] };
+}
+
+/// The C function of each slot.
+const SLOT_FUNCTIONS: [Handler; SLOT_COUNT] = slot_functions!(
+    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
+);
+
+unsafe extern "C" fn slot_handler<const SLOT: usize>(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method with these.
+    unsafe {
+        metered_call(slf, args, nargs, kwnames, |slf| match SLOTS[SLOT].get() {
+            Some(handler) => Ok(handler.bind(slf.py()).clone()),
+            None => Err(PyTypeError::new_err("an unfilled handler slot")),
+        })
+    }
 }
 
 unsafe extern "C" fn handle_request(
@@ -86,10 +127,10 @@ unsafe extern "C" fn handle_request(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method with these.
+    // SAFETY: as in `slot_handler`.
     unsafe {
-        metered_call(slf, args, nargs, kwnames, |py| {
-            pyo3::intern!(py, "_unmetered_handle_request")
+        metered_call(slf, args, nargs, kwnames, |slf| {
+            unmetered(slf, pyo3::intern!(slf.py(), "_unmetered_handle_request"))
         })
     }
 }
@@ -100,15 +141,18 @@ unsafe extern "C" fn handle_http2_request(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: as in `handle_request`.
+    // SAFETY: as in `slot_handler`.
     unsafe {
-        metered_call(slf, args, nargs, kwnames, |py| {
-            pyo3::intern!(py, "_unmetered_handle_http2_request")
+        metered_call(slf, args, nargs, kwnames, |slf| {
+            unmetered(
+                slf,
+                pyo3::intern!(slf.py(), "_unmetered_handle_http2_request"),
+            )
         })
     }
 }
 
-/// Calls Gunicorn's handler kept under `kept` on the class of `slf`, metered.
+/// Calls Gunicorn's handler (`find` finds it), metered.
 ///
 /// # Safety
 /// The arguments of a METH_FASTCALL | METH_KEYWORDS method, as CPython passes
@@ -119,7 +163,7 @@ unsafe fn metered_call(
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-    kept: KeptName,
+    find: impl for<'py> FnOnce(&Bound<'py, PyAny>) -> PyResult<Bound<'py, UnmeteredHandler>>,
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls a method with the thread attached.
     let py = unsafe { Python::assume_attached() };
@@ -141,7 +185,7 @@ unsafe fn metered_call(
         // SAFETY: `args` holds the positional arguments, then one per keyword.
         unsafe { std::slice::from_raw_parts(args, positional + keywords) }
     };
-    let handler = match unmetered(&slf, kept(py)) {
+    let handler = match find(&slf) {
         Ok(handler) => handler,
         Err(e) => {
             e.restore(py);
@@ -252,21 +296,22 @@ fn call(
         kwargs = Some(dict);
     }
     // `self` first, then the positional arguments: on the stack when few.
-    let mut stack = [std::ptr::null_mut(); 8];
+    let mut stack = [std::mem::MaybeUninit::<*mut ffi::PyObject>::uninit(); 8];
     let mut heap = Vec::new();
-    let all: &mut [*mut ffi::PyObject] = if positional < stack.len() {
-        &mut stack[..=positional]
+    let all: *const *mut ffi::PyObject = if positional < stack.len() {
+        stack[0].write(slf.as_ptr());
+        for (to, from) in stack[1..=positional].iter_mut().zip(args) {
+            to.write(*from);
+        }
+        stack.as_ptr().cast()
     } else {
-        heap.resize(positional + 1, std::ptr::null_mut());
-        &mut heap
+        heap.push(slf.as_ptr());
+        heap.extend_from_slice(&args[..positional]);
+        heap.as_ptr()
     };
-    all[0] = slf.as_ptr();
-    all[1..].copy_from_slice(&args[..positional]);
     let kwargs = kwargs.as_ref().map_or(std::ptr::null_mut(), |d| d.as_ptr());
-    // SAFETY: `handle` is live, `all` holds `positional + 1` live objects and
-    // `kwargs` is a dict or NULL; the result is a new reference or NULL with
-    // an exception set.
-    unsafe {
-        fast_methods::PyObject_VectorcallDict(handle.as_ptr(), all.as_ptr(), positional + 1, kwargs)
-    }
+    // SAFETY: `handle` is live, `all` holds `positional + 1` live objects
+    // (written above) and `kwargs` is a dict or NULL; the result is a new
+    // reference or NULL with an exception set.
+    unsafe { fast_methods::PyObject_VectorcallDict(handle.as_ptr(), all, positional + 1, kwargs) }
 }

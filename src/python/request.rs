@@ -50,6 +50,18 @@ pub(super) fn method_of(req: &Bound<'_, PyAny>) -> Method {
         .unwrap_or(Method::Other)
 }
 
+/// The method of a WSGI request as Gunicorn's access log shows it (the
+/// environ's `REQUEST_METHOD`, a dictionary look-up), else `req.method`.
+pub(super) fn wsgi_method(req: &Bound<'_, PyAny>, environ: Option<&Bound<'_, PyAny>>) -> Method {
+    let logged = environ
+        .and_then(|e| e.cast::<PyDict>().ok())
+        .and_then(|e| e.get_item(intern!(e.py(), "REQUEST_METHOD")).ok().flatten());
+    match logged.as_ref().and_then(|m| utf8_of(m)) {
+        Some(method) => Method::parse(method),
+        None => method_of(req),
+    }
+}
+
 /// The Content-Length of an ASGI scope's headers (a list of (bytes, bytes)),
 /// and the time a proxy stamped on the request (`X-Request-Start`).
 pub(super) fn scope_headers(scope: &Bound<'_, PyAny>) -> (u64, Option<f64>) {
@@ -90,13 +102,20 @@ pub(super) fn scope_headers(scope: &Bound<'_, PyAny>) -> (u64, Option<f64>) {
 /// Key of the WSGI environ / ASGI scope where any framework can leave the route template.
 const ROUTE_KEY: &str = "gunicorn_prometheus_exporter.route";
 
-/// The route template of a WSGI request: the environ key, or the rule of a
-/// Flask / Werkzeug request still in flight. `None`: nothing matched.
-pub(super) fn environ_route<'py>(environ: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+/// The route template of a WSGI request: the environ key, or (`flask`: the
+/// application loaded Flask) the rule of a Flask request still in flight.
+/// `None`: nothing matched.
+pub(super) fn environ_route<'py>(
+    environ: &Bound<'py, PyAny>,
+    flask: bool,
+) -> Option<Bound<'py, PyAny>> {
     let py = environ.py();
     let environ = environ.cast::<PyDict>().ok()?;
     if let Ok(Some(route)) = environ.get_item(intern!(py, ROUTE_KEY)) {
         return Some(route);
+    }
+    if !flask {
+        return None;
     }
     let request = environ.get_item(intern!(py, "werkzeug.request")).ok()??;
     if request.is_none() {

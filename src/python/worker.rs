@@ -14,7 +14,7 @@ use pyo3::{ffi, intern};
 use super::access_log;
 use super::request::{
     captured_span, content_length, environ_of_exception, environ_route, environ_traceparent,
-    method_of, request_traceparent, scope_headers, scope_route, status_of, utf8_of,
+    method_of, request_traceparent, scope_headers, scope_route, status_of, utf8_of, wsgi_method,
 };
 use super::settings::Settings;
 use crate::exemplar::TraceParent;
@@ -134,6 +134,9 @@ pub(super) struct WorkerMeter {
     /// The application uses OpenTelemetry: read the span ids the worker
     /// left in the environ / scope (off: no lookup at all).
     spans: AtomicBool,
+    /// The application loaded Flask: look for its request's rule in the
+    /// environ (off: one dictionary look-up less per request).
+    flask: AtomicBool,
 }
 
 impl WorkerMeter {
@@ -150,6 +153,11 @@ impl WorkerMeter {
             return None;
         }
         captured_span(environ)
+    }
+
+    /// The route template of a WSGI request (`request::environ_route`).
+    fn environ_route<'py>(&self, environ: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+        environ_route(environ, self.flask.load(Ordering::Relaxed))
     }
 
     /// The id of a route template object (`None`: nothing matched).
@@ -247,6 +255,7 @@ impl WorkerMeter {
             meter,
             route_ids: PyDict::new(py).unbind(),
             spans: AtomicBool::new(false),
+            flask: AtomicBool::new(false),
         }
     }
 
@@ -321,8 +330,8 @@ impl WorkerMeter {
             .and_then(|v| v.extract::<u64>())
             .unwrap_or(0);
         self.observe_queue(started, resp, environ);
-        let method = method_of(req);
-        let route = self.route_id(environ_route(environ));
+        let method = wsgi_method(req, Some(environ));
+        let route = self.route_id(self.environ_route(environ));
         self.meter.record(
             started,
             method,
@@ -344,6 +353,12 @@ impl WorkerMeter {
         self.spans.store(on, Ordering::Relaxed);
     }
 
+    /// Whether the application loaded Flask (`routes.watch_frameworks`): the
+    /// route may then be the rule of the Flask request in the environ.
+    fn set_flask_routes(&self, on: bool) {
+        self.flask.store(on, Ordering::Relaxed);
+    }
+
     /// Whether to read queue time from the kernel (the worker has a TCP listener).
     fn set_kernel_wait(&self, on: bool) {
         self.meter.set_kernel_wait(on);
@@ -359,10 +374,14 @@ impl WorkerMeter {
     #[pyo3(signature = (req, environ=None))]
     fn request_timed_out(&self, req: &Bound<'_, PyAny>, environ: Option<&Bound<'_, PyAny>>) {
         let route = match environ {
-            Some(environ) => environ_route(environ),
+            Some(environ) => self.environ_route(environ),
             None => scope_route(req),
         };
-        self.meter.timeout(method_of(req), self.route_id(route));
+        let method = match environ {
+            Some(environ) => wsgi_method(req, Some(environ)),
+            None => method_of(req),
+        };
+        self.meter.timeout(method, self.route_id(route));
     }
 
     /// Leaves the reason this worker exits (`max_requests`, `graceful`,
@@ -397,14 +416,14 @@ impl WorkerMeter {
             .name()
             .map(|n| n.to_string())
             .unwrap_or_else(|_| "Exception".into());
-        let (route, span) = if req.cast::<PyDict>().is_ok() {
-            (scope_route(req), self.captured_span(req))
+        let (method, route, span) = if req.cast::<PyDict>().is_ok() {
+            (method_of(req), scope_route(req), self.captured_span(req))
         } else {
             let environ = environ_of_exception(&exc);
-            let route = environ.as_ref().and_then(environ_route);
-            (route, environ.and_then(|e| self.captured_span(&e)))
+            let method = wsgi_method(req, environ.as_ref());
+            let route = environ.as_ref().and_then(|e| self.environ_route(e));
+            (method, route, environ.and_then(|e| self.captured_span(&e)))
         };
-        let method = method_of(req);
         let route = self.route_id(route);
         self.meter.fail(method, &name, route);
         // The header the caller sent wins over the span the application ran in.
