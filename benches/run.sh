@@ -29,4 +29,4 @@ make_venv this --force-reinstall --no-deps "$wheel"
 make_venv pypi024 "gunicorn==$gunicorn_version" "gunicorn-prometheus-exporter==0.2.4"
 
 "$venvs/this/bin/python" "$here/suite.py" --this "$venvs/this/bin/python" \
-  --pypi024 "$venvs/pypi024/bin/python" --rounds "${ROUNDS:-3}" --duration "${DURATION:-5}"
+  --pypi024 "$venvs/pypi024/bin/python" --rounds "${ROUNDS:-5}" --duration "${DURATION:-5}"
