@@ -54,9 +54,11 @@ pub fn encode_with_exemplars(
             labels.push_line_start(out, sample);
             push_go_float(out, sample.value);
             if let Some(e) = exemplars.and_then(|e| e.get(&family.name, sample)) {
-                out.push_str(" # ");
-                push_labels(out, e.labels());
-                out.push(' ');
+                out.push_str(" # {trace_id=\"");
+                out.push_str(e.trace_hex().as_str());
+                out.push_str("\",span_id=\"");
+                out.push_str(e.span_hex().as_str());
+                out.push_str("\"} ");
                 push_go_float(out, e.value);
                 // Plain decimal seconds: parsers of exemplar timestamps take no exponent.
                 let _ = write!(out, " {:.3}", e.timestamp);
