@@ -8,229 +8,22 @@
 //! that meets another one in flight on the same slot is skipped.
 
 use std::collections::HashMap;
-use std::hash::Hasher;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
-use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
+use rustc_hash::FxHashMap;
 
-use crate::model::{Labels, Sample};
+pub use crate::exemplar_index::{Exemplar, ExemplarKey, Exemplars};
+use crate::exemplar_index::{KeyIndex, SampleIds};
 use crate::storage::float::go_float;
 use crate::storage::incremental::{FileCache, Visitor};
 use crate::storage::names;
 use crate::storage::reader::{read_entries, read_used};
 use crate::storage::ReadError;
 use crate::storage::{key, MmapWriter, ValueSlot};
-
-/// An exemplar as served: W3C trace context ids, the observed value, when.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Exemplar {
-    /// The trace's 16-byte id (`trace_id`, 32 lower-case hex digits).
-    pub trace_id: u128,
-    /// The span's 8-byte id (`span_id`, 16 lower-case hex digits).
-    pub span_id: u64,
-    /// The observed value.
-    pub value: f64,
-    /// Unix seconds.
-    pub timestamp: f64,
-}
-
-impl Exemplar {
-    /// The trace id as served: 32 lower-case hex digits.
-    pub fn trace_hex(&self) -> HexId<32> {
-        HexId::new(self.trace_id)
-    }
-
-    /// The span id as served: 16 lower-case hex digits.
-    pub fn span_hex(&self) -> HexId<16> {
-        HexId::new(self.span_id as u128)
-    }
-}
-
-/// The last `N` hex digits of an id, lower case, zero-padded (as `{:032x}`,
-/// without the formatting machinery or a `String`: a scrape writes thousands).
-pub struct HexId<const N: usize>([u8; N]);
-
-impl<const N: usize> HexId<N> {
-    fn new(v: u128) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut digits = [0u8; N];
-        let mut rest = v;
-        for d in digits.iter_mut().rev() {
-            *d = HEX[(rest & 0xf) as usize];
-            rest >>= 4;
-        }
-        HexId(digits)
-    }
-
-    /// The digits.
-    pub fn as_str(&self) -> &str {
-        // ASCII digits: the check cannot fail.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-/// The sample an exemplar belongs to: metric family name and every label of
-/// the sample (`le` last for a bucket), in the sample's order.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ExemplarKey {
-    /// The metric family's name.
-    pub family: String,
-    /// Every label of the sample, in its order.
-    pub labels: Labels,
-}
-
-impl ExemplarKey {
-    /// Its labels as string pairs, in the sample's order.
-    pub fn label_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-}
-
-/// The samples that ever had an exemplar in the files read, by dense id,
-/// and how a sample finds its id: by hashing its name and labels as they
-/// are (an encoder asks for every sample of a family that has exemplars,
-/// and building a key per sample would cost more than the rest of its
-/// encoding). Built again only when a key is added.
-#[derive(Debug, Default)]
-struct KeyIndex {
-    keys: Vec<Arc<ExemplarKey>>,
-    by_hash: FxHashMap<u64, Vec<u32>>,
-    families: FxHashSet<String>,
-}
-
-impl KeyIndex {
-    fn of(keys: &[Arc<ExemplarKey>]) -> KeyIndex {
-        let mut index = KeyIndex {
-            keys: keys.to_vec(),
-            ..KeyIndex::default()
-        };
-        for (id, k) in keys.iter().enumerate() {
-            index
-                .by_hash
-                .entry(sample_hash(&k.family, k.label_pairs()))
-                .or_default()
-                .push(id as u32);
-            if !index.families.contains(&k.family) {
-                index.families.insert(k.family.clone());
-            }
-        }
-        index
-    }
-
-    fn find<'a, I: Iterator<Item = (&'a str, &'a str)>>(
-        &self,
-        family: &str,
-        labels: impl Fn() -> I,
-    ) -> Option<u32> {
-        if !self.families.contains(family) {
-            return None;
-        }
-        let candidates = self.by_hash.get(&sample_hash(family, labels()))?;
-        candidates.iter().copied().find(|&id| {
-            let k = &self.keys[id as usize];
-            k.family == family && same_pairs(k.label_pairs(), labels())
-        })
-    }
-}
-
-/// The latest exemplar of each sample that has one, by the sample's id.
-#[derive(Debug, Default, Clone)]
-pub struct Exemplars {
-    index: Arc<KeyIndex>,
-    latest: Vec<Option<Exemplar>>,
-}
-
-/// The hash of a sample of `family` with these labels (in sample order).
-fn sample_hash<'a>(family: &str, labels: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
-    let mut h = FxHasher::default();
-    h.write(family.as_bytes());
-    for (k, v) in labels {
-        h.write_u8(0xff);
-        h.write(k.as_bytes());
-        h.write_u8(0xfe);
-        h.write(v.as_bytes());
-    }
-    h.finish()
-}
-
-/// Whether two label sequences are equal.
-fn same_pairs<'x, 'y>(
-    mut a: impl Iterator<Item = (&'x str, &'x str)>,
-    mut b: impl Iterator<Item = (&'y str, &'y str)>,
-) -> bool {
-    loop {
-        match (a.next(), b.next()) {
-            (None, None) => return true,
-            (Some(x), Some(y)) if x == y => {}
-            _ => return false,
-        }
-    }
-}
-
-impl Exemplars {
-    /// The exemplar of `sample` of `family`, if it has one.
-    pub fn get(&self, family: &str, sample: &Sample) -> Option<&Exemplar> {
-        let id = self.index.find(family, || sample.label_pairs())?;
-        self.latest.get(id as usize)?.as_ref()
-    }
-
-    /// The exemplar stored under `key`.
-    #[cfg(test)]
-    pub fn get_key(&self, key: &ExemplarKey) -> Option<&Exemplar> {
-        let id = self.index.find(&key.family, || key.label_pairs())?;
-        self.latest.get(id as usize)?.as_ref()
-    }
-
-    /// Keeps `e` for the sample `id` unless the exemplar kept is as recent.
-    fn offer(&mut self, id: u32, e: Exemplar) {
-        let id = id as usize;
-        if self.latest.len() <= id {
-            self.latest.resize(id + 1, None);
-        }
-        match &mut self.latest[id] {
-            Some(cur) if cur.timestamp >= e.timestamp => {}
-            slot => *slot = Some(e),
-        }
-    }
-
-    /// These exemplars of these samples.
-    #[cfg(test)]
-    pub fn of(entries: Vec<(ExemplarKey, Exemplar)>) -> Exemplars {
-        let keys: Vec<_> = entries.iter().map(|(k, _)| Arc::new(k.clone())).collect();
-        Exemplars {
-            index: Arc::new(KeyIndex::of(&keys)),
-            latest: entries.into_iter().map(|(_, e)| Some(e)).collect(),
-        }
-    }
-
-    /// Every exemplar with its sample, in key order.
-    #[cfg(test)]
-    pub fn sorted(&self) -> Vec<(ExemplarKey, Exemplar)> {
-        let mut all: Vec<_> = self
-            .latest
-            .iter()
-            .enumerate()
-            .filter_map(|(id, e)| Some(((*self.index.keys[id]).clone(), (*e)?)))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
-    }
-
-    /// How many samples have an exemplar.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.latest.iter().flatten().count()
-    }
-
-    /// Whether some sample of `family` has an exemplar.
-    pub fn has_family(&self, family: &str) -> bool {
-        self.index.families.contains(family)
-    }
-}
 
 /// A W3C trace context (`traceparent`, version 00).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -495,6 +288,7 @@ pub struct ExemplarAggregator {
     files: FileCache<Option<PartKey>>,
     keys: PartKeys,
     index: Arc<KeyIndex>,
+    kept: Arc<Mutex<SampleIds>>,
 }
 
 /// Keys parsed before; the parts of one sample share its id.
@@ -592,9 +386,11 @@ impl ExemplarAggregator {
         if self.keys.parsed.len() > MAX_CACHED_KEYS {
             *self = ExemplarAggregator::default();
         }
+        self.kept.lock().end_scrape();
         let mut latest = Exemplars {
             index: Arc::clone(&self.index),
             latest: Vec::new(),
+            kept: Arc::clone(&self.kept),
         };
         latest.latest.resize(self.keys.samples.len(), None);
         let mut errors = 0;

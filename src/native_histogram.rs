@@ -533,7 +533,8 @@ impl NativeAggregator {
                                 fold(&mut merged, current.take());
                                 current.insert(NativeBuckets {
                                     schema: cell.schema,
-                                    ..Default::default()
+                                    zero_count: 0.0,
+                                    positive: Vec::with_capacity(cells.len()),
                                 })
                             }
                         };

@@ -38,7 +38,7 @@ pub fn encode_with_exemplars(
         text
     });
     for family in families {
-        let exemplars = exemplars.filter(|e| e.has_family(&family.name));
+        let mut exemplars = exemplars.and_then(|e| e.family(&family.name));
         out.push_str("# HELP ");
         push_metric_name(out, &family.name);
         out.push(' ');
@@ -53,7 +53,7 @@ pub fn encode_with_exemplars(
         for (i, sample) in samples.iter().enumerate() {
             labels.push_line_start(out, sample);
             push_go_float(out, sample.value);
-            if let Some(e) = exemplars.and_then(|e| e.get(&family.name, sample)) {
+            if let Some(e) = exemplars.as_mut().and_then(|e| e.get(sample)) {
                 out.push_str(" # {trace_id=\"");
                 out.push_str(e.trace_hex().as_str());
                 out.push_str("\",span_id=\"");

@@ -23,6 +23,7 @@ use rustc_hash::FxHashMap;
 use super::names::{push_label_name, push_metric_name};
 use super::wire;
 use crate::exemplar::{Exemplar, Exemplars};
+use crate::exemplar_index::FamilyExemplars;
 use crate::model::{Family, Kind, Labels, Sample};
 use crate::native_histogram::{NativeBuckets, NativeHistograms, ZERO_THRESHOLD};
 
@@ -49,8 +50,12 @@ impl<'a> Extras<'a> {
         self
     }
 
-    fn exemplar(&self, name: &str, sample: &Sample) -> Option<&'a Exemplar> {
-        self.exemplars?.get(name, sample)
+    /// The exemplars of `family`'s samples.
+    fn exemplars_of<'f>(&self, family: &'f str) -> Option<FamilyExemplars<'f>>
+    where
+        'a: 'f,
+    {
+        self.exemplars?.family(family)
     }
 
     /// The start timestamp of `family`'s metrics.
@@ -272,11 +277,12 @@ fn counter(
     out: &mut Vec<u8>,
 ) {
     let start = extras.start(family);
+    let mut exemplars = extras.exemplars_of(&family.name);
     for s in family.samples.iter().filter(|s| *s.name == *total) {
         let m = metrics.begin(out, s, false, field::COUNTER);
         wire::double(out, 1, s.value);
-        if let Some(e) = extras.exemplar(&family.name, s) {
-            exemplar(out, 2, e);
+        if let Some(e) = exemplars.as_mut().and_then(|x| x.get(s)) {
+            exemplar(out, 2, &e);
         }
         if let Some(t) = start {
             wire::timestamp(out, 3, t);
@@ -349,6 +355,7 @@ fn histogram(
         format!("{name}_sum"),
     );
     let start = extras.start(family);
+    let mut exemplars = extras.exemplars_of(name);
     for samples in series(family) {
         let (mut sample_count, mut sample_sum) = (0, 0.0);
         for s in samples {
@@ -377,8 +384,8 @@ fn histogram(
             let b = wire::begin(out, 3);
             wire::uint64(out, 1, s.value as u64);
             wire::double(out, 2, bound);
-            if let Some(e) = extras.exemplar(name, s) {
-                exemplar(out, 3, e);
+            if let Some(e) = exemplars.as_mut().and_then(|x| x.get(s)) {
+                exemplar(out, 3, &e);
             }
             wire::end(out, b);
         }
@@ -439,7 +446,7 @@ pub(crate) mod reference {
     }
 
     fn exemplar(extras: &Extras, name: &str, sample: &Sample) -> Option<pb::Exemplar> {
-        let e = extras.exemplar(name, sample)?;
+        let e = extras.exemplars?.get(name, sample)?;
         let (trace, span) = (e.trace_hex(), e.span_hex());
         Some(pb::Exemplar {
             label: label_pairs(
