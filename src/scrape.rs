@@ -51,8 +51,9 @@ pub struct ScrapeSource {
     read_errors: AtomicU64,
     /// Label sets rendered by earlier scrapes.
     labels: Mutex<LabelCache>,
-    /// The same for the protobuf format: label pairs encoded once.
-    protobuf_labels: Mutex<protobuf::LabelBytes>,
+    /// The same for the protobuf format: label pairs encoded once, bucket
+    /// bounds parsed once.
+    protobuf_kept: Mutex<protobuf::Kept>,
     /// The size of the last body rendered, to size the next one.
     last_body: AtomicUsize,
     /// Native histograms, read only for the protobuf format.
@@ -79,7 +80,7 @@ impl ScrapeSource {
             last_read: Mutex::new((Vec::new(), 0)),
             read_errors: AtomicU64::new(0),
             labels: Mutex::new(LabelCache::default()),
-            protobuf_labels: Mutex::new(protobuf::LabelBytes::default()),
+            protobuf_kept: Mutex::new(protobuf::Kept::default()),
             last_body: AtomicUsize::new(0),
             native: Mutex::new(NativeAggregator::default()),
             exemplars: Mutex::new(ExemplarAggregator::default()),
@@ -262,7 +263,7 @@ impl ScrapeSource {
                 }
                 .with_exemplars(&read.exemplars);
                 let mut bytes = Vec::with_capacity(self.body_capacity());
-                let mut kept = self.protobuf_labels.lock();
+                let mut kept = self.protobuf_kept.lock();
                 protobuf::encode_with(&read.families, &extras, &mut kept, &mut bytes);
                 kept.end_scrape();
                 bytes

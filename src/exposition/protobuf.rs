@@ -151,11 +151,54 @@ impl LabelBytes {
     }
 
     /// Ends a scrape: the sets of series gone are forgotten once they are most.
-    pub fn end_scrape(&mut self) {
+    fn end_scrape(&mut self) {
         if self.sets.len() > 2 * self.asked + 1024 {
             self.sets.clear();
         }
         self.asked = 0;
+    }
+}
+
+/// The bound of each bucket's `le` string, parsed once and kept across
+/// scrapes by the address of the string, whose `Arc` is held.
+#[derive(Default)]
+struct Bounds {
+    parsed: FxHashMap<usize, (Arc<str>, Option<f64>)>,
+    asked: usize,
+}
+
+impl Bounds {
+    /// The bound of a bucket sample (`le`).
+    fn of(&mut self, sample: &Sample) -> Option<f64> {
+        let (_, le) = sample.extra.as_ref().filter(|(k, _)| *k == "le")?;
+        self.asked += 1;
+        self.parsed
+            .entry(Arc::as_ptr(le) as *const u8 as usize)
+            .or_insert_with(|| (Arc::clone(le), le.parse::<f64>().ok()))
+            .1
+    }
+
+    fn end_scrape(&mut self) {
+        if self.parsed.len() > 2 * self.asked + 1024 {
+            self.parsed.clear();
+        }
+        self.asked = 0;
+    }
+}
+
+/// What stays the same from one scrape to the next: each label set's
+/// encoded pairs, each bucket's parsed bound.
+#[derive(Default)]
+pub struct Kept {
+    labels: LabelBytes,
+    bounds: Bounds,
+}
+
+impl Kept {
+    /// Ends a scrape: what the series gone used is forgotten once it is most.
+    pub fn end_scrape(&mut self) {
+        self.labels.end_scrape();
+        self.bounds.end_scrape();
     }
 }
 
@@ -170,7 +213,7 @@ mod field {
 
 /// A family's metrics, written as they come (`MetricFamily.metric`).
 struct Metrics<'c> {
-    labels: &'c mut LabelBytes,
+    kept: &'c mut Kept,
     count: usize,
 }
 
@@ -183,7 +226,7 @@ impl Metrics<'_> {
     /// the caller writes before `end`.
     fn begin(&mut self, out: &mut Vec<u8>, sample: &Sample, series_only: bool, field: u32) -> Open {
         let metric = wire::begin(out, field::METRIC);
-        out.extend_from_slice(self.labels.of(sample, series_only));
+        out.extend_from_slice(self.kept.labels.of(sample, series_only));
         self.count += 1;
         Open([metric, wire::begin(out, field)])
     }
@@ -197,19 +240,14 @@ impl Metrics<'_> {
 /// Appends the families, each as a length-delimited message.
 #[cfg(test)]
 pub fn encode(families: &[Family], extras: &Extras, out: &mut Vec<u8>) {
-    encode_with(families, extras, &mut LabelBytes::default(), out)
+    encode_with(families, extras, &mut Kept::default(), out)
 }
 
-/// Appends the families, with label pairs encoded before in `labels`.
-pub fn encode_with(
-    families: &[Family],
-    extras: &Extras,
-    labels: &mut LabelBytes,
-    out: &mut Vec<u8>,
-) {
+/// Appends the families, with what earlier scrapes kept in `kept`.
+pub fn encode_with(families: &[Family], extras: &Extras, kept: &mut Kept, out: &mut Vec<u8>) {
     let natives = NativeIndex::of(extras.native);
     let mut scratch = Scratch::default();
-    let mut metrics = Metrics { labels, count: 0 };
+    let mut metrics = Metrics { kept, count: 0 };
     for family in families {
         let at = wire::begin_delimited(out);
         let (name, kind) = match family.kind {
@@ -323,19 +361,9 @@ fn summary(family: &Family, extras: &Extras, metrics: &mut Metrics, out: &mut Ve
     }
 }
 
-/// The bound of a bucket sample (`le`), parsed once per scrape per interned string.
-fn bound_of(sample: &Sample, bounds: &mut FxHashMap<usize, Option<f64>>) -> Option<f64> {
-    let (_, le) = sample.extra.as_ref().filter(|(k, _)| *k == "le")?;
-    *bounds
-        .entry(Arc::as_ptr(le) as *const u8 as usize)
-        .or_insert_with(|| le.parse::<f64>().ok())
-}
-
 /// What the histograms of one scrape reuse.
 #[derive(Default)]
 struct Scratch {
-    /// Bucket bounds by the address of their `le` string.
-    bounds: FxHashMap<usize, Option<f64>>,
     spans: Vec<(i32, u32)>,
     deltas: Vec<i64>,
 }
@@ -374,7 +402,7 @@ fn histogram(
         wire::uint64(out, 1, sample_count);
         wire::double(out, 2, sample_sum);
         for s in samples.iter().filter(|s| *s.name == *bucket) {
-            let Some(bound) = bound_of(s, &mut scratch.bounds) else {
+            let Some(bound) = metrics.kept.bounds.of(s) else {
                 continue;
             };
             // +Inf is implied by the count, as client_golang writes it.
@@ -774,7 +802,7 @@ mod tests {
             }
             vec![g, h]
         };
-        let mut kept = LabelBytes::default();
+        let mut kept = Kept::default();
         for (i, pids_now) in [&[0, 1][..], &[0, 1], &[1, 2], &[0, 1, 2]]
             .iter()
             .enumerate()
