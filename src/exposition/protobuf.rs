@@ -106,9 +106,23 @@ fn exemplar(out: &mut Vec<u8>, field: u32, e: &Exemplar) {
 /// whose `Arc`s are held so that no other set can take those addresses.
 #[derive(Default)]
 pub struct LabelBytes {
-    sets: FxHashMap<[usize; 3], KeptLabels>,
+    sets: FxHashMap<Key, KeptLabels>,
+    /// Label sets asked for since `end_scrape`.
     asked: usize,
+    /// The last scrape's pairs in the order it asked for them, one after
+    /// the other: a scrape that asks in the same order (the steady state)
+    /// reads them front to back, without a lookup in `sets`.
+    sequence: Vec<(Key, usize)>,
+    bytes: Vec<u8>,
+    /// The next entry of `sequence` this scrape should ask for, if it
+    /// follows it; where it left it, and the keys it asked for since.
+    next: usize,
+    left_at: Option<usize>,
+    asked_since: Vec<Key>,
 }
+
+/// The addresses of a label set, of its extra label's name and of its value.
+type Key = [usize; 3];
 
 struct KeptLabels {
     _labels: Arc<Labels>,
@@ -131,6 +145,18 @@ impl LabelBytes {
             extra.map_or(0, |(_, v)| Arc::as_ptr(v) as *const u8 as usize),
         ];
         self.asked += 1;
+        if self.left_at.is_none() {
+            let i = self.next;
+            match self.sequence.get(i) {
+                Some(&(next, end)) if next == key => {
+                    self.next += 1;
+                    let start = i.checked_sub(1).map_or(0, |p| self.sequence[p].1);
+                    return &self.bytes[start..end];
+                }
+                _ => self.left_at = Some(i),
+            }
+        }
+        self.asked_since.push(key);
         &self
             .sets
             .entry(key)
@@ -150,12 +176,30 @@ impl LabelBytes {
             .bytes
     }
 
-    /// Ends a scrape: the sets of series gone are forgotten once they are most.
+    /// Ends a scrape: its order becomes the sequence, if it differed (what
+    /// it followed is kept, the rest rewritten); the sets of series gone are
+    /// forgotten once they are most.
     fn end_scrape(&mut self) {
+        let kept = self.left_at.take().unwrap_or(self.next);
         if self.sets.len() > 2 * self.asked + 1024 {
+            // The sequence's keys are addresses that only `sets` keeps taken.
             self.sets.clear();
+            self.sequence.clear();
+            self.bytes.clear();
+        } else if kept < self.sequence.len() || !self.asked_since.is_empty() {
+            self.sequence.truncate(kept);
+            self.bytes
+                .truncate(kept.checked_sub(1).map_or(0, |i| self.sequence[i].1));
+            for key in &self.asked_since {
+                // Every key asked for was put in `sets` when it was asked.
+                if let Some(kept) = self.sets.get(key) {
+                    self.bytes.extend_from_slice(&kept.bytes);
+                    self.sequence.push((*key, self.bytes.len()));
+                }
+            }
         }
-        self.asked = 0;
+        self.asked_since.clear();
+        (self.asked, self.next) = (0, 0);
     }
 }
 
