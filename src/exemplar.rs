@@ -386,7 +386,10 @@ impl ExemplarAggregator {
         if self.keys.parsed.len() > MAX_CACHED_KEYS {
             *self = ExemplarAggregator::default();
         }
-        self.kept.lock().end_scrape();
+        // Trimmed when no scrape is encoding with it (they only try it too).
+        if let Some(mut kept) = self.kept.try_lock() {
+            kept.end_scrape();
+        }
         let mut latest = Exemplars {
             index: Arc::clone(&self.index),
             latest: Vec::new(),

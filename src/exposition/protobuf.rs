@@ -3,16 +3,15 @@
 //!
 //! The message types are those prometheus-client (feature `prometheus_protobuf`)
 //! generates from client_model's metrics.proto; its encoder walks its own
-//! registry types, so the families aggregated from the files are mapped onto
-//! the messages here and encoded with prost.
-//!
-//! Every message is written here field by field (`wire.rs`), in the bytes
-//! prost writes for the crate's messages (tests compare the two byte for
-//! byte). Building the messages cost several allocations per metric at
-//! every scrape (a `String` per label pair and per exemplar label, a `Vec`
-//! per histogram), and prost computed each nested message's length once per
-//! enclosing message. What stays the same between scrapes is kept: the
-//! encoded label pairs of each label set (`LabelBytes`).
+//! registry types, so the families aggregated from the files are encoded
+//! here: each family's header as the crate's message (prost), the rest field
+//! by field (`wire.rs`), in the bytes prost writes for the crate's messages
+//! (`reference` below builds those messages; tests compare byte for byte).
+//! Building the messages cost several allocations per metric at every scrape
+//! (a `String` per label pair and per exemplar label, a `Vec` per histogram),
+//! and prost computed each nested message's length once per enclosing
+//! message. What stays the same between scrapes is kept (`Kept`): the
+//! encoded label pairs of each label set, each bucket's bound.
 
 use std::sync::Arc;
 
