@@ -190,6 +190,11 @@ fn formats(scrapes: usize) {
             })
             .collect();
         let ms = median_ms(times);
+        // DUMP=<dir>: the last body of each format, to compare builds.
+        if let Ok(dump) = std::env::var("DUMP") {
+            let file = Path::new(&dump).join(name.replace(' ', "_"));
+            std::fs::write(file, source.render(format)).unwrap();
+        }
         println!("{name:<14}{ms:>11.2}{bytes:>10}");
         println!("RESULT {{\"format\": \"{name}\", \"workers\": {workers}, \"ms\": {ms:.3}}}");
     }

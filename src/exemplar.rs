@@ -8,160 +8,22 @@
 //! that meets another one in flight on the same slot is skipped.
 
 use std::collections::HashMap;
-use std::hash::Hasher;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
-use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
+use rustc_hash::FxHashMap;
 
-use crate::model::{Labels, Sample};
+pub use crate::exemplar_index::{Exemplar, ExemplarKey, Exemplars};
+use crate::exemplar_index::{KeyIndex, SampleIds};
 use crate::storage::float::go_float;
 use crate::storage::incremental::{FileCache, Visitor};
 use crate::storage::names;
 use crate::storage::reader::{read_entries, read_used};
 use crate::storage::ReadError;
 use crate::storage::{key, MmapWriter, ValueSlot};
-
-/// An exemplar as served: W3C trace context ids, the observed value, when.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Exemplar {
-    /// 32 lower-case hex digits.
-    pub trace_id: String,
-    /// 16 lower-case hex digits.
-    pub span_id: String,
-    /// The observed value.
-    pub value: f64,
-    /// Unix seconds.
-    pub timestamp: f64,
-}
-
-impl Exemplar {
-    /// Its labels in exposition order.
-    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
-        [
-            ("trace_id", self.trace_id.as_str()),
-            ("span_id", self.span_id.as_str()),
-        ]
-        .into_iter()
-    }
-}
-
-/// The sample an exemplar belongs to: metric family name and every label of
-/// the sample (`le` last for a bucket), in the sample's order.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ExemplarKey {
-    /// The metric family's name.
-    pub family: String,
-    /// Every label of the sample, in its order.
-    pub labels: Labels,
-}
-
-impl ExemplarKey {
-    /// Its labels as string pairs, in the sample's order.
-    pub fn label_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-}
-
-/// The latest exemplar of each sample that has one. A sample finds its
-/// exemplar by hashing its name and labels as they are: an encoder asks for
-/// every sample of a family that has exemplars, and building a key per
-/// sample would cost more than the rest of its encoding.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Exemplars {
-    by_hash: FxHashMap<u64, Vec<(Arc<ExemplarKey>, Exemplar)>>,
-    families: FxHashSet<String>,
-}
-
-/// The hash of a sample of `family` with these labels (in sample order).
-fn sample_hash<'a>(family: &str, labels: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
-    let mut h = FxHasher::default();
-    h.write(family.as_bytes());
-    for (k, v) in labels {
-        h.write_u8(0xff);
-        h.write(k.as_bytes());
-        h.write_u8(0xfe);
-        h.write(v.as_bytes());
-    }
-    h.finish()
-}
-
-/// Whether two label sequences are equal.
-fn same_pairs<'x, 'y>(
-    mut a: impl Iterator<Item = (&'x str, &'x str)>,
-    mut b: impl Iterator<Item = (&'y str, &'y str)>,
-) -> bool {
-    loop {
-        match (a.next(), b.next()) {
-            (None, None) => return true,
-            (Some(x), Some(y)) if x == y => {}
-            _ => return false,
-        }
-    }
-}
-
-impl Exemplars {
-    /// The exemplar of `sample` of `family`, if it has one.
-    pub fn get(&self, family: &str, sample: &Sample) -> Option<&Exemplar> {
-        self.find(family, || sample.label_pairs())
-    }
-
-    /// The exemplar stored under `key`.
-    #[cfg(test)]
-    pub fn get_key(&self, key: &ExemplarKey) -> Option<&Exemplar> {
-        self.find(&key.family, || key.label_pairs())
-    }
-
-    fn find<'a, I: Iterator<Item = (&'a str, &'a str)>>(
-        &self,
-        family: &str,
-        labels: impl Fn() -> I,
-    ) -> Option<&Exemplar> {
-        if !self.families.contains(family) {
-            return None;
-        }
-        let candidates = self.by_hash.get(&sample_hash(family, labels()))?;
-        candidates
-            .iter()
-            .find(|(k, _)| k.family == family && same_pairs(k.label_pairs(), labels()))
-            .map(|(_, e)| e)
-    }
-
-    /// Keeps `e` for `key` unless the exemplar kept is as recent.
-    pub fn offer(&mut self, key: &Arc<ExemplarKey>, e: Exemplar) {
-        let candidates = self
-            .by_hash
-            .entry(sample_hash(&key.family, key.label_pairs()))
-            .or_default();
-        match candidates
-            .iter_mut()
-            .find(|(k, _)| Arc::ptr_eq(k, key) || k == key)
-        {
-            Some((_, cur)) if cur.timestamp >= e.timestamp => {}
-            Some((_, cur)) => *cur = e,
-            None => {
-                if !self.families.contains(&key.family) {
-                    self.families.insert(key.family.clone());
-                }
-                candidates.push((Arc::clone(key), e));
-            }
-        }
-    }
-
-    /// How many samples have an exemplar.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.by_hash.values().map(Vec::len).sum()
-    }
-
-    /// Whether some sample of `family` has an exemplar.
-    pub fn has_family(&self, family: &str) -> bool {
-        self.families.contains(family)
-    }
-}
 
 /// A W3C trace context (`traceparent`, version 00).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,14 +227,14 @@ impl HistogramExemplars {
     }
 }
 
-/// A key read back: which sample, which part.
-#[derive(Clone)]
+/// A key read back: which sample (its id in `PartKeys`), which part.
+#[derive(Clone, Copy)]
 struct PartKey {
-    sample: Arc<ExemplarKey>,
+    sample: u32,
     part: u8,
 }
 
-fn parse_part(raw: &str) -> Option<PartKey> {
+fn parse_part(raw: &str) -> Option<(ExemplarKey, u8)> {
     let parsed = key::parse(raw)?;
     let part = match parsed.help.as_str() {
         PART_VALUE => 0,
@@ -386,28 +248,11 @@ fn parse_part(raw: &str) -> Option<PartKey> {
         let le = labels.remove(i);
         labels.push(le);
     }
-    Some(PartKey {
-        sample: Arc::new(ExemplarKey {
-            family: parsed.metric_name,
-            labels,
-        }),
-        part,
-    })
-}
-
-/// The last `digits` hex digits of `v`, lower case, zero-padded (as
-/// `{:032x}`, without the formatting machinery: a scrape writes thousands).
-fn lower_hex(v: u128, digits: usize) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 32];
-    let digits = &mut buf[..digits.min(32)];
-    let mut rest = v;
-    for d in digits.iter_mut().rev() {
-        *d = HEX[(rest & 0xf) as usize];
-        rest >>= 4;
-    }
-    // ASCII digits: the check cannot fail.
-    std::str::from_utf8(digits).unwrap_or_default().to_owned()
+    let sample = ExemplarKey {
+        family: parsed.metric_name,
+        labels,
+    };
+    Some((sample, part))
 }
 
 /// The three parts of one stored exemplar, as read.
@@ -427,8 +272,8 @@ impl Parts {
             return None;
         }
         Some(Exemplar {
-            trace_id: lower_hex(trace_id, 32),
-            span_id: lower_hex(span as u128, 16),
+            trace_id,
+            span_id: span,
             value,
             timestamp,
         })
@@ -436,40 +281,44 @@ impl Parts {
 }
 
 /// Reads the exemplar files of a directory again and again, remembering
-/// each file's entries (`FileCache`).
+/// each file's entries (`FileCache`, whose tags hold the samples' ids: the
+/// two are dropped together) and the index of the samples' keys.
 #[derive(Default)]
 pub struct ExemplarAggregator {
     files: FileCache<Option<PartKey>>,
     keys: PartKeys,
+    index: Arc<KeyIndex>,
+    kept: Arc<Mutex<SampleIds>>,
 }
 
-/// Keys parsed before; the parts of one sample share its `ExemplarKey`.
+/// Keys parsed before; the parts of one sample share its id.
 #[derive(Default)]
 struct PartKeys {
     parsed: HashMap<Box<str>, Option<PartKey>>,
-    samples: FxHashSet<Arc<ExemplarKey>>,
+    ids: FxHashMap<Arc<ExemplarKey>, u32>,
+    /// By id.
+    samples: Vec<Arc<ExemplarKey>>,
 }
 
 impl PartKeys {
     fn get(&mut self, raw: &str) -> Option<PartKey> {
         if let Some(k) = self.parsed.get(raw) {
-            return k.clone();
+            return *k;
         }
-        if self.parsed.len() > MAX_CACHED_KEYS {
-            self.parsed.clear();
-            self.samples.clear();
-        }
-        let k = parse_part(raw).map(|k| match self.samples.get(&k.sample) {
-            Some(shared) => PartKey {
-                sample: Arc::clone(shared),
-                part: k.part,
-            },
-            None => {
-                self.samples.insert(Arc::clone(&k.sample));
-                k
-            }
+        let k = parse_part(raw).map(|(sample, part)| {
+            let sample = match self.ids.get(&sample) {
+                Some(&id) => id,
+                None => {
+                    let id = self.samples.len() as u32;
+                    let sample = Arc::new(sample);
+                    self.samples.push(Arc::clone(&sample));
+                    self.ids.insert(sample, id);
+                    id
+                }
+            };
+            PartKey { sample, part }
         });
-        self.parsed.insert(raw.into(), k.clone());
+        self.parsed.insert(raw.into(), k);
         k
     }
 }
@@ -478,15 +327,15 @@ const MAX_CACHED_KEYS: usize = 1 << 18;
 
 /// Puts together the parts of each exemplar of a file, in file order (the
 /// three parts of one are written one after the other), and hands each
-/// exemplar on.
-struct PartReader<'a, F: FnMut(&Arc<ExemplarKey>, Parts)> {
+/// exemplar on with its sample's id.
+struct PartReader<'a, F: FnMut(u32, Parts)> {
     keys: &'a mut PartKeys,
-    current: Option<(Arc<ExemplarKey>, Parts)>,
+    current: Option<(u32, Parts)>,
     each: F,
     errors: u64,
 }
 
-impl<F: FnMut(&Arc<ExemplarKey>, Parts)> PartReader<'_, F> {
+impl<F: FnMut(u32, Parts)> PartReader<'_, F> {
     fn new(keys: &mut PartKeys, each: F) -> PartReader<'_, F> {
         PartReader {
             keys,
@@ -499,12 +348,12 @@ impl<F: FnMut(&Arc<ExemplarKey>, Parts)> PartReader<'_, F> {
     /// Hands on the last exemplar of the file.
     fn finish(&mut self) {
         if let Some((s, parts)) = self.current.take() {
-            (self.each)(&s, parts);
+            (self.each)(s, parts);
         }
     }
 }
 
-impl<F: FnMut(&Arc<ExemplarKey>, Parts)> Visitor<Option<PartKey>> for PartReader<'_, F> {
+impl<F: FnMut(u32, Parts)> Visitor<Option<PartKey>> for PartReader<'_, F> {
     fn tag(&mut self, raw: &str) -> Option<PartKey> {
         self.keys.get(raw)
     }
@@ -514,17 +363,10 @@ impl<F: FnMut(&Arc<ExemplarKey>, Parts)> Visitor<Option<PartKey>> for PartReader
             self.errors += 1;
             return;
         };
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|(s, _)| !Arc::ptr_eq(s, &k.sample))
-        {
+        if self.current.as_ref().is_some_and(|(s, _)| *s != k.sample) {
             self.finish();
         }
-        let parts = &mut self
-            .current
-            .get_or_insert_with(|| (Arc::clone(&k.sample), Parts::default()))
-            .1;
+        let parts = &mut self.current.get_or_insert((k.sample, Parts::default())).1;
         let bits = (value.to_bits(), timestamp.to_bits());
         match k.part {
             0 => parts.value = Some((value, timestamp)),
@@ -537,10 +379,23 @@ impl<F: FnMut(&Arc<ExemplarKey>, Parts)> Visitor<Option<PartKey>> for PartReader
 impl ExemplarAggregator {
     /// The latest exemplar of every sample, over every file of `dir`.
     pub fn collect(&mut self, dir: &Path) -> (Exemplars, u64) {
-        let mut out = Exemplars::default();
         let Ok(listing) = std::fs::read_dir(dir) else {
-            return (out, 1);
+            return (Exemplars::default(), 1);
         };
+        // The files' tags hold ids of `keys`: both are forgotten together.
+        if self.keys.parsed.len() > MAX_CACHED_KEYS {
+            *self = ExemplarAggregator::default();
+        }
+        // Trimmed when no scrape is encoding with it (they only try it too).
+        if let Some(mut kept) = self.kept.try_lock() {
+            kept.end_scrape();
+        }
+        let mut latest = Exemplars {
+            index: Arc::clone(&self.index),
+            latest: Vec::new(),
+            kept: Arc::clone(&self.kept),
+        };
+        latest.latest.resize(self.keys.samples.len(), None);
         let mut errors = 0;
         self.files.begin_pass();
         for entry in listing.flatten() {
@@ -552,7 +407,7 @@ impl ExemplarAggregator {
             }
             let mut reader = PartReader::new(&mut self.keys, |sample, parts| {
                 if let Some(e) = parts.exemplar() {
-                    out.offer(sample, e);
+                    latest.offer(sample, e);
                 }
             });
             let error = self.files.read(dir, &name, &mut reader);
@@ -564,7 +419,11 @@ impl ExemplarAggregator {
             }
         }
         self.files.end_pass();
-        (out, errors)
+        if self.index.keys.len() != self.keys.samples.len() {
+            self.index = Arc::new(KeyIndex::of(&self.keys.samples));
+            latest.index = Arc::clone(&self.index);
+        }
+        (latest, errors)
     }
 }
 
@@ -574,11 +433,11 @@ pub fn fold_into(archive: &mut MmapWriter, path: &Path) -> io::Result<()> {
     if read_used(path, &mut buf).is_err() {
         return Ok(());
     }
-    let mut latest: Vec<(Arc<ExemplarKey>, Exemplar)> = Vec::new();
+    let mut latest: Vec<(u32, Exemplar)> = Vec::new();
     let mut keys = PartKeys::default();
     let mut reader = PartReader::new(&mut keys, |sample, parts| {
         if let Some(e) = parts.exemplar() {
-            latest.push((Arc::clone(sample), e));
+            latest.push((sample, e));
         }
     });
     for entry in read_entries(&buf).0 {
@@ -586,7 +445,8 @@ pub fn fold_into(archive: &mut MmapWriter, path: &Path) -> io::Result<()> {
         reader.visit(&k, entry.value, entry.timestamp);
     }
     reader.finish();
-    for (sample, e) in latest {
+    for (id, e) in latest {
+        let sample = &keys.samples[id as usize];
         let labels: Vec<(&str, &str)> = sample
             .labels
             .iter()
@@ -602,8 +462,8 @@ pub fn fold_into(archive: &mut MmapWriter, path: &Path) -> io::Result<()> {
             continue;
         }
         let trace = TraceParent {
-            trace_id: u128::from_str_radix(&e.trace_id, 16).unwrap_or(0),
-            span_id: u64::from_str_radix(&e.span_id, 16).unwrap_or(0),
+            trace_id: e.trace_id,
+            span_id: e.span_id,
         };
         slot.store(&trace, e.value, e.timestamp);
     }
@@ -669,17 +529,13 @@ mod tests {
         };
         let low = got.get_key(&key("0.1")).unwrap();
         assert_eq!((low.value, low.timestamp), (0.07, 200.0));
-        assert_eq!(low.trace_id, format!("{:032x}", 7));
+        assert_eq!(low.trace_hex().as_str(), format!("{:032x}", 7));
         assert_eq!(
-            lower_hex(0x00f067aa0ba902b7, 16),
-            format!("{:016x}", 0x00f067aa0ba902b7u64)
-        );
-        assert_eq!(
-            got.get_key(&key("1.0")).unwrap().trace_id,
+            got.get_key(&key("1.0")).unwrap().trace_hex().as_str(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         assert_eq!(
-            got.get_key(&key("1.0")).unwrap().span_id,
+            got.get_key(&key("1.0")).unwrap().span_hex().as_str(),
             "00f067aa0ba902b7"
         );
         assert_eq!(got.len(), 2);
@@ -689,6 +545,6 @@ mod tests {
         std::fs::remove_file(d.join(names::exemplar_file(1))).unwrap();
         std::fs::remove_file(d.join(names::exemplar_file(2))).unwrap();
         let (after, _) = ExemplarAggregator::default().collect(d);
-        assert_eq!(after, got);
+        assert_eq!(after.sorted(), got.sorted());
     }
 }

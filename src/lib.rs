@@ -13,6 +13,7 @@ mod clock;
 mod config;
 mod directory;
 mod exemplar;
+mod exemplar_index;
 mod exposition;
 mod failures;
 mod histogram;

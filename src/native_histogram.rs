@@ -8,7 +8,7 @@
 //! the series' labels plus `__schema` and `__bucket` (`zero` or the index).
 //! prometheus_client globs `*.db` only, so it never sees these files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -242,14 +242,15 @@ pub struct NativeBuckets {
     pub schema: i8,
     /// Observations in the zero bucket.
     pub zero_count: f64,
-    /// Count per bucket index, not cumulative.
-    pub positive: BTreeMap<i32, f64>,
+    /// Count per bucket index, not cumulative, by increasing index (each
+    /// index once).
+    pub positive: Vec<(i32, f64)>,
 }
 
 impl NativeBuckets {
     /// Every observation counted: the zero bucket's and the others'.
     pub fn count(&self) -> f64 {
-        self.zero_count + self.positive.values().sum::<f64>()
+        self.zero_count + self.positive.iter().map(|(_, c)| c).sum::<f64>()
     }
 
     /// Lowers the resolution to `schema` (no higher than the current one).
@@ -257,11 +258,14 @@ impl NativeBuckets {
         if schema >= self.schema {
             return;
         }
-        let mut reduced = BTreeMap::new();
-        for (&i, &c) in &self.positive {
-            *reduced
-                .entry(reduce_index(i, self.schema, schema))
-                .or_insert(0.0) += c;
+        // Reducing keeps the order: the buckets that merge are neighbours.
+        let mut reduced: Vec<(i32, f64)> = Vec::with_capacity(self.positive.len());
+        for &(i, c) in &self.positive {
+            let i = reduce_index(i, self.schema, schema);
+            match reduced.last_mut() {
+                Some((last, sum)) if *last == i => *sum += c,
+                _ => reduced.push((i, 0.0 + c)),
+            }
         }
         self.positive = reduced;
         self.schema = schema;
@@ -273,18 +277,43 @@ impl NativeBuckets {
         self.reduce_to(schema);
         other.reduce_to(schema);
         self.zero_count += other.zero_count;
-        for (i, c) in other.positive {
-            *self.positive.entry(i).or_insert(0.0) += c;
+        let mine = std::mem::take(&mut self.positive);
+        let mut merged = Vec::with_capacity(mine.len().max(other.positive.len()));
+        let (mut a, mut b) = (
+            mine.into_iter().peekable(),
+            other.positive.into_iter().peekable(),
+        );
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 == y.0 => {
+                    let (x, y) = (a.next(), b.next());
+                    x.zip(y).map(|((i, c), (_, d))| (i, c + d))
+                }
+                (Some(x), Some(y)) if x.0 < y.0 => a.next(),
+                (Some(_), None) => a.next(),
+                (_, Some(_)) => b.next().map(|(i, d)| (i, 0.0 + d)),
+                (None, None) => break,
+            };
+            merged.extend(next);
         }
+        self.positive = merged;
     }
 
     /// Spans `(offset, length)` and delta-encoded counts, as the protobuf
     /// format wants them (empty buckets inside a span are written as 0).
+    #[cfg(test)]
     pub fn spans_and_deltas(&self) -> (Vec<(i32, u32)>, Vec<i64>) {
-        let mut spans: Vec<(i32, u32)> = Vec::new();
-        let mut deltas = Vec::new();
+        let (mut spans, mut deltas) = (Vec::new(), Vec::new());
+        self.spans_and_deltas_into(&mut spans, &mut deltas);
+        (spans, deltas)
+    }
+
+    /// `spans_and_deltas` into buffers cleared first.
+    pub fn spans_and_deltas_into(&self, spans: &mut Vec<(i32, u32)>, deltas: &mut Vec<i64>) {
+        spans.clear();
+        deltas.clear();
         let (mut previous_index, mut previous_count) = (None::<i32>, 0i64);
-        for (&i, &c) in self.positive.iter().filter(|(_, &c)| c > 0.0) {
+        for &(i, c) in self.positive.iter().filter(|(_, c)| *c > 0.0) {
             let count = c as i64;
             match previous_index {
                 // A gap of up to two empty buckets costs less as zeros than as a new span.
@@ -302,7 +331,6 @@ impl NativeBuckets {
             previous_count = count;
             previous_index = Some(i);
         }
-        (spans, deltas)
     }
 }
 
@@ -345,7 +373,6 @@ fn parse_key(raw: &str) -> Option<NativeKey> {
 
 /// A bucket of a series at a schema: where the entries that name it add up.
 struct Cell {
-    series: u32,
     schema: i8,
     /// `None` for the zero bucket.
     bucket: Option<i32>,
@@ -369,6 +396,9 @@ struct NativeRegistry {
     cell_ids: HashMap<(u32, i8, Option<i32>), u32>,
     series: Vec<(Arc<str>, Arc<Labels>)>,
     series_ids: HashMap<(Arc<str>, Arc<Labels>), u32>,
+    /// The cells of each series, by schema then bucket (the zero bucket
+    /// first): the order the merge wants them in.
+    series_cells: Vec<Vec<u32>>,
 }
 
 /// Keys remembered before the cache is cleared (a churning directory cannot grow it).
@@ -387,6 +417,7 @@ impl NativeRegistry {
                 None => {
                     let id = self.series.len() as u32;
                     self.series.push(series_key.clone());
+                    self.series_cells.push(Vec::new());
                     self.series_ids.insert(series_key, id);
                     id
                 }
@@ -395,12 +426,18 @@ impl NativeRegistry {
                 .cell_ids
                 .entry((series, k.schema, k.bucket))
                 .or_insert_with(|| {
-                    self.cells.push(Cell {
-                        series,
+                    let id = self.cells.len() as u32;
+                    let order = |c: &Cell| (c.schema, c.bucket);
+                    let cell = Cell {
                         schema: k.schema,
                         bucket: k.bucket,
-                    });
-                    self.cells.len() as u32 - 1
+                    };
+                    let cells = &mut self.series_cells[series as usize];
+                    let at =
+                        cells.partition_point(|&c| order(&self.cells[c as usize]) < order(&cell));
+                    cells.insert(at, id);
+                    self.cells.push(cell);
+                    id
                 })
         });
         self.keys.insert(raw.into(), cell);
@@ -480,36 +517,51 @@ impl NativeAggregator {
     /// The cells of this scrape, merged per series: one accumulator per
     /// schema seen, reduced to the coarsest.
     fn merged(&self) -> NativeHistograms {
-        // By series id (dense): no hashing per cell.
-        let mut acc: Vec<BTreeMap<i8, NativeBuckets>> = Vec::new();
-        acc.resize_with(self.registry.series.len(), BTreeMap::new);
-        for (cell, &(sum, pass)) in self.registry.cells.iter().zip(&self.sums) {
-            if pass != self.pass {
-                continue;
+        let mut out = NativeHistograms::default();
+        for (series, cells) in self.registry.series_cells.iter().enumerate() {
+            // The series' cells by schema, then bucket: the buckets of each
+            // schema come in order, and the lowest schema first.
+            let mut merged: Option<NativeBuckets> = None;
+            let mut current: Option<NativeBuckets> = None;
+            for &c in cells {
+                match self.sums.get(c as usize) {
+                    Some(&(sum, pass)) if pass == self.pass => {
+                        let cell = &self.registry.cells[c as usize];
+                        let buckets = match &mut current {
+                            Some(b) if b.schema == cell.schema => b,
+                            _ => {
+                                fold(&mut merged, current.take());
+                                current.insert(NativeBuckets {
+                                    schema: cell.schema,
+                                    zero_count: 0.0,
+                                    positive: Vec::with_capacity(cells.len()),
+                                })
+                            }
+                        };
+                        match cell.bucket {
+                            None => buckets.zero_count += sum,
+                            Some(i) => buckets.positive.push((i, 0.0 + sum)),
+                        }
+                    }
+                    _ => {}
+                }
             }
-            let buckets = acc[cell.series as usize]
-                .entry(cell.schema)
-                .or_insert_with(|| NativeBuckets {
-                    schema: cell.schema,
-                    ..Default::default()
-                });
-            match cell.bucket {
-                None => buckets.zero_count += sum,
-                Some(i) => *buckets.positive.entry(i).or_insert(0.0) += sum,
+            fold(&mut merged, current);
+            if let Some(m) = merged {
+                let (name, labels) = &self.registry.series[series];
+                out.insert((Arc::clone(name), Arc::clone(labels)), m);
             }
         }
-        acc.into_iter()
-            .enumerate()
-            .filter_map(|(series, by_schema)| {
-                let mut all = by_schema.into_values();
-                let mut first = all.next()?;
-                for other in all {
-                    first.merge(other);
-                }
-                let (name, labels) = &self.registry.series[series];
-                Some(((Arc::clone(name), Arc::clone(labels)), first))
-            })
-            .collect()
+        out
+    }
+}
+
+/// Merges `next` into `merged`.
+fn fold(merged: &mut Option<NativeBuckets>, next: Option<NativeBuckets>) {
+    match (merged.as_mut(), next) {
+        (Some(m), Some(n)) => m.merge(n),
+        (None, n) => *merged = n,
+        (_, None) => {}
     }
 }
 
@@ -626,8 +678,8 @@ mod tests {
         assert_eq!(h.schema, 1);
         assert_eq!(h.zero_count, 1.0);
         // 0.05 at schema 1: (2^(-9/2), 2^(-8/2)] = (0.044, 0.0625], index -8.
-        assert_eq!(h.positive[&-8], 3.0);
-        assert_eq!(h.positive[&2], 1.0);
+        let at = |i: i32| h.positive.iter().find(|b| b.0 == i).map(|b| b.1);
+        assert_eq!((at(-8), at(2)), (Some(3.0), Some(1.0)));
         assert_eq!(h.count(), 6.0);
         drop((a, b));
         let mut archive = MmapWriter::open(&d.join(names::NATIVE_ARCHIVE)).unwrap();

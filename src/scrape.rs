@@ -51,8 +51,9 @@ pub struct ScrapeSource {
     read_errors: AtomicU64,
     /// Label sets rendered by earlier scrapes.
     labels: Mutex<LabelCache>,
-    /// The same for the protobuf format: label pairs encoded once.
-    protobuf_labels: Mutex<protobuf::LabelBytes>,
+    /// The same for the protobuf format: label pairs encoded once, bucket
+    /// bounds parsed once.
+    protobuf_kept: Mutex<protobuf::Kept>,
     /// The size of the last body rendered, to size the next one.
     last_body: AtomicUsize,
     /// Native histograms, read only for the protobuf format.
@@ -79,7 +80,7 @@ impl ScrapeSource {
             last_read: Mutex::new((Vec::new(), 0)),
             read_errors: AtomicU64::new(0),
             labels: Mutex::new(LabelCache::default()),
-            protobuf_labels: Mutex::new(protobuf::LabelBytes::default()),
+            protobuf_kept: Mutex::new(protobuf::Kept::default()),
             last_body: AtomicUsize::new(0),
             native: Mutex::new(NativeAggregator::default()),
             exemplars: Mutex::new(ExemplarAggregator::default()),
@@ -262,7 +263,7 @@ impl ScrapeSource {
                 }
                 .with_exemplars(&read.exemplars);
                 let mut bytes = Vec::with_capacity(self.body_capacity());
-                let mut kept = self.protobuf_labels.lock();
+                let mut kept = self.protobuf_kept.lock();
                 protobuf::encode_with(&read.families, &extras, &mut kept, &mut bytes);
                 kept.end_scrape();
                 bytes
@@ -353,4 +354,192 @@ fn process_families() -> Vec<Family> {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
+    use crate::native_histogram::NativeFile;
+    use crate::storage::key::encode;
+    use crate::storage::names::worker_owner;
+    use crate::storage::MmapWriter;
+    use std::path::Path;
+
+    const BOUNDS: [f64; 3] = [0.05, 0.1, 1.0];
+
+    /// Worker `pid`'s classic histogram `dur` of `status` (one observation
+    /// of `v`) and its failed-requests counter `fail`.
+    fn classic(dir: &Path, pid: u32, status: &str, v: f64) {
+        let owner = worker_owner(pid);
+        let labels = [("status", status), ("worker", "w")];
+        let mut h = MmapWriter::open(&dir.join(format!("histogram_{owner}.db"))).unwrap();
+        for le in ["0.05", "0.1", "1.0", "+Inf"] {
+            let with_le = [labels[0], labels[1], ("le", le)];
+            let add = if le == "+Inf" || v <= le.parse().unwrap() {
+                1.0
+            } else {
+                0.0
+            };
+            h.slot(&encode("dur", "dur_bucket", &with_le, "D"))
+                .unwrap()
+                .add(add);
+        }
+        h.slot(&encode("dur", "dur_sum", &labels, "D"))
+            .unwrap()
+            .add(v);
+        let mut c = MmapWriter::open(&dir.join(format!("counter_{owner}.db"))).unwrap();
+        c.slot(&encode("fail", "fail_total", &labels, "F"))
+            .unwrap()
+            .add(1.0);
+    }
+
+    /// The length-delimited families of a protobuf body, but the `process_` ones
+    /// (their values change from one scrape to the next).
+    fn directory_families(mut body: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while !body.is_empty() {
+            let len = prost::encoding::decode_varint(&mut body).unwrap() as usize;
+            let (family, rest) = body.split_at(len);
+            let name = protobuf::decode(&family_framed(family))[0].name.clone();
+            if !name.starts_with("process_") {
+                out.push(family.to_vec());
+            }
+            body = rest;
+        }
+        out
+    }
+
+    fn family_framed(family: &[u8]) -> Vec<u8> {
+        let mut framed = Vec::new();
+        prost::encoding::encode_varint(family.len() as u64, &mut framed);
+        framed.extend_from_slice(family);
+        framed
+    }
+
+    fn openmetrics_lines(body: &[u8]) -> Vec<String> {
+        String::from_utf8(body.to_vec())
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("process_"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_source_kept_across_scrapes_serves_what_a_fresh_source_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let source =
+            |d: &Path| ScrapeSource::new(d.to_owned(), "g".into(), Vec::new(), Some(1.7e9));
+        let kept = source(d);
+        let trace = |n: u128| TraceParent {
+            trace_id: n,
+            span_id: n as u64 + 1,
+        };
+        let labels = [("status", "200"), ("worker", "w")];
+        let files: Vec<_> = (1..=2)
+            .map(|pid| ExemplarFile::open(d, pid).unwrap())
+            .collect();
+        let natives = [
+            NativeFile::open(d, 1, 3).unwrap(),
+            NativeFile::open(d, 2, 1).unwrap(),
+        ];
+        let traced = HistogramExemplars::new(&files[0], "dur", &labels, &BOUNDS);
+        let series = natives[0].series("dur", &labels);
+        let fail = |pid: usize, n: u128, at: f64| {
+            let slot =
+                ExemplarSlot::open(&mut files[pid].writer.lock(), "fail", "fail_total", &labels)
+                    .unwrap();
+            slot.store(&trace(n), 1.0, at);
+        };
+        // Each step changes the directory, then both sources scrape it.
+        let steps: Vec<Box<dyn Fn()>> = vec![
+            Box::new(|| {
+                classic(d, 1, "200", 0.07);
+                series.observe(0.07);
+                traced.observe(&BOUNDS, 0.07, &trace(1), 100.0);
+            }),
+            // The same exemplar slot, later; a new bucket between the others.
+            Box::new(|| {
+                traced.observe(&BOUNDS, 0.08, &trace(2), 200.0);
+                series.observe(0.3);
+                series.observe(0.02);
+            }),
+            // New exemplar samples (a new bucket, the counter) and a worker
+            // whose buckets are at a lower schema.
+            Box::new(|| {
+                traced.observe(&BOUNDS, 0.5, &trace(3), 300.0);
+                fail(0, 4, 300.0);
+                classic(d, 2, "200", 0.6);
+                natives[1].series("dur", &labels).observe(0.6);
+                natives[1].series("dur", &labels).observe(0.07);
+            }),
+            // An older exemplar elsewhere loses; a newer one wins.
+            Box::new(|| {
+                fail(1, 5, 250.0);
+                let other = HistogramExemplars::new(&files[1], "dur", &labels, &BOUNDS);
+                other.observe(&BOUNDS, 0.06, &trace(6), 400.0);
+            }),
+            // A worker's files gone: its cells and exemplars are not read.
+            Box::new(|| {
+                for f in std::fs::read_dir(d).unwrap().flatten() {
+                    if f.file_name().to_string_lossy().contains("worker2") {
+                        std::fs::remove_file(f.path()).unwrap();
+                    }
+                }
+            }),
+        ];
+        for (i, step) in steps.iter().enumerate() {
+            step();
+            let fresh = source(d);
+            let (ours, theirs) = (
+                kept.render(Format::Protobuf),
+                fresh.render(Format::Protobuf),
+            );
+            assert!(
+                directory_families(&ours) == directory_families(&theirs),
+                "step {i}: kept {:?}\nfresh {:?}",
+                protobuf::decode(&ours),
+                protobuf::decode(&theirs)
+            );
+            let (ours, theirs) = (
+                kept.render(Format::OpenMetrics),
+                fresh.render(Format::OpenMetrics),
+            );
+            assert_eq!(
+                openmetrics_lines(&ours),
+                openmetrics_lines(&theirs),
+                "step {i}"
+            );
+        }
+        // What the steps left: the exemplars of worker 1 and the newest of
+        // the bucket worker 2 wrote before its files went away are gone.
+        let om = String::from_utf8(kept.render(Format::OpenMetrics)).unwrap();
+        let exemplars: Vec<&str> = om.lines().filter(|l| l.contains(" # {")).collect();
+        assert_eq!(exemplars.len(), 3, "{om}");
+        assert!(om.contains(&format!("trace_id=\"{:032x}\"", 4)), "{om}");
+        let families = protobuf::decode(&kept.render(Format::Protobuf));
+        let dur = families.iter().find(|f| f.name == "dur").unwrap();
+        let h = dur.metric[0].histogram.as_ref().unwrap();
+        assert_eq!(
+            (h.schema, h.sample_count),
+            (3, 3),
+            "three observations of worker 1"
+        );
+        // The buckets, from spans and deltas: each observation's, in order.
+        let (mut buckets, mut index, mut count) = (Vec::new(), 0, 0);
+        let mut deltas = h.positive_delta.iter();
+        for (i, span) in h.positive_span.iter().enumerate() {
+            index += span.offset + if i > 0 { 1 } else { 0 };
+            for j in 0..span.length {
+                count += deltas.next().unwrap();
+                buckets.push((index + j as i32, count));
+            }
+            index += span.length as i32 - 1;
+        }
+        let schema = crate::native_histogram::Schema::new(3);
+        let want: Vec<(i32, i64)> = [0.02, 0.07, 0.3].map(|v| (schema.index(v), 1)).into();
+        assert_eq!(buckets, want);
+    }
 }

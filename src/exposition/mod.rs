@@ -5,3 +5,4 @@ pub mod negotiate;
 pub mod openmetrics;
 pub mod protobuf;
 pub mod text;
+mod wire;

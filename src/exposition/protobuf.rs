@@ -3,25 +3,26 @@
 //!
 //! The message types are those prometheus-client (feature `prometheus_protobuf`)
 //! generates from client_model's metrics.proto; its encoder walks its own
-//! registry types, so the families aggregated from the files are mapped onto
-//! the messages here and encoded with prost.
-//!
-//! One message is framed here rather than built: `Metric`, a metric's label
-//! pairs and its one value (a `Counter`, `Histogram`, ...). The label pairs
-//! are the same at every scrape, so their encoded bytes are kept per label
-//! set (`LabelBytes`) and written as they are; prost encodes the value.
-//! Building the pairs as messages cost two `String`s per label per metric at
-//! every scrape.
+//! registry types, so the families aggregated from the files are encoded
+//! here: each family's header as the crate's message (prost), the rest field
+//! by field (`wire.rs`), in the bytes prost writes for the crate's messages
+//! (`reference` below builds those messages; tests compare byte for byte).
+//! Building the messages cost several allocations per metric at every scrape
+//! (a `String` per label pair and per exemplar label, a `Vec` per histogram),
+//! and prost computed each nested message's length once per enclosing
+//! message. What stays the same between scrapes is kept (`Kept`): the
+//! encoded label pairs of each label set, each bucket's bound.
 
 use std::sync::Arc;
 
 use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as pb;
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 use rustc_hash::FxHashMap;
 
 use super::names::{push_label_name, push_metric_name};
-use crate::exemplar::Exemplars;
+use super::wire;
+use crate::exemplar::{Exemplar, Exemplars};
+use crate::exemplar_index::FamilyExemplars;
 use crate::model::{Family, Kind, Labels, Sample};
 use crate::native_histogram::{NativeBuckets, NativeHistograms, ZERO_THRESHOLD};
 
@@ -47,6 +48,20 @@ impl<'a> Extras<'a> {
         self.exemplars = Some(exemplars);
         self
     }
+
+    /// The exemplars of `family`'s samples.
+    fn exemplars_of<'f>(&self, family: &'f str) -> Option<FamilyExemplars<'f>>
+    where
+        'a: 'f,
+    {
+        self.exemplars?.family(family)
+    }
+
+    /// The start timestamp of `family`'s metrics.
+    fn start(&self, family: &Family) -> Option<f64> {
+        self.created
+            .filter(|_| !family.name.starts_with("process_"))
+    }
 }
 
 fn metric_name(name: &str) -> String {
@@ -55,40 +70,34 @@ fn metric_name(name: &str) -> String {
     out
 }
 
-fn label_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<pb::LabelPair> {
-    pairs
-        .map(|(k, v)| {
-            let mut name = String::with_capacity(k.len());
-            push_label_name(&mut name, k);
-            pb::LabelPair {
-                name,
-                value: v.to_owned(),
-            }
-        })
-        .collect()
-}
-
-fn timestamp(seconds: f64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: seconds.floor() as i64,
-        nanos: ((seconds - seconds.floor()) * 1e9) as i32,
+/// Appends `LabelPair`s (field `field`).
+fn label_pairs<'a>(out: &mut Vec<u8>, field: u32, pairs: impl Iterator<Item = (&'a str, &'a str)>) {
+    let mut name = String::new();
+    for (k, v) in pairs {
+        name.clear();
+        push_label_name(&mut name, k);
+        let at = wire::begin(out, field);
+        wire::bytes(out, 1, name.as_bytes());
+        wire::bytes(out, 2, v.as_bytes());
+        wire::end(out, at);
     }
 }
 
-fn exemplar(extras: &Extras, name: &str, sample: &Sample) -> Option<pb::Exemplar> {
-    let e = extras.exemplars?.get(name, sample)?;
-    Some(pb::Exemplar {
-        label: label_pairs(e.labels()),
-        value: e.value,
-        timestamp: Some(timestamp(e.timestamp)),
-    })
-}
-
-fn start(extras: &Extras, family: &Family) -> Option<prost_types::Timestamp> {
-    extras
-        .created
-        .filter(|_| !family.name.starts_with("process_"))
-        .map(timestamp)
+/// Appends an `Exemplar` (field `field`): its trace and span ids as labels.
+fn exemplar(out: &mut Vec<u8>, field: u32, e: &Exemplar) {
+    let at = wire::begin(out, field);
+    for (name, id) in [
+        (&b"trace_id"[..], e.trace_hex().as_str().as_bytes()),
+        (b"span_id", e.span_hex().as_str().as_bytes()),
+    ] {
+        let pair = wire::begin(out, 1);
+        wire::bytes(out, 1, name);
+        wire::bytes(out, 2, id);
+        wire::end(out, pair);
+    }
+    wire::double(out, 2, e.value);
+    wire::timestamp(out, 3, e.timestamp);
+    wire::end(out, at);
 }
 
 /// The encoded label pairs (`Metric.label`, field 1) of each label set,
@@ -96,9 +105,23 @@ fn start(extras: &Extras, family: &Family) -> Option<prost_types::Timestamp> {
 /// whose `Arc`s are held so that no other set can take those addresses.
 #[derive(Default)]
 pub struct LabelBytes {
-    sets: FxHashMap<[usize; 3], KeptLabels>,
+    sets: FxHashMap<Key, KeptLabels>,
+    /// Label sets asked for since `end_scrape`.
     asked: usize,
+    /// The last scrape's pairs in the order it asked for them, one after
+    /// the other: a scrape that asks in the same order (the steady state)
+    /// reads them front to back, without a lookup in `sets`.
+    sequence: Vec<(Key, usize)>,
+    bytes: Vec<u8>,
+    /// The next entry of `sequence` this scrape should ask for, if it
+    /// follows it; where it left it, and the keys it asked for since.
+    next: usize,
+    left_at: Option<usize>,
+    asked_since: Vec<Key>,
 }
+
+/// The addresses of a label set, of its extra label's name and of its value.
+type Key = [usize; 3];
 
 struct KeptLabels {
     _labels: Arc<Labels>,
@@ -121,18 +144,27 @@ impl LabelBytes {
             extra.map_or(0, |(_, v)| Arc::as_ptr(v) as *const u8 as usize),
         ];
         self.asked += 1;
+        if self.left_at.is_none() {
+            let i = self.next;
+            match self.sequence.get(i) {
+                Some(&(next, end)) if next == key => {
+                    self.next += 1;
+                    let start = i.checked_sub(1).map_or(0, |p| self.sequence[p].1);
+                    return &self.bytes[start..end];
+                }
+                _ => self.left_at = Some(i),
+            }
+        }
+        self.asked_since.push(key);
         &self
             .sets
             .entry(key)
             .or_insert_with(|| {
-                let pairs: Vec<_> = if series_only {
-                    label_pairs(sample.series_labels())
-                } else {
-                    label_pairs(sample.label_pairs())
-                };
                 let mut bytes = Vec::new();
-                for pair in &pairs {
-                    prost::encoding::message::encode(1, pair, &mut bytes);
+                if series_only {
+                    label_pairs(&mut bytes, 1, sample.series_labels());
+                } else {
+                    label_pairs(&mut bytes, 1, sample.label_pairs());
                 }
                 KeptLabels {
                     _labels: Arc::clone(&sample.labels),
@@ -143,82 +175,152 @@ impl LabelBytes {
             .bytes
     }
 
-    /// Ends a scrape: the sets of series gone are forgotten once they are most.
-    pub fn end_scrape(&mut self) {
+    /// Ends a scrape: its order becomes the sequence, if it differed (what
+    /// it followed is kept, the rest rewritten); the sets of series gone are
+    /// forgotten once they are most.
+    fn end_scrape(&mut self) {
+        let kept = self.left_at.take().unwrap_or(self.next);
         if self.sets.len() > 2 * self.asked + 1024 {
+            // The sequence's keys are addresses that only `sets` keeps taken.
             self.sets.clear();
+            self.sequence.clear();
+            self.bytes.clear();
+        } else if kept < self.sequence.len() || !self.asked_since.is_empty() {
+            self.sequence.truncate(kept);
+            self.bytes
+                .truncate(kept.checked_sub(1).map_or(0, |i| self.sequence[i].1));
+            for key in &self.asked_since {
+                // Every key asked for was put in `sets` when it was asked.
+                if let Some(kept) = self.sets.get(key) {
+                    self.bytes.extend_from_slice(&kept.bytes);
+                    self.sequence.push((*key, self.bytes.len()));
+                }
+            }
+        }
+        self.asked_since.clear();
+        (self.asked, self.next) = (0, 0);
+    }
+}
+
+/// The bound of each bucket's `le` string, parsed once and kept across
+/// scrapes by the address of the string, whose `Arc` is held.
+#[derive(Default)]
+struct Bounds {
+    parsed: FxHashMap<usize, (Arc<str>, Option<f64>)>,
+    asked: usize,
+}
+
+impl Bounds {
+    /// The bound of a bucket sample (`le`).
+    fn of(&mut self, sample: &Sample) -> Option<f64> {
+        let (_, le) = sample.extra.as_ref().filter(|(k, _)| *k == "le")?;
+        self.asked += 1;
+        self.parsed
+            .entry(Arc::as_ptr(le) as *const u8 as usize)
+            .or_insert_with(|| (Arc::clone(le), le.parse::<f64>().ok()))
+            .1
+    }
+
+    fn end_scrape(&mut self) {
+        if self.parsed.len() > 2 * self.asked + 1024 {
+            self.parsed.clear();
         }
         self.asked = 0;
     }
 }
 
-/// A family's metrics, encoded as they are added (`MetricFamily.metric`).
-struct Metrics<'c> {
-    labels: &'c mut LabelBytes,
-    bytes: Vec<u8>,
-    count: usize,
+/// What stays the same from one scrape to the next: each label set's
+/// encoded pairs, each bucket's parsed bound.
+#[derive(Default)]
+pub struct Kept {
+    labels: LabelBytes,
+    bounds: Bounds,
+}
+
+impl Kept {
+    /// Ends a scrape: what the series gone used is forgotten once it is most.
+    pub fn end_scrape(&mut self) {
+        self.labels.end_scrape();
+        self.bounds.end_scrape();
+    }
 }
 
 /// Fields of `Metric` (client_model's metrics.proto).
 mod field {
+    pub const METRIC: u32 = 4;
     pub const GAUGE: u32 = 2;
     pub const COUNTER: u32 = 3;
     pub const SUMMARY: u32 = 4;
     pub const HISTOGRAM: u32 = 7;
 }
 
+/// A family's metrics, written as they come (`MetricFamily.metric`).
+struct Metrics<'c> {
+    kept: &'c mut Kept,
+    count: usize,
+}
+
+/// Where a `Metric` and its value began (see `wire::begin`).
+struct Open([usize; 2]);
+
 impl Metrics<'_> {
-    /// Adds a `Metric` with `sample`'s labels and `value` as its field
-    /// `field` (a `Metric` has one value: a counter, a gauge, ...).
-    fn push(&mut self, sample: &Sample, series_only: bool, field: u32, value: &impl Message) {
-        let labels = self.labels.of(sample, series_only);
-        let len = labels.len() + prost::encoding::message::encoded_len(field, value);
-        encode_key(4, WireType::LengthDelimited, &mut self.bytes);
-        encode_varint(len as u64, &mut self.bytes);
-        self.bytes.extend_from_slice(labels);
-        prost::encoding::message::encode(field, value, &mut self.bytes);
+    /// Starts a `Metric` with `sample`'s labels and its value, field `field`
+    /// (a `Metric` has one value: a counter, a gauge, ...), whose fields
+    /// the caller writes before `end`.
+    fn begin(&mut self, out: &mut Vec<u8>, sample: &Sample, series_only: bool, field: u32) -> Open {
+        let metric = wire::begin(out, field::METRIC);
+        out.extend_from_slice(self.kept.labels.of(sample, series_only));
         self.count += 1;
+        Open([metric, wire::begin(out, field)])
+    }
+
+    fn end(out: &mut Vec<u8>, open: Open) {
+        wire::end(out, open.0[1]);
+        wire::end(out, open.0[0]);
     }
 }
 
 /// Appends the families, each as a length-delimited message.
 #[cfg(test)]
 pub fn encode(families: &[Family], extras: &Extras, out: &mut Vec<u8>) {
-    encode_with(families, extras, &mut LabelBytes::default(), out)
+    encode_with(families, extras, &mut Kept::default(), out)
 }
 
-/// Appends the families, with label pairs encoded before in `labels`.
-pub fn encode_with(
-    families: &[Family],
-    extras: &Extras,
-    labels: &mut LabelBytes,
-    out: &mut Vec<u8>,
-) {
+/// Appends the families, with what earlier scrapes kept in `kept`.
+pub fn encode_with(families: &[Family], extras: &Extras, kept: &mut Kept, out: &mut Vec<u8>) {
     let natives = NativeIndex::of(extras.native);
-    let mut bounds = FxHashMap::default();
-    let mut metrics = Metrics {
-        labels,
-        bytes: Vec::new(),
-        count: 0,
-    };
+    let mut scratch = Scratch::default();
+    let mut metrics = Metrics { kept, count: 0 };
     for family in families {
-        metrics.bytes.clear();
-        metrics.count = 0;
-        let header = match family.kind {
-            Kind::Counter => counter(family, extras, &mut metrics),
-            Kind::Gauge => gauge(family, &mut metrics),
-            Kind::Histogram => histogram(family, extras, &natives, &mut bounds, &mut metrics),
-            Kind::Summary => summary(family, extras, &mut metrics),
+        let at = wire::begin_delimited(out);
+        let (name, kind) = match family.kind {
+            Kind::Counter => (format!("{}_total", family.name), pb::MetricType::Counter),
+            Kind::Gauge => (family.name.clone(), pb::MetricType::Gauge),
+            Kind::Histogram => (family.name.clone(), pb::MetricType::Histogram),
+            Kind::Summary => (family.name.clone(), pb::MetricType::Summary),
         };
+        let header = pb::MetricFamily {
+            name: metric_name(&name),
+            help: family.help.clone(),
+            r#type: kind as i32,
+            metric: Vec::new(),
+            unit: String::new(),
+        };
+        // Writing into a Vec cannot fail. The header's fields (1 to 3)
+        // come before the metrics (4), and `unit` (5) is empty.
+        let _ = header.encode(out);
+        metrics.count = 0;
+        match family.kind {
+            Kind::Counter => counter(family, &name, extras, &mut metrics, out),
+            Kind::Gauge => gauge(family, &mut metrics, out),
+            Kind::Histogram => histogram(family, extras, &natives, &mut scratch, &mut metrics, out),
+            Kind::Summary => summary(family, extras, &mut metrics, out),
+        }
         if metrics.count == 0 {
+            out.truncate(at - 1);
             continue;
         }
-        let len = header.encoded_len() + metrics.bytes.len();
-        out.reserve(encoded_len_varint(len as u64) + len);
-        encode_varint(len as u64, out);
-        // Writing into a Vec cannot fail.
-        let _ = header.encode(out);
-        out.extend_from_slice(&metrics.bytes);
+        wire::end(out, at);
     }
 }
 
@@ -248,34 +350,34 @@ impl<'a> NativeIndex<'a> {
     }
 }
 
-fn message(name: String, family: &Family, kind: pb::MetricType) -> pb::MetricFamily {
-    pb::MetricFamily {
-        name,
-        help: family.help.clone(),
-        r#type: kind as i32,
-        metric: Vec::new(),
-        unit: String::new(),
-    }
-}
-
-fn counter(family: &Family, extras: &Extras, metrics: &mut Metrics) -> pb::MetricFamily {
-    let total = format!("{}_total", family.name);
+fn counter(
+    family: &Family,
+    total: &str,
+    extras: &Extras,
+    metrics: &mut Metrics,
+    out: &mut Vec<u8>,
+) {
+    let start = extras.start(family);
+    let mut exemplars = extras.exemplars_of(&family.name);
     for s in family.samples.iter().filter(|s| *s.name == *total) {
-        let counter = pb::Counter {
-            value: s.value,
-            exemplar: exemplar(extras, &family.name, s),
-            start_timestamp: start(extras, family),
-        };
-        metrics.push(s, false, field::COUNTER, &counter);
+        let m = metrics.begin(out, s, false, field::COUNTER);
+        wire::double(out, 1, s.value);
+        if let Some(e) = exemplars.as_mut().and_then(|x| x.get(s)) {
+            exemplar(out, 2, &e);
+        }
+        if let Some(t) = start {
+            wire::timestamp(out, 3, t);
+        }
+        Metrics::end(out, m);
     }
-    message(metric_name(&total), family, pb::MetricType::Counter)
 }
 
-fn gauge(family: &Family, metrics: &mut Metrics) -> pb::MetricFamily {
+fn gauge(family: &Family, metrics: &mut Metrics, out: &mut Vec<u8>) {
     for s in &family.samples {
-        metrics.push(s, false, field::GAUGE, &pb::Gauge { value: s.value });
+        let m = metrics.begin(out, s, false, field::GAUGE);
+        wire::double(out, 1, s.value);
+        Metrics::end(out, m);
     }
-    message(metric_name(&family.name), family, pb::MetricType::Gauge)
 }
 
 /// Splits a family's samples into series (their samples are contiguous and,
@@ -284,88 +386,98 @@ fn series(family: &Family) -> impl Iterator<Item = &[Sample]> {
     family.samples.chunk_by(|a, b| a.same_series(b))
 }
 
-fn summary(family: &Family, extras: &Extras, metrics: &mut Metrics) -> pb::MetricFamily {
+fn summary(family: &Family, extras: &Extras, metrics: &mut Metrics, out: &mut Vec<u8>) {
     let (count, sum) = (
         format!("{}_count", family.name),
         format!("{}_sum", family.name),
     );
+    let start = extras.start(family);
     for samples in series(family) {
         let value = |name: &str| samples.iter().find(|s| *s.name == *name).map(|s| s.value);
-        let summary = pb::Summary {
-            sample_count: value(&count).unwrap_or(0.0) as u64,
-            sample_sum: value(&sum).unwrap_or(0.0),
-            quantile: Vec::new(),
-            start_timestamp: start(extras, family),
-        };
-        metrics.push(&samples[0], true, field::SUMMARY, &summary);
+        let m = metrics.begin(out, &samples[0], true, field::SUMMARY);
+        wire::uint64(out, 1, value(&count).unwrap_or(0.0) as u64);
+        wire::double(out, 2, value(&sum).unwrap_or(0.0));
+        if let Some(t) = start {
+            wire::timestamp(out, 4, t);
+        }
+        Metrics::end(out, m);
     }
-    message(metric_name(&family.name), family, pb::MetricType::Summary)
 }
 
-/// The bound of a bucket sample (`le`), parsed once per scrape per interned string.
-fn bound_of(sample: &Sample, bounds: &mut FxHashMap<usize, Option<f64>>) -> Option<f64> {
-    let (_, le) = sample.extra.as_ref().filter(|(k, _)| *k == "le")?;
-    *bounds
-        .entry(Arc::as_ptr(le) as *const u8 as usize)
-        .or_insert_with(|| le.parse::<f64>().ok())
+/// What the histograms of one scrape reuse.
+#[derive(Default)]
+struct Scratch {
+    spans: Vec<(i32, u32)>,
+    deltas: Vec<i64>,
 }
 
 fn histogram(
     family: &Family,
     extras: &Extras,
     natives: &NativeIndex,
-    bounds: &mut FxHashMap<usize, Option<f64>>,
+    scratch: &mut Scratch,
     metrics: &mut Metrics,
-) -> pb::MetricFamily {
+    out: &mut Vec<u8>,
+) {
     let name = &family.name;
     let (bucket, count, sum) = (
         format!("{name}_bucket"),
         format!("{name}_count"),
         format!("{name}_sum"),
     );
+    let start = extras.start(family);
+    let mut exemplars = extras.exemplars_of(name);
     for samples in series(family) {
-        let mut h = pb::Histogram {
-            start_timestamp: start(extras, family),
-            ..Default::default()
-        };
+        let (mut sample_count, mut sample_sum) = (0, 0.0);
         for s in samples {
-            if *s.name == *bucket {
-                let Some(bound) = bound_of(s, bounds) else {
-                    continue;
-                };
-                // +Inf is implied by the count, as client_golang writes it.
-                if bound.is_infinite() {
-                    continue;
-                }
-                h.bucket.push(pb::Bucket {
-                    cumulative_count: s.value as u64,
-                    upper_bound: bound,
-                    exemplar: exemplar(extras, name, s),
-                    ..Default::default()
-                });
-            } else if *s.name == *count {
-                h.sample_count = s.value as u64;
+            if *s.name == *count {
+                sample_count = s.value as u64;
             } else if *s.name == *sum {
-                h.sample_sum = s.value;
+                sample_sum = s.value;
             }
         }
         let native = natives.get(name, &samples[0]).filter(|n| n.count() > 0.0);
         if let Some(n) = native {
-            let (spans, deltas) = n.spans_and_deltas();
-            h.schema = n.schema as i32;
-            h.zero_threshold = ZERO_THRESHOLD;
-            h.zero_count = n.zero_count as u64;
-            h.positive_span = spans
-                .into_iter()
-                .map(|(offset, length)| pb::BucketSpan { offset, length })
-                .collect();
-            h.positive_delta = deltas;
             // The native buckets' total: the count must not be below it.
-            h.sample_count = n.count() as u64;
+            sample_count = n.count() as u64;
         }
-        metrics.push(&samples[0], true, field::HISTOGRAM, &h);
+        let m = metrics.begin(out, &samples[0], true, field::HISTOGRAM);
+        wire::uint64(out, 1, sample_count);
+        wire::double(out, 2, sample_sum);
+        for s in samples.iter().filter(|s| *s.name == *bucket) {
+            let Some(bound) = metrics.kept.bounds.of(s) else {
+                continue;
+            };
+            // +Inf is implied by the count, as client_golang writes it.
+            if bound.is_infinite() {
+                continue;
+            }
+            let b = wire::begin(out, 3);
+            wire::uint64(out, 1, s.value as u64);
+            wire::double(out, 2, bound);
+            if let Some(e) = exemplars.as_mut().and_then(|x| x.get(s)) {
+                exemplar(out, 3, &e);
+            }
+            wire::end(out, b);
+        }
+        if let Some(n) = native {
+            n.spans_and_deltas_into(&mut scratch.spans, &mut scratch.deltas);
+            wire::sint64(out, 5, n.schema.into());
+            wire::double(out, 6, ZERO_THRESHOLD);
+            wire::uint64(out, 7, n.zero_count as u64);
+            for &(offset, length) in &scratch.spans {
+                let span = wire::begin(out, 12);
+                wire::sint64(out, 1, offset.into());
+                wire::uint64(out, 2, length.into());
+                wire::end(out, span);
+            }
+            wire::packed_sint64(out, 13, &scratch.deltas);
+        }
+        if let Some(t) = start {
+            wire::timestamp(out, 15, t);
+        }
+        Metrics::end(out, m);
     }
-    message(metric_name(name), family, pb::MetricType::Histogram)
 }
 
 /// Decoding support for tests: the families of a body.
@@ -378,9 +490,14 @@ pub(crate) fn decode(mut body: &[u8]) -> Vec<pb::MetricFamily> {
     out
 }
 
+/// The encoding as prost writes the crate's messages, built the plain way.
+#[cfg(test)]
+mod reference;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exemplar::ExemplarKey;
     use crate::native_histogram::NativeBuckets;
     use std::sync::Arc;
 
@@ -417,7 +534,9 @@ mod tests {
             ..Default::default()
         };
         let mut out = Vec::new();
-        encode(&[c, g, h], &extras, &mut out);
+        let families = [c, g, h];
+        encode(&families, &extras, &mut out);
+        assert_eq!(out, reference::encode(&families, &extras));
         let families = decode(&out);
         assert_eq!(families.len(), 3);
         assert_eq!(families[0].name, "req_total");
@@ -440,6 +559,98 @@ mod tests {
         };
         assert_eq!(pairs(&families[0].metric[0]), [("a".into(), "1".into())]);
         assert_eq!(pairs(&families[2].metric[0]), m); // no `le`
+    }
+
+    /// A histogram series `m` of `dur`: buckets 0.1, 1, +Inf, count, sum.
+    fn histogram_samples(h: &mut Family, m: &Labels, counts: [f64; 3], sum: f64) {
+        let set = Arc::new(m.clone());
+        for (le, v) in [("0.1", counts[0]), ("1.0", counts[1]), ("+Inf", counts[2])] {
+            h.samples.push(Sample {
+                name: format!("{}_bucket", h.name).into(),
+                labels: Arc::clone(&set),
+                extra: Some(("le", le.into())),
+                value: v,
+            });
+        }
+        h.push("_count", m.clone(), counts[2]);
+        h.push("_sum", m.clone(), sum);
+    }
+
+    #[test]
+    fn every_message_is_the_crates_message_as_prost_writes_it() {
+        let get = vec![("m".to_string(), "GET".to_string())];
+        let post = vec![("m".to_string(), "POST".to_string())];
+        let mut c = Family::new("req", "Requests", Kind::Counter);
+        c.push("_total", get.clone(), 2.0);
+        c.push("_total", post.clone(), 0.0);
+        c.push("_total", Vec::new(), f64::NAN);
+        let mut g = Family::new("g.x", "", Kind::Gauge);
+        g.push("", vec![], -0.0);
+        g.push("", vec![("a b".into(), "é\n".into())], 7.5);
+        let mut s = Family::new("lat", "L", Kind::Summary);
+        s.push("_count", get.clone(), 3.0);
+        s.push("_sum", get.clone(), 1.5);
+        let empty = Family::new("none", "N", Kind::Counter);
+        let mut h = Family::new("dur", "D", Kind::Histogram);
+        histogram_samples(&mut h, &get, [3.0, 4.0, 4.0], 0.9);
+        histogram_samples(&mut h, &post, [0.0, 1.0, 1.0], 0.5);
+        let mut p = Family::new("process_cpu_seconds", "C", Kind::Counter);
+        p.push("_total", Vec::new(), 1.25);
+        // Native buckets: spans with gaps, a zero bucket, more than 127
+        // bytes of deltas (a nested length of two bytes).
+        let mut native = NativeHistograms::default();
+        native.insert(
+            ("dur".into(), Arc::new(get.clone())),
+            NativeBuckets {
+                schema: -2,
+                zero_count: 1.0,
+                positive: (-70..70)
+                    .filter(|i| i % 9 != 0)
+                    .map(|i| (i, (i * i % 300) as f64))
+                    .collect(),
+            },
+        );
+        let key = |family: &str, labels: &Labels, le: Option<&str>| ExemplarKey {
+            family: family.into(),
+            labels: labels
+                .iter()
+                .cloned()
+                .chain(le.map(|le| ("le".to_string(), le.to_string())))
+                .collect(),
+        };
+        let e = |trace_id, value, timestamp| Exemplar {
+            trace_id,
+            span_id: 0x00f067aa0ba902b7,
+            value,
+            timestamp,
+        };
+        let exemplars = Exemplars::of(vec![
+            (key("req", &get, None), e(7, 0.25, 1.7e9 + 0.5)),
+            (key("dur", &get, Some("0.1")), e(u128::MAX, 0.05, 1.7e9)),
+            (key("dur", &post, Some("1.0")), e(1 << 100, 0.0, 0.0)),
+            (key("dur", &post, Some("+Inf")), e(3, 9.0, 1.0)),
+        ]);
+        let families = [c, g, s, empty, h, p];
+        for created in [None, Some(1000.5)] {
+            for native in [None, Some(&native)] {
+                let extras = Extras {
+                    created,
+                    native,
+                    exemplars: Some(&exemplars),
+                };
+                let mut out = Vec::new();
+                encode(&families, &extras, &mut out);
+                assert_eq!(out, reference::encode(&families, &extras));
+                let decoded = decode(&out);
+                assert_eq!(decoded.len(), 5, "the empty family is left out");
+                let h = decoded[3].metric[0].histogram.as_ref().unwrap();
+                assert_eq!(
+                    h.bucket[0].exemplar.as_ref().unwrap().label[0].value,
+                    "f".repeat(32)
+                );
+                assert_eq!(h.positive_delta.len() > 64, native.is_some());
+            }
+        }
     }
 
     #[test]
@@ -471,7 +682,7 @@ mod tests {
             }
             vec![g, h]
         };
-        let mut kept = LabelBytes::default();
+        let mut kept = Kept::default();
         for (i, pids_now) in [&[0, 1][..], &[0, 1], &[1, 2], &[0, 1, 2]]
             .iter()
             .enumerate()
