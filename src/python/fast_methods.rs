@@ -16,6 +16,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
+use pyo3::PyClass;
 
 use std::sync::OnceLock;
 
@@ -141,22 +142,8 @@ unsafe extern "C" fn access(
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls a method with the thread attached, a live `self`
-    // and `nargs` live arguments at `args`, borrowed for the call.
-    let py = unsafe { Python::assume_attached() };
-    // SAFETY: as above.
-    let Some(args) = (unsafe { four(py, args, nargs) }) else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: `slf` is a live object borrowed for the call (above).
-    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
-    match slf.cast::<MeteredLog>() {
-        Ok(log) => log.get().access(py, args),
-        Err(e) => {
-            PyErr::from(e).restore(py);
-            std::ptr::null_mut()
-        }
-    }
+    // SAFETY: CPython calls a METH_FASTCALL method with what `with_four` needs.
+    unsafe { with_four::<MeteredLog>(slf, args, nargs, |log, py, args| log.access(py, args)) }
 }
 
 /// `METH_FASTCALL` with a `CountedAccess` as `self`: the logger's `access`
@@ -166,16 +153,33 @@ unsafe extern "C" fn counted_access(
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    // SAFETY: as in `access`.
+    // SAFETY: as in `access`; `slf` is the `CountedAccess` the function was
+    // made with (`counted_access_function`).
+    unsafe { with_four::<CountedAccess>(slf, args, nargs, |c, py, args| c.call(py, args)) }
+}
+
+/// Calls `f` with `slf` as a `T` and the four arguments of an `access` call;
+/// NULL with an exception set when they are not that.
+///
+/// # Safety
+/// CPython's arguments of a METH_FASTCALL function: the thread attached,
+/// `slf` live, `nargs` live objects at `args`, all borrowed for the call.
+unsafe fn with_four<T: PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync>(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    f: impl FnOnce(&T, Python<'_>, &[*mut ffi::PyObject; 4]) -> *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: the thread is attached (the caller's contract).
     let py = unsafe { Python::assume_attached() };
-    // SAFETY: as in `access`.
+    // SAFETY: `args` holds `nargs` live objects (the caller's contract).
     let Some(args) = (unsafe { four(py, args, nargs) }) else {
         return std::ptr::null_mut();
     };
-    // SAFETY: `slf` is the `CountedAccess` the function was made with (below).
+    // SAFETY: `slf` is live, borrowed for the call (the caller's contract).
     let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
-    match slf.cast::<CountedAccess>() {
-        Ok(counted) => counted.get().call(py, args),
+    match slf.cast::<T>() {
+        Ok(this) => f(this.get(), py, args),
         Err(e) => {
             PyErr::from(e).restore(py);
             std::ptr::null_mut()

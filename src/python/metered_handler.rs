@@ -37,11 +37,15 @@ pub(super) struct UnmeteredHandler {
     req_index: usize,
 }
 
-/// The handlers the core can meter, with the C function that finds
-/// Gunicorn's handler on the class by name.
-const HANDLERS: [(&CStr, Handler); 2] = [
-    (c"handle_request", handle_request),
-    (c"handle_http2_request", handle_http2_request),
+/// The handlers the core can meter: the method's name, the class attribute
+/// that keeps Gunicorn's handler, and the C function that finds it there.
+const HANDLERS: [(&CStr, &str, Handler); 2] = [
+    (c"handle_request", "_unmetered_handle_request", by_name::<0>),
+    (
+        c"handle_http2_request",
+        "_unmetered_handle_http2_request",
+        by_name::<1>,
+    ),
 ];
 
 type Handler = unsafe extern "C" fn(
@@ -61,9 +65,9 @@ pub(super) fn meter_handler(
     handle: Py<PyAny>,
     req_index: usize,
 ) -> PyResult<()> {
-    let Some((method, by_name)) = HANDLERS
+    let Some((method, kept, by_name)) = HANDLERS
         .iter()
-        .find(|(method, _)| method.to_str() == Ok(name))
+        .find(|(method, _, _)| method.to_str() == Ok(name))
     else {
         return Err(PyTypeError::new_err(format!(
             "the core cannot meter a handler named {name:?}"
@@ -71,7 +75,7 @@ pub(super) fn meter_handler(
     };
     let py = cls.py();
     let handler = Py::new(py, UnmeteredHandler { handle, req_index })?;
-    cls.setattr(format!("_unmetered_{name}"), &handler)?;
+    cls.setattr(*kept, &handler)?;
     // A slot of its own when one is left, else found on the class by name.
     let slot = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
     let function = match SLOTS.get(slot) {
@@ -121,7 +125,9 @@ unsafe extern "C" fn slot_handler<const SLOT: usize>(
     }
 }
 
-unsafe extern "C" fn handle_request(
+/// The C function of a handler past the slots: finds Gunicorn's handler on
+/// the class, under the name `HANDLERS[HANDLER]` keeps it.
+unsafe extern "C" fn by_name<const HANDLER: usize>(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
@@ -130,24 +136,7 @@ unsafe extern "C" fn handle_request(
     // SAFETY: as in `slot_handler`.
     unsafe {
         metered_call(slf, args, nargs, kwnames, |slf| {
-            unmetered(slf, pyo3::intern!(slf.py(), "_unmetered_handle_request"))
-        })
-    }
-}
-
-unsafe extern "C" fn handle_http2_request(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    // SAFETY: as in `slot_handler`.
-    unsafe {
-        metered_call(slf, args, nargs, kwnames, |slf| {
-            unmetered(
-                slf,
-                pyo3::intern!(slf.py(), "_unmetered_handle_http2_request"),
-            )
+            unmetered(slf, &PyString::intern(slf.py(), HANDLERS[HANDLER].1))
         })
     }
 }
