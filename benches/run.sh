@@ -3,7 +3,7 @@
 # virtual environments to compare against (Gunicorn 23.0.0 in both, the newest
 # release that 0.2.4 runs on), and runs benches/suite.py: one table, plus
 # benches/results.json and benches/chart.png.
-#   ROUNDS=1 DURATION=3 bash benches/run.sh   # a quicker, noisier run
+#   ROUNDS=6 DURATION=1 bash benches/run.sh   # a quicker, noisier run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$PWD/benches
@@ -29,4 +29,4 @@ make_venv this --force-reinstall --no-deps "$wheel"
 make_venv pypi024 "gunicorn==$gunicorn_version" "gunicorn-prometheus-exporter==0.2.4"
 
 "$venvs/this/bin/python" "$here/suite.py" --this "$venvs/this/bin/python" \
-  --pypi024 "$venvs/pypi024/bin/python" --rounds "${ROUNDS:-5}" --duration "${DURATION:-5}"
+  --pypi024 "$venvs/pypi024/bin/python" --rounds "${ROUNDS:-30}" --duration "${DURATION:-1}"

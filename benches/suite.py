@@ -110,8 +110,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--this", required=True, help="python of the venv with this project")
     ap.add_argument("--pypi024", required=True, help="python of the venv with 0.2.4")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--duration", type=int, default=1)
     a = ap.parse_args()
     results: dict = {"throughput": {}}
     results["request_cost"] = request_cost(a.this, a.pypi024)
