@@ -120,8 +120,10 @@ def main() -> None:
     ap.add_argument("--worker-type", choices=list(WORKER_CLASSES), default="sync")
     a = ap.parse_args()
     variants = [("plain", a.this), ("this", a.this), ("pypi-0.2.4", a.pypi024)]
-    servers = [Server(name, python, a.worker_type) for name, python in variants]
+    servers: list[Server] = []
     try:
+        for name, python in variants:
+            servers.append(Server(name, python, a.worker_type))
         for server in servers:
             server.ready()
         time.sleep(1.0)

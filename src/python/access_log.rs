@@ -88,7 +88,6 @@ pub(super) fn watch(meter: &Bound<'_, WorkerMeter>, log: Bound<'_, PyAny>) -> Py
     if log.setattr(name, &function).is_ok() && log.getattr(name).is_ok_and(|a| a.is(&function)) {
         return Ok(log.unbind());
     }
-    let _ = PyErr::take(py);
     Ok(Bound::new(
         py,
         MeteredLog {

@@ -51,7 +51,8 @@ pub(super) fn method_of(req: &Bound<'_, PyAny>) -> Method {
 }
 
 /// The method of a WSGI request as Gunicorn's access log shows it (the
-/// environ's `REQUEST_METHOD`, a dictionary look-up), else `req.method`.
+/// environ's `REQUEST_METHOD`, a dictionary look-up); without one,
+/// `method_of(req)` (a Gunicorn request, or an ASGI scope).
 pub(super) fn wsgi_method(req: &Bound<'_, PyAny>, environ: Option<&Bound<'_, PyAny>>) -> Method {
     let logged = environ
         .and_then(|e| e.cast::<PyDict>().ok())

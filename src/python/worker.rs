@@ -377,11 +377,8 @@ impl WorkerMeter {
             Some(environ) => self.environ_route(environ),
             None => scope_route(req),
         };
-        let method = match environ {
-            Some(environ) => wsgi_method(req, Some(environ)),
-            None => method_of(req),
-        };
-        self.meter.timeout(method, self.route_id(route));
+        self.meter
+            .timeout(wsgi_method(req, environ), self.route_id(route));
     }
 
     /// Leaves the reason this worker exits (`max_requests`, `graceful`,
