@@ -52,14 +52,16 @@ impl HistogramSlots {
         }
     }
 
-    /// `bounds` must be the ones the slots were opened with.
+    /// `bounds` must be the ones the slots were opened with. Callers are
+    /// serialized (a worker's meter, with the GIL held): the slots are added
+    /// to without a locked instruction (`ValueSlot::add_serialized`).
     #[inline]
     pub fn observe(&self, bounds: &[f64], value: f64) {
         let i = bounds
             .iter()
             .position(|&b| value <= b)
             .unwrap_or(bounds.len());
-        self.buckets[i].add(1.0);
-        self.sum.add(value);
+        self.buckets[i].add_serialized(1.0);
+        self.sum.add_serialized(value);
     }
 }

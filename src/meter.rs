@@ -317,37 +317,40 @@ impl WorkerMeter {
 
     /// A request starts: returns its start time (monotonic ns).
     ///
-    /// Busy-time accounting: the busy counter's value and timestamp are two
-    /// separate atomic cells updated with plain loads and stores, which is
-    /// sound because `begin` and `end` are only called from Python with the
-    /// GIL held (the compiled methods never release it), so two threads of a
-    /// worker never interleave between the in-flight transition (0 to 1, 1 to
-    /// 0, itself atomic) and the busy update. A reader in another process may
-    /// see the value stored and the timestamp not yet: it computes
-    /// `max(value, now + anchor)`, never less than the truth, so the counter
-    /// never goes down.
+    /// `begin`, `end` and `record` are called one at a time: only from Python,
+    /// with the GIL held (the compiled methods never release it). So they
+    /// update the in-flight count and their slots with plain loads and stores
+    /// (`ValueSlot::add_serialized`), without a locked instruction, and two
+    /// threads of a worker never interleave between the in-flight transition
+    /// (0 to 1, 1 to 0) and the busy update. The busy counter's value and
+    /// timestamp are two cells: a reader in another process may see the value
+    /// stored and the timestamp not yet: it computes `max(value, now +
+    /// anchor)`, never less than the truth, so the counter never goes down.
     #[inline]
     pub fn begin(&self) -> u64 {
         let mut now = monotonic_ns() & !FRESH_FROM_IDLE;
         let busy = &self.fixed.busy;
-        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        self.in_flight.store(in_flight + 1, Ordering::Relaxed);
+        if in_flight == 0 {
             busy.set_timestamp(running_clock::encode(busy.get(), now as f64 / 1e9));
             let idle_since = self.signals.idle_since_ns.load(Ordering::Relaxed);
             if now.saturating_sub(idle_since) >= queue_time::IDLE_NS {
                 now |= FRESH_FROM_IDLE;
             }
         }
-        self.fixed.in_flight.add(1.0);
+        self.fixed.in_flight.add_serialized(1.0);
         now
     }
 
     /// A request is no longer being handled.
     #[inline]
     pub fn end(&self) {
-        let previous = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        if previous == Ok(1) {
+        let Some(left) = self.in_flight.load(Ordering::Relaxed).checked_sub(1) else {
+            return; // unmatched: ignored
+        };
+        self.in_flight.store(left, Ordering::Relaxed);
+        if left == 0 {
             let now = monotonic_ns(); // one clock reading: idle from, busy until
             self.signals.idle_since_ns.store(now, Ordering::Relaxed);
             let busy = &self.fixed.busy;
@@ -357,9 +360,7 @@ impl WorkerMeter {
                 busy.set_timestamp(running_clock::STOPPED);
             }
         }
-        if previous.is_ok() {
-            self.fixed.in_flight.add(-1.0);
-        }
+        self.fixed.in_flight.add_serialized(-1.0);
     }
 
     /// A response was sent for a request that began at `started_ns`.
@@ -383,7 +384,7 @@ impl WorkerMeter {
         // SAFETY: a non-null pointer in the table came from Box::into_raw and
         // is never freed: published series live as long as the process.
         let series = unsafe { &*series };
-        series.total.add(1.0);
+        series.total.add_serialized(1.0);
         series.duration.observe(&self.duration_bounds, seconds);
         if let Some(native) = &series.native {
             native.observe(seconds);

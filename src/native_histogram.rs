@@ -173,7 +173,8 @@ pub struct NativeSeries {
 }
 
 impl NativeSeries {
-    /// Counts one observation of `v` seconds.
+    /// Counts one observation of `v` seconds; callers are serialized (a
+    /// worker's `record`, with the GIL held: `ValueSlot::add_serialized`).
     #[inline]
     pub fn observe(&self, v: f64) {
         if v.is_nan() {
@@ -181,7 +182,7 @@ impl NativeSeries {
         }
         if v <= ZERO_THRESHOLD {
             if let Some(slot) = self.zero.get().copied().or_else(|| self.create_zero()) {
-                slot.add(1.0);
+                slot.add_serialized(1.0);
             }
             return;
         }
@@ -194,7 +195,7 @@ impl NativeSeries {
             None => self.other(index),
         };
         if let Some(slot) = slot {
-            slot.add(1.0);
+            slot.add_serialized(1.0);
         }
     }
 

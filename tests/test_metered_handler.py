@@ -4,9 +4,12 @@ Counting itself is checked end to end by the worker suites."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from gunicorn_prometheus_exporter import _core
 from gunicorn_prometheus_exporter.instrument import metered
+from prometheus_client.mmap_dict import MmapedDict
 
 
 class Req:
@@ -58,6 +61,41 @@ def test_a_worker_without_a_meter_is_served_unmetered(worker):
     del worker.meter
     req = Req()
     assert worker.handle_request("l", req, "c") == ("returned", req)
+
+
+def failures_counted_in(directory: Path) -> float:
+    return sum(value for path in directory.glob("counter_*.db")
+               for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path))
+               if '"gunicorn_worker_failed_requests_total"' in key)
+
+
+def test_the_handler_counts_on_the_meter_the_worker_has_now(tmp_path):
+    # The core keeps each worker's meter (`cls.meter` is its descriptor):
+    # replacing or deleting it is what the handler sees at once.
+    @metered(Handler.handle_request)
+    class Metered(Handler):
+        pass
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    worker = Metered()
+    for pid, directory in ((5001, first), (5002, second)):
+        directory.mkdir()
+        worker.meter = _core.WorkerMeter(_core.Settings.from_mapping({}), str(directory), pid, 1,
+                                         60.0)
+    assert isinstance(worker.meter, _core.WorkerMeter)
+    with pytest.raises(KeyError):
+        worker.handle_request("l", Req(), KeyError("app"))
+    assert (failures_counted_in(first), failures_counted_in(second)) == (0, 1)
+
+    del worker.meter
+    assert not hasattr(worker, "meter")
+    with pytest.raises(KeyError):
+        worker.handle_request("l", Req(), KeyError("app"))
+    assert (failures_counted_in(first), failures_counted_in(second)) == (0, 1)
+    with pytest.raises(TypeError, match="WorkerMeter"):
+        worker.meter = "not a meter"
+    # Another worker of the class has a meter of its own.
+    assert not hasattr(Metered(), "meter")
 
 
 def test_wrong_arguments_fail_as_they_would_unmetered(worker):

@@ -108,20 +108,30 @@ def test_memory_gauge_is_each_workers_own_rss(gunicorn, tmp_path):
         uptimes = [s.value for s in m.matching("gunicorn_worker_uptime_seconds")]
         return m if len(uptimes) == 2 and min(uptimes) >= 1.5 else None
 
-    m = wait_for(sampled_after_start, what="a resource sample 1.5 s after start")
+    wait_for(sampled_after_start, what="a resource sample 1.5 s after start")
     master_rss = rss_bytes(g.pid)
     workers = g.worker_pids()
     assert len(workers) == 2
-    seen = set()
-    for pid in workers:
+
+    def memory_in_file(pid: int) -> tuple[str, float]:
         path = directory / f"gauge_livesum_worker{pid}.db"
         entries = MmapedDict.read_all_values_from_file(str(path))
-        by_name = {k: v for k, v, _, _ in entries}
-        key = next(k for k in by_name if '"gunicorn_worker_memory_bytes"' in k)
-        worker_id = key.split('"worker_id": "')[1].split('"')[0]
+        key, value = next((k, v) for k, v, _, _ in entries if '"gunicorn_worker_memory_bytes"' in k)
+        return key.split('"worker_id": "')[1].split('"')[0], value
+
+    seen = set()
+    for pid in workers:
+        # The sampler rewrites the gauge every second: compare the scrape with
+        # the file only when the file held one value across it.
+        for _ in range(10):
+            worker_id, before = memory_in_file(pid)
+            served = g.scrape().get("gunicorn_worker_memory_bytes", worker_id=worker_id)
+            if memory_in_file(pid)[1] == before:
+                break
+        else:
+            raise AssertionError("the sampler rewrote the gauge during each of 10 scrapes")
         seen.add(worker_id)
-        served = m.get("gunicorn_worker_memory_bytes", worker_id=worker_id)
-        assert served == by_name[key]
+        assert served == before
         assert abs(served - rss_bytes(pid)) <= 0.1 * rss_bytes(pid), (served, rss_bytes(pid))
         assert served != master_rss
     assert seen == {"1", "2"}

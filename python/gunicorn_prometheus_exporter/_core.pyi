@@ -9,6 +9,7 @@ __all__ = [
     "CountedAccess",
     "Exporter",
     "MasterMeter",
+    "MeterAttribute",
     "MeteredLog",
     "Settings",
     "UnmeteredHandler",
@@ -65,6 +66,14 @@ class UnmeteredHandler:
     """Gunicorn's request handler, kept on the class `meter_handler` metered."""
 
 def meter_handler(cls: type, name: str, handle: Any, req_index: int) -> None: ...
+
+@final
+class MeterAttribute:
+    """`cls.meter` of a class `meter_handler` metered: each worker's
+    `WorkerMeter`, kept in the core so that its handler needs no look-up."""
+    def __get__(self, worker: Any, owner: Any = None, /) -> Any: ...
+    def __set__(self, worker: Any, meter: WorkerMeter, /) -> None: ...
+    def __delete__(self, worker: Any, /) -> None: ...
 
 @final
 class Settings:

@@ -33,12 +33,13 @@ impl CountedAccess {
         py: Python<'_>,
         args: &[*mut pyo3::ffi::PyObject; 4],
     ) -> *mut pyo3::ffi::PyObject {
-        // SAFETY: the four are live objects, borrowed for the call.
-        let arg = |i: usize| unsafe { Bound::from_borrowed_ptr(py, args[i]) };
+        // SAFETY: the four are live objects, borrowed for the call (no
+        // reference counts change).
+        let arg = |i: usize| unsafe { Bound::ref_from_ptr(py, &args[i]) };
         let (resp, req, environ) = (arg(0), arg(1), arg(2));
         // Never raises nor panics out: counting must not break the log.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.meter.get().wsgi_answered(&resp, &req, &environ)
+            self.meter.get().wsgi_answered(resp, req, environ)
         }));
         let (args, count) = match &self.bound_to {
             Some(logger) => (

@@ -121,16 +121,11 @@ unsafe extern "C" fn wsgi_started(
     // `self` and argument, borrowed for the call.
     let py = unsafe { Python::assume_attached() };
     // SAFETY: both pointers are live objects borrowed for the call (above).
-    let (slf, req) = unsafe {
-        (
-            Bound::from_borrowed_ptr(py, slf),
-            Bound::from_borrowed_ptr(py, req),
-        )
-    };
+    let (slf, req) = unsafe { (Bound::ref_from_ptr(py, &slf), Bound::ref_from_ptr(py, &req)) };
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // The method descriptor checked that `self` is a WorkerMeter.
         if let Ok(meter) = slf.cast::<WorkerMeter>() {
-            meter.get().wsgi_started(&req);
+            meter.get().wsgi_started(req);
         }
     }));
     none()
@@ -177,7 +172,7 @@ unsafe fn with_four<T: PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + S
         return std::ptr::null_mut();
     };
     // SAFETY: `slf` is live, borrowed for the call (the caller's contract).
-    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+    let slf = unsafe { Bound::ref_from_ptr(py, &slf) };
     match slf.cast::<T>() {
         Ok(this) => f(this.get(), py, args),
         Err(e) => {

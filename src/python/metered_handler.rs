@@ -27,6 +27,7 @@ use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 use super::fast_methods::{self, define, METH_FASTCALL};
 use super::worker::WorkerMeter;
+use super::worker_meters;
 
 /// Gunicorn's own handler, kept on the metered class, and the position of
 /// its `req` among the arguments after `self`.
@@ -75,6 +76,7 @@ pub(super) fn meter_handler(
     let py = cls.py();
     let handler = Py::new(py, UnmeteredHandler { handle, req_index })?;
     cls.setattr(*kept, &handler)?;
+    worker_meters::install(cls)?;
     // A slot of its own when one is left, else found on the class by name.
     let slot = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
     let function = match SLOTS.get(slot) {
@@ -115,12 +117,15 @@ unsafe extern "C" fn slot_handler<const SLOT: usize>(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method with these.
-    unsafe {
-        metered_call(slf, args, nargs, kwnames, |slf| match SLOTS[SLOT].get() {
-            Some(handler) => Ok(handler.bind(slf.py()).clone()),
-            None => Err(PyTypeError::new_err("an unfilled handler slot")),
-        })
+    match SLOTS[SLOT].get() {
+        // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method with these.
+        Some(handler) => unsafe { metered_call(handler.get(), slf, args, nargs, kwnames) },
+        None => {
+            // SAFETY: CPython calls a method with the thread attached.
+            let py = unsafe { Python::assume_attached() };
+            PyTypeError::new_err("an unfilled handler slot").restore(py);
+            std::ptr::null_mut()
+        }
     }
 }
 
@@ -132,65 +137,58 @@ unsafe extern "C" fn by_name<const HANDLER: usize>(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: as in `slot_handler`.
-    unsafe {
-        metered_call(slf, args, nargs, kwnames, |slf| {
-            unmetered(slf, &PyString::intern(slf.py(), HANDLERS[HANDLER].1))
-        })
+    // SAFETY: CPython calls a method with the thread attached, `slf` live.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: `slf` is live, borrowed for the call.
+    let worker = unsafe { Bound::ref_from_ptr(py, &slf) };
+    match unmetered(worker, &PyString::intern(py, HANDLERS[HANDLER].1)) {
+        // SAFETY: as in `slot_handler`.
+        Ok(handler) => unsafe { metered_call(handler.get(), slf, args, nargs, kwnames) },
+        Err(e) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
     }
 }
 
-/// Calls Gunicorn's handler (`find` finds it), metered.
+/// Calls Gunicorn's handler (`handler`), metered.
 ///
 /// # Safety
 /// The arguments of a METH_FASTCALL | METH_KEYWORDS method, as CPython passes
 /// them: the thread attached, `slf` live, `nargs` positional arguments at
 /// `args` followed by one value per name in `kwnames` (a tuple, or NULL).
 unsafe fn metered_call(
+    handler: &UnmeteredHandler,
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-    find: impl for<'py> FnOnce(&Bound<'py, PyAny>) -> PyResult<Bound<'py, UnmeteredHandler>>,
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls a method with the thread attached.
     let py = unsafe { Python::assume_attached() };
-    // SAFETY: `slf` is live, borrowed for the call.
-    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+    // Every object below is borrowed from the caller for the call: no
+    // reference counts change.
+    // SAFETY: `slf` is live.
+    let slf = unsafe { Bound::ref_from_ptr(py, &slf) };
     let positional = usize::try_from(nargs).unwrap_or(0);
     let names = if kwnames.is_null() {
         None
     } else {
-        // SAFETY: a non-NULL `kwnames` is a live tuple, borrowed for the call.
-        unsafe { Bound::from_borrowed_ptr(py, kwnames) }
-            .cast_into::<PyTuple>()
+        // SAFETY: a non-NULL `kwnames` is a live tuple.
+        unsafe { Bound::ref_from_ptr(py, &kwnames) }
+            .cast::<PyTuple>()
             .ok()
     };
-    let keywords = names.as_ref().map_or(0, |n| n.len());
+    let keywords = names.map_or(0, |n| n.len());
     let args: &[*mut ffi::PyObject] = if positional + keywords == 0 {
         &[]
     } else {
         // SAFETY: `args` holds the positional arguments, then one per keyword.
         unsafe { std::slice::from_raw_parts(args, positional + keywords) }
     };
-    let handler = match find(&slf) {
-        Ok(handler) => handler,
-        Err(e) => {
-            e.restore(py);
-            return std::ptr::null_mut();
-        }
-    };
-    let handler = handler.get();
-    let req = request(py, handler.req_index, args, positional, names.as_ref());
-    let meter = req.as_ref().and_then(|req| started(&slf, req));
-    let result = call(
-        py,
-        handler.handle.bind(py),
-        &slf,
-        args,
-        positional,
-        names.as_ref(),
-    );
+    let req = request(py, handler.req_index, args, positional, names);
+    let meter = req.and_then(|req| started(slf, req));
+    let result = call(py, handler.handle.bind(py), slf, args, positional, names);
     let Some(meter) = meter else {
         return result;
     };
@@ -199,7 +197,7 @@ unsafe fn metered_call(
     let error = result.is_null().then(|| PyErr::fetch(py));
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let meter = meter.get();
-        if let (Some(error), Some(req)) = (&error, &req) {
+        if let (Some(error), Some(req)) = (&error, req) {
             meter.request_failed(req, error.value(py).as_any());
         }
         meter.wsgi_left(py);
@@ -222,13 +220,13 @@ fn unmetered<'py>(
 }
 
 /// The request among the arguments: at `req_index`, or passed as `req=`.
-fn request<'py>(
+fn request<'a, 'py>(
     py: Python<'py>,
     req_index: usize,
-    args: &[*mut ffi::PyObject],
+    args: &'a [*mut ffi::PyObject],
     positional: usize,
     names: Option<&Bound<'py, PyTuple>>,
-) -> Option<Bound<'py, PyAny>> {
+) -> Option<&'a Bound<'py, PyAny>> {
     let at = if req_index < positional {
         Some(req_index)
     } else {
@@ -242,7 +240,7 @@ fn request<'py>(
             .map(|i| positional + i)
     }?;
     // SAFETY: every pointer in `args` is a live object borrowed for the call.
-    Some(unsafe { Bound::from_borrowed_ptr(py, args[at]) })
+    Some(unsafe { Bound::ref_from_ptr(py, &args[at]) })
 }
 
 /// Counts `req` in flight on the worker's meter (none: not metered).
@@ -250,12 +248,7 @@ fn started<'py>(
     slf: &Bound<'py, PyAny>,
     req: &Bound<'py, PyAny>,
 ) -> Option<Bound<'py, WorkerMeter>> {
-    let py = slf.py();
-    let meter = slf
-        .getattr(pyo3::intern!(py, "meter"))
-        .ok()?
-        .cast_into::<WorkerMeter>()
-        .ok()?;
+    let meter = worker_meters::meter_of(slf)?;
     catch_unwind(AssertUnwindSafe(|| meter.get().wsgi_started(req))).ok()?;
     Some(meter)
 }

@@ -11,6 +11,7 @@ mod metered_handler;
 mod request;
 mod settings;
 mod worker;
+mod worker_meters;
 
 use pyo3::prelude::*;
 
@@ -19,6 +20,7 @@ use master::{prepare_directory, start_exporter, ArchiveCompactor, Exporter, Mast
 use metered_handler::{meter_handler, UnmeteredHandler};
 use settings::Settings;
 use worker::{close_inherited_metrics_sockets, WorkerMeter};
+use worker_meters::MeterAttribute;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -27,6 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MeteredLog>()?;
     m.add_class::<CountedAccess>()?;
     m.add_class::<UnmeteredHandler>()?;
+    m.add_class::<MeterAttribute>()?;
     m.add_function(wrap_pyfunction!(meter_handler, m)?)?;
     fast_methods::install(m.py())?;
     m.add_class::<Settings>()?;

@@ -4,6 +4,7 @@
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::Borrowed;
 use pyo3::{ffi, intern};
 
 use crate::exemplar::TraceParent;
@@ -38,6 +39,29 @@ pub(super) fn utf8_of<'a>(obj: &'a Bound<'_, PyAny>) -> Option<&'a [u8]> {
     Some(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len as usize) })
 }
 
+/// `dict[key]`, borrowed from the dictionary (no reference count changes):
+/// use it before any Python code can run and change the dictionary. `None`
+/// when absent (or the look-up raised: not ours to raise).
+pub(super) fn borrowed_item<'a, 'py>(
+    dict: &'a Bound<'py, PyDict>,
+    key: &Bound<'py, PyString>,
+) -> Option<Borrowed<'a, 'py, PyAny>> {
+    let py = dict.py();
+    // SAFETY: both are live; the result is a borrowed reference, or NULL
+    // (absent, or with an exception set).
+    let value = unsafe { ffi::PyDict_GetItemWithError(dict.as_ptr(), key.as_ptr()) };
+    if value.is_null() {
+        // SAFETY: the thread is attached (we hold a Bound).
+        if !unsafe { ffi::PyErr_Occurred() }.is_null() {
+            let _ = PyErr::take(py);
+        }
+        return None;
+    }
+    // SAFETY: a live object the dictionary holds, borrowed no longer than
+    // the dictionary (`'a`).
+    Some(unsafe { Borrowed::from_ptr(py, value) })
+}
+
 /// The method of a Gunicorn request (`req.method`) or of an ASGI scope (`scope["method"]`).
 pub(super) fn method_of(req: &Bound<'_, PyAny>) -> Method {
     let py = req.py();
@@ -54,10 +78,9 @@ pub(super) fn method_of(req: &Bound<'_, PyAny>) -> Method {
 /// environ's `REQUEST_METHOD`, a dictionary look-up); without one,
 /// `method_of(req)` (a Gunicorn request, or an ASGI scope).
 pub(super) fn wsgi_method(req: &Bound<'_, PyAny>, environ: Option<&Bound<'_, PyAny>>) -> Method {
-    let logged = environ
-        .and_then(|e| e.cast::<PyDict>().ok())
-        .and_then(|e| e.get_item(intern!(e.py(), "REQUEST_METHOD")).ok().flatten());
-    match logged.as_ref().and_then(|m| utf8_of(m)) {
+    let environ = environ.and_then(|e| e.cast::<PyDict>().ok());
+    let logged = environ.and_then(|e| borrowed_item(e, intern!(e.py(), "REQUEST_METHOD")));
+    match logged.as_deref().and_then(utf8_of) {
         Some(method) => Method::parse(method),
         None => method_of(req),
     }
@@ -112,8 +135,8 @@ pub(super) fn environ_route<'py>(
 ) -> Option<Bound<'py, PyAny>> {
     let py = environ.py();
     let environ = environ.cast::<PyDict>().ok()?;
-    if let Ok(Some(route)) = environ.get_item(intern!(py, ROUTE_KEY)) {
-        return Some(route);
+    if let Some(route) = borrowed_item(environ, intern!(py, ROUTE_KEY)) {
+        return Some(route.to_owned());
     }
     if !flask {
         return None;
@@ -183,9 +206,7 @@ pub(super) fn environ_of_exception<'py>(exc: &Bound<'py, PyAny>) -> Option<Bound
 /// The `traceparent` of a WSGI environ, if valid.
 pub(super) fn environ_traceparent(environ: &Bound<'_, PyAny>) -> Option<TraceParent> {
     let environ = environ.cast::<PyDict>().ok()?;
-    let value = environ
-        .get_item(intern!(environ.py(), "HTTP_TRACEPARENT"))
-        .ok()??;
+    let value = borrowed_item(environ, intern!(environ.py(), "HTTP_TRACEPARENT"))?;
     TraceParent::parse(utf8_of(&value)?)
 }
 
@@ -243,8 +264,8 @@ pub(super) fn content_length(environ: &Bound<'_, PyAny>) -> u64 {
     let Ok(environ) = environ.cast::<PyDict>() else {
         return 0;
     };
-    match environ.get_item(intern!(environ.py(), "CONTENT_LENGTH")) {
-        Ok(Some(v)) => utf8_of(&v)
+    match borrowed_item(environ, intern!(environ.py(), "CONTENT_LENGTH")) {
+        Some(v) => utf8_of(&v)
             .map(|d| {
                 d.iter()
                     .take(20)

@@ -13,8 +13,9 @@ use pyo3::{ffi, intern};
 
 use super::access_log;
 use super::request::{
-    captured_span, content_length, environ_of_exception, environ_route, environ_traceparent,
-    method_of, request_traceparent, scope_headers, scope_route, status_of, utf8_of, wsgi_method,
+    borrowed_item, captured_span, content_length, environ_of_exception, environ_route,
+    environ_traceparent, method_of, request_traceparent, scope_headers, scope_route, status_of,
+    utf8_of, wsgi_method,
 };
 use super::settings::Settings;
 use crate::exemplar::TraceParent;
@@ -195,7 +196,7 @@ impl WorkerMeter {
                 intern!(py, "HTTP_X_REQUEST_START"),
                 intern!(py, "HTTP_X_QUEUE_START"),
             ] {
-                let Ok(Some(value)) = environ.get_item(key) else {
+                let Some(value) = borrowed_item(environ, key) else {
                     continue;
                 };
                 let stamped = utf8_of(&value)

@@ -20,7 +20,10 @@
 //!   entry's bytes are written and loaded with `Acquire`, so whoever sees a
 //!   length sees complete entries. Values and timestamps are independent
 //!   8-byte cells updated with `Relaxed` atomics: each is always a whole
-//!   double, and no other memory is published through them.
+//!   double, and no other memory is published through them. A slot only one
+//!   thread writes at a time (a worker's request series: see `WorkerMeter`)
+//!   is added to with a plain load and store (`add_serialized`), no locked
+//!   instruction; any other with a compare-and-swap loop (`add`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -101,6 +104,16 @@ impl ValueSlot {
                 Err(seen) => old = seen,
             }
         }
+    }
+
+    /// Adds `v` with a plain load and store. The caller guarantees that no
+    /// other thread writes this slot meanwhile (else an update may be lost):
+    /// a worker's request series are only written with the GIL held.
+    #[inline]
+    pub fn add_serialized(&self, v: f64) {
+        let cell = self.value();
+        let old = f64::from_bits(cell.load(Ordering::Relaxed));
+        cell.store((old + v).to_bits(), Ordering::Relaxed);
     }
 
     /// The timestamp.
