@@ -57,7 +57,7 @@ pub fn push_python_repr(out: &mut String, v: f64) {
         let _ = write!(out, "{}.0", v as i64);
         return;
     }
-    // How many digits the shortest round-trip form needs...
+    // The shortest round-trip form...
     let mut shortest = StackText::new();
     let _ = write!(shortest, "{:e}", v);
     let significant = shortest
@@ -68,14 +68,18 @@ pub fn push_python_repr(out: &mut String, v: f64) {
         .bytes()
         .filter(u8::is_ascii_digit)
         .count();
-    // ...then the nearest decimal of that many digits, ties to even, which is
-    // Python's choice where two shortest forms are equally near.
+    // ...is the only one of its length below 16 digits (two such decimals
+    // are further apart than a double's rounding interval is wide). At 16
+    // or 17 digits two may round-trip: Python takes the nearest decimal of
+    // that many digits, ties to even.
     let mut sci = StackText::new();
-    let _ = write!(sci, "{:.*e}", significant.max(1) - 1, v);
-    let (mantissa, exp) = sci
-        .as_str()
-        .split_once('e')
-        .expect("{:e} always has an exponent");
+    let form = if significant < 16 {
+        shortest.as_str()
+    } else {
+        let _ = write!(sci, "{:.*e}", significant - 1, v);
+        sci.as_str()
+    };
+    let (mantissa, exp) = form.split_once('e').expect("{:e} always has an exponent");
     let exp: i32 = exp.parse().expect("exponent is an integer");
     let negative = mantissa.starts_with('-');
     let mut digits = [0u8; 32];
@@ -124,11 +128,7 @@ pub fn push_go_float(out: &mut String, v: f64) {
     } else if v.abs() < 1e6 && (v as i32) as f64 == v && !(v == 0.0 && v.is_sign_negative()) {
         // Integral below a million (most counters and buckets): Python's and
         // Go's forms agree, `N.0`.
-        if v < 0.0 {
-            out.push('-');
-        }
-        push_integer(out, v.abs() as u32);
-        out.push_str(".0");
+        push_integral(out, v as i32);
     } else {
         let start = out.len();
         push_python_repr(out, v);
@@ -150,19 +150,28 @@ pub fn push_go_float(out: &mut String, v: f64) {
     }
 }
 
-/// The decimal digits of `n`.
-fn push_integer(out: &mut String, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// `n` as `N.0` (`-N.0`), written straight into the string's spare
+/// capacity: this runs once per sample of a scrape.
+fn push_integral(out: &mut String, n: i32) {
+    let magnitude = n.unsigned_abs();
+    let digits = magnitude.checked_ilog10().unwrap_or(0) as usize + 1;
+    let sign = usize::from(n < 0);
+    let len = sign + digits + 2;
+    // SAFETY: only ASCII bytes are written and only `len` written bytes are
+    // added to the length, so the string stays UTF-8.
+    let bytes = unsafe { out.as_mut_vec() };
+    bytes.reserve(len);
+    let spare = &mut bytes.spare_capacity_mut()[..len];
+    spare[0].write(b'-'); // overwritten by the first digit when positive
+    let mut rest = magnitude;
+    for at in (sign..sign + digits).rev() {
+        spare[at].write(b'0' + (rest % 10) as u8);
+        rest /= 10;
     }
-    out.extend(digits[i..].iter().map(|&d| d as char)); // ASCII: no UTF-8 check
+    spare[len - 2].write(b'.');
+    spare[len - 1].write(b'0');
+    // SAFETY: the `len` bytes past the old length were all written above.
+    unsafe { bytes.set_len(bytes.len() + len) };
 }
 
 /// prometheus_client's `floatToGoString`, as a new string (a bound's `le` in a key).
@@ -225,6 +234,19 @@ mod tests {
     }
 
     #[test]
+    fn integral_values_below_a_million_are_written_as_n_point_zero() {
+        let mut out = String::from("x ");
+        for n in (-999_999..=999_999)
+            .step_by(7)
+            .chain([-999_999, -1, 0, 9, 10, 99, 999_999])
+        {
+            out.truncate(2);
+            push_go_float(&mut out, n as f64);
+            assert_eq!(out, format!("x {n}.0"));
+        }
+    }
+
+    #[test]
     fn matches_prometheus_client_on_values_of_every_magnitude() {
         let mut values = vec![
             0.0,
@@ -252,6 +274,13 @@ mod tests {
             } else {
                 v
             });
+            // Short decimals (fewer than 16 digits: one formatting pass) and
+            // any double at all.
+            values.push((x % 100_000) as f64 / 1000.0 * 10f64.powi((i % 12) - 6));
+            let any = f64::from_bits(x);
+            if any.is_finite() {
+                values.push(any);
+            }
         }
         let input: String = values.iter().map(|v| format!("{:?}\n", v)).collect();
         let mut child = std::process::Command::new(
@@ -267,13 +296,11 @@ mod tests {
         .spawn()
         .expect("python3 runs");
         use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        // Written from a thread: the answers fill the other pipe meanwhile.
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
         let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
         assert!(out.status.success());
         let theirs = String::from_utf8(out.stdout).unwrap();
         for (v, want) in values.iter().zip(theirs.lines()) {

@@ -133,7 +133,8 @@ impl<T> FileCache<T> {
                 return Some(ReadError::Io(e.to_string()));
             }
         };
-        let read_error = read_used_sized(&file, meta.len(), &mut self.buf).err();
+        let expected = self.files.get(name).map_or(0, |f| f.end);
+        let read_error = read_used_sized(&file, meta.len(), expected, &mut self.buf).err();
         let data = &self.buf[..];
         let used = used_length(data).unwrap_or(0);
         let identity = (meta.dev(), meta.ino());

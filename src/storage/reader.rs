@@ -39,7 +39,7 @@ pub enum ReadError {
 pub fn read_used(path: &Path, buf: &mut Vec<u8>) -> Result<(), ReadError> {
     buf.clear();
     let (file, size) = open_read_sized(path).map_err(|e| ReadError::Io(e.to_string()))?;
-    read_used_sized(&file, size, buf)
+    read_used_sized(&file, size, 0, buf)
 }
 
 /// As `read_used`, from a file just opened (its offset must be 0).
@@ -48,12 +48,19 @@ pub fn read_used_from(file: &File, buf: &mut Vec<u8>) -> Result<(), ReadError> {
         .metadata()
         .map_err(|e| ReadError::Io(e.to_string()))?
         .len();
-    read_used_sized(file, size, buf)
+    read_used_sized(file, size, 0, buf)
 }
 
-/// Reads from `file`, whose `fstat` size is `size`.
-pub(crate) fn read_used_sized(file: &File, size: u64, buf: &mut Vec<u8>) -> Result<(), ReadError> {
-    let read = read_into(file, size, buf);
+/// Reads from `file`, whose `fstat` size is `size` and whose used length was
+/// `expected` when last read (0: unknown): a file that grew by less than
+/// `READ_AHEAD` since is read with one `pread`.
+pub(crate) fn read_used_sized(
+    file: &File,
+    size: u64,
+    expected: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), ReadError> {
+    let read = read_into(file, size, expected, buf);
     if matches!(
         read,
         Err(ReadError::Io(_) | ReadError::TooLarge | ReadError::BadHeader)
@@ -66,15 +73,26 @@ pub(crate) fn read_used_sized(file: &File, size: u64, buf: &mut Vec<u8>) -> Resu
 
 /// As `read_used_sized`; on an error other than `Truncated`, `buf` holds
 /// anything.
-fn read_into(file: &File, size: u64, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+fn read_into(file: &File, size: u64, expected: usize, buf: &mut Vec<u8>) -> Result<(), ReadError> {
     if size > MAX_FILE_BYTES as u64 {
         return Err(ReadError::TooLarge);
     }
-    let mut header = [0u8; HEADER_BYTES];
-    let got = read_at_most(file, &mut header, 0)?;
-    let used = i32::from_le_bytes(header[..4].try_into().unwrap());
+    let size = size as usize;
+    // One pread of the header and the bytes used last time, and what room
+    // the buffer (reused across files) has for more, up to `READ_AHEAD`:
+    // its old bytes are overwritten, or cut off below. Never more than fstat
+    // says the file holds.
+    let ahead = expected.saturating_add(READ_AHEAD).min(buf.capacity());
+    let first = expected.max(ahead).min(size).max(HEADER_BYTES);
+    buf.resize(first, 0);
+    let got = read_at_most(file, buf, 0)?;
+    buf.truncate(got);
+    let used = match buf.get(..4) {
+        Some(header) => i32::from_le_bytes(header.try_into().expect("four bytes")),
+        None => 0,
+    };
     // A file being created: no size yet, or no used length published yet.
-    if got == 0 || (got == HEADER_BYTES && used == 0) {
+    if got == 0 || (got >= HEADER_BYTES && used == 0) {
         buf.clear();
         buf.extend_from_slice(&[0; HEADER_BYTES]);
         return Ok(());
@@ -83,18 +101,24 @@ fn read_into(file: &File, size: u64, buf: &mut Vec<u8>) -> Result<(), ReadError>
         return Err(ReadError::BadHeader);
     }
     let used = used as usize;
-    // Never more than fstat says the file holds, whatever the header claims.
-    let readable = used.min(size as usize);
-    // One pread of every used byte, header included, into a buffer reused
-    // across files (its old bytes are overwritten, or cut off below).
-    buf.resize(readable, 0);
-    let got = read_at_most(file, buf, 0)?;
-    buf.truncate(got);
-    if got < used {
+    // Whatever the header claims, never more than fstat says the file holds.
+    let readable = used.min(size);
+    if readable <= got {
+        buf.truncate(readable);
+    } else {
+        buf.resize(readable, 0);
+        let more = read_at_most(file, &mut buf[got..], got as u64)?;
+        buf.truncate(got + more);
+    }
+    if buf.len() < used {
         return Err(ReadError::Truncated);
     }
     Ok(())
 }
+
+/// How much past the used length last seen a read asks for, when its
+/// buffer has the room: a file that grew by less is read with one `pread`.
+const READ_AHEAD: usize = 512;
 
 /// Fills `out` from `offset` until it is full or the file ends.
 fn read_at_most(file: &File, out: &mut [u8], offset: u64) -> Result<usize, ReadError> {

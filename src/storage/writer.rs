@@ -351,7 +351,29 @@ impl SeriesFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::reader::read_used;
+    use crate::storage::reader::{read_entries, read_used, read_used_sized, used_length};
+
+    #[test]
+    fn a_file_read_with_a_stale_used_length_is_read_whole() {
+        // The reader asks first for the used length it saw last (and the
+        // room its buffer has): a file that grew more is read on from there.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_1.db");
+        let mut w = MmapWriter::open(&path).unwrap();
+        for i in 0..300 {
+            w.slot(&format!("key number {i}")).unwrap().set(i as f64);
+        }
+        let file = File::open(&path).unwrap();
+        let size = file.metadata().unwrap().len();
+        for (expected, capacity) in [(0, 0), (24, 64), (24, 1 << 16), (1000, 0)] {
+            let mut buf = Vec::with_capacity(capacity);
+            read_used_sized(&file, size, expected, &mut buf).unwrap();
+            assert_eq!(Some(buf.len()), used_length(&buf));
+            let (entries, error) = read_entries(&buf);
+            assert_eq!((entries.len(), error), (300, None));
+            assert_eq!(entries[299].value, 299.0);
+        }
+    }
 
     #[test]
     fn entries_read_back_with_values_and_timestamps() {
