@@ -83,6 +83,45 @@ def kill_workers_and_wait(g, pids: list[int], sig=signal.SIGKILL) -> list[int]:
     return wait_for(replaced, what="replacement workers")
 
 
+def metrics_files_open_in(pid: int, directory: Path) -> set[str]:
+    """Names of the files of `directory` that process `pid` has open."""
+    names = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith(f"{directory}/"):
+            names.add(target[len(str(directory)) + 1:])
+    return names
+
+
+def test_workers_forked_after_scrapes_keep_none_of_the_files_the_master_reads(gunicorn, tmp_path):
+    # The master's scrapes keep the workers' files open between scrapes
+    # (storage/held.rs); a worker forked later must not inherit them, and a
+    # dead worker's files are let go at the next scrape.
+    directory = tmp_path / "multiproc"
+    g = gunicorn(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    for _ in range(5):
+        request(g.port, "/")
+    first = g.worker_pids()
+    g.scrape()
+    held = metrics_files_open_in(g.pid, directory)
+    assert {f"counter_worker{pid}.db" for pid in first} <= held, held
+    new = kill_workers_and_wait(g, first[:1])
+    request(g.port, "/")
+    wait_for(lambda: g.scrape().get("gunicorn_worker_requests_in_flight") is not None,
+             what="a scrape after the restart")
+    for pid in new:
+        # (The master's own files and the directory lock are inherited, as
+        # from any parent; no worker's file but its own is.)
+        workers_files = {name for name in metrics_files_open_in(pid, directory)
+                         if "_worker" in name}
+        assert all(str(pid) in name for name in workers_files), (pid, workers_files)
+    held = metrics_files_open_in(g.pid, directory)
+    assert not any(str(first[0]) in name for name in held), held
+
+
 def test_full_tmpfs_degrades_to_counted_write_errors_and_no_process_dies(gunicorn, tmpfs):
     directory = tmpfs("size=256k")
     g = gunicorn(env={"PROMETHEUS_MULTIPROC_DIR": str(directory)}, ready=False)

@@ -16,6 +16,7 @@ __all__ = [
     "WorkerMeter",
     "__version__",
     "close_inherited_metrics_sockets",
+    "close_inherited_read_files",
     "meter_handler",
     "prepare_directory",
     "start_exporter",
@@ -119,3 +120,4 @@ def start_exporter(
 def prepare_directory(directory: _Path, compactor: ArchiveCompactor | None = None) -> int | None:
     """Take the directory over; the old master's pid on a USR2 upgrade, else None."""
 def close_inherited_metrics_sockets() -> int: ...
+def close_inherited_read_files() -> int: ...

@@ -109,6 +109,9 @@ class MasterExporter:
         if self.private:
             atexit.register(self._remove_private_directory)
         self.meter = _core.MasterMeter(settings, directory, self.pid)
+        # The master's reads keep files open between scrapes: a worker (any
+        # child) forked from it closes them at once.
+        os.register_at_fork(after_in_child=_core.close_inherited_read_files)
         os.environ[DIRECTORY_VARIABLE] = str(directory)
         self.directory = str(directory)
         self.settings = settings

@@ -437,3 +437,11 @@ impl WorkerMeter {
 pub(super) fn close_inherited_metrics_sockets() -> usize {
     server::inherited::close_inherited_sockets()
 }
+
+/// In a process just forked from the master: closes the files its scrapes
+/// hold open (`storage::held`), so that the child does not keep other
+/// workers' files. Returns how many.
+#[pyfunction]
+pub(super) fn close_inherited_read_files() -> usize {
+    crate::storage::held::close_inherited()
+}

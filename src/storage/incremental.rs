@@ -21,6 +21,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use super::held::HeldFile;
 use super::open::open_read_stat;
 use super::reader::{entry_at, read_used_sized, used_length, value_at_offset, ReadError};
 use super::{key_padding, HEADER_BYTES};
@@ -46,6 +47,8 @@ struct Remembered<T> {
 struct CachedFile<T> {
     /// Identity of the inode read last (`st_dev`, `st_ino`).
     identity: (u64, u64),
+    /// That inode, held open for the next read (`held.rs`).
+    held: Option<HeldFile>,
     entries: Vec<Remembered<T>>,
     /// Offset just past the last remembered entry.
     end: usize,
@@ -124,17 +127,37 @@ impl<T> FileCache<T> {
         name: &str,
         visitor: &mut impl Visitor<T>,
     ) -> Option<ReadError> {
-        let (file, meta) = match open_read_stat(&dir.join(name)) {
-            Ok(opened) => opened,
-            Err(e) => {
-                if let Some(gone) = self.files.remove(name) {
-                    self.kept = self.kept.saturating_sub(gone.bytes.capacity());
-                }
-                return Some(ReadError::Io(e.to_string()));
+        let path = dir.join(name);
+        // The file held open since the last read, if the name still has it
+        // (an lstat, instead of an open, an fstat and a close).
+        let named = std::fs::symlink_metadata(&path)
+            .ok()
+            .filter(|m| m.is_file());
+        let held_named = match (&named, self.files.get(name)) {
+            (Some(m), Some(cached)) => {
+                cached.held.is_some() && (m.dev(), m.ino()) == cached.identity
             }
+            _ => false,
+        };
+        let (opened, meta) = match named.filter(|_| held_named) {
+            Some(meta) => (None, meta),
+            None => match open_read_stat(&path) {
+                Ok((file, meta)) => (Some(file), meta),
+                Err(e) => {
+                    if let Some(gone) = self.files.remove(name) {
+                        self.kept = self.kept.saturating_sub(gone.bytes.capacity());
+                    }
+                    return Some(ReadError::Io(e.to_string()));
+                }
+            },
         };
         let expected = self.files.get(name).map_or(0, |f| f.end);
-        let read_error = read_used_sized(&file, meta.len(), expected, &mut self.buf).err();
+        let file = match (&opened, self.files.get(name).and_then(|f| f.held.as_ref())) {
+            (Some(file), _) => file,
+            (None, Some(held)) => held.file(),
+            (None, None) => unreachable!("a file not opened is held"),
+        };
+        let read_error = read_used_sized(file, meta.len(), expected, &mut self.buf).err();
         let data = &self.buf[..];
         let used = used_length(data).unwrap_or(0);
         let identity = (meta.dev(), meta.ino());
@@ -142,6 +165,7 @@ impl<T> FileCache<T> {
             Some(cached) => cached,
             None => self.files.entry(name.into()).or_insert(CachedFile {
                 identity,
+                held: None,
                 entries: Vec::new(),
                 end: HEADER_BYTES,
                 bytes: Vec::new(),
@@ -153,6 +177,10 @@ impl<T> FileCache<T> {
             cached.identity = identity;
             cached.entries.clear();
             cached.end = HEADER_BYTES;
+        }
+        if let Some(file) = opened {
+            // Held for the next read if a slot is free (else closed here).
+            cached.held = HeldFile::hold(file).ok();
         }
         let before = &cached.bytes;
         let still = cached

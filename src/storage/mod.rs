@@ -1,6 +1,7 @@
 //! Per-process files in prometheus_client's multiprocess format (`mmap_dict.py`).
 
 pub mod float;
+pub mod held;
 pub mod incremental;
 pub mod key;
 pub mod lock;
