@@ -2,8 +2,10 @@
 //! a file costs an `lstat` of its name and one `pread`, not also an `open`
 //! and a `close` (system calls are most of a scrape's time on some hosts).
 //!
-//! - At most `MAX_HELD` files are held per process; past them a file is
-//!   opened and closed at each read, as before.
+//! - At most `MAX_HELD` files are held per process, and never more than a
+//!   quarter of its descriptor limit (`RLIMIT_NOFILE`): the master's own
+//!   work (sockets, pipes, logs) always has room. Past them a file is opened
+//!   and closed at each read, as before.
 //! - Each held descriptor is listed in `HELD`, so that a process forked from
 //!   the holder (a Gunicorn worker forked from the master) closes them
 //!   (`close_inherited`) instead of keeping other workers' files, and never
@@ -16,6 +18,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
 
 /// Most files held open per process.
 pub const MAX_HELD: usize = 256;
@@ -46,12 +49,14 @@ pub struct HeldFile {
 impl HeldFile {
     /// Holds `file` if a slot is free; gives it back if not.
     pub fn hold(file: File) -> Result<HeldFile, File> {
-        Self::hold_in(&HELD, file)
+        static ROOM: OnceLock<usize> = OnceLock::new();
+        let room = *ROOM.get_or_init(|| room_under_the_limit(MAX_HELD));
+        Self::hold_in(&HELD, room, file)
     }
 
-    fn hold_in(registry: &'static Registry, file: File) -> Result<HeldFile, File> {
+    fn hold_in(registry: &'static Registry, room: usize, file: File) -> Result<HeldFile, File> {
         let fd = file.as_raw_fd();
-        let free = registry.0.iter().find(|held| {
+        let free = registry.0[..room.min(MAX_HELD)].iter().find(|held| {
             held.compare_exchange(FREE, fd, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         });
@@ -88,6 +93,20 @@ impl Drop for HeldFile {
         self.slot.store(FREE, Ordering::Release);
         drop(file);
     }
+}
+
+/// How many files may be held: `most`, and at most a quarter of the
+/// process's soft descriptor limit.
+fn room_under_the_limit(most: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer for getrlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    most.min(usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX))
 }
 
 /// In a process just forked from one that held files: closes the inherited
@@ -132,7 +151,7 @@ mod tests {
         let mut held = Vec::new();
         let mut given_back = 0;
         for _ in 0..MAX_HELD + 3 {
-            match HeldFile::hold_in(registry, File::open(&path).unwrap()) {
+            match HeldFile::hold_in(registry, MAX_HELD, File::open(&path).unwrap()) {
                 Ok(h) => held.push(h),
                 Err(_) => given_back += 1,
             }
@@ -153,5 +172,22 @@ mod tests {
         assert_eq!(close_listed(registry), 10);
         assert_eq!(listed(), 0);
         drop(held); // must not close (again) numbers that are not its own
+    }
+
+    #[test]
+    fn no_more_files_are_held_than_the_room_left_under_the_limit() {
+        let registry: &'static Registry = Box::leak(Box::new(Registry::new()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        let held: Vec<_> = (0..8)
+            .filter_map(|_| HeldFile::hold_in(registry, 5, File::open(&path).unwrap()).ok())
+            .collect();
+        assert_eq!(held.len(), 5);
+        assert!(room_under_the_limit(MAX_HELD) <= MAX_HELD);
+        assert_eq!(
+            room_under_the_limit(3),
+            3.min(room_under_the_limit(usize::MAX))
+        );
     }
 }
