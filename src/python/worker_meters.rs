@@ -26,8 +26,9 @@ pub(super) fn meter_of<'py>(worker: &Bound<'py, PyAny>) -> Option<Bound<'py, Wor
     Some(meter.bind(worker.py()).clone())
 }
 
-/// Files `meter` as the meter of `worker` (`None`: removes it).
-fn file(worker: &Bound<'_, PyAny>, meter: Option<Py<WorkerMeter>>) {
+/// Files `meter` as the meter of `worker` (`None`: removes it); whether
+/// the worker had one.
+fn file(worker: &Bound<'_, PyAny>, meter: Option<Py<WorkerMeter>>) -> bool {
     let mut meters = METERS.lock();
     let at = meters.iter().position(|(w, _)| w.is(worker));
     let old = match (at, meter) {
@@ -41,7 +42,9 @@ fn file(worker: &Bound<'_, PyAny>, meter: Option<Py<WorkerMeter>>) {
     };
     drop(meters);
     // Released after the lock: freeing a meter may run Python code.
+    let had = old.is_some();
     drop(old.map(|m| m.into_bound(worker.py())));
+    had
 }
 
 /// `cls.meter` of a metered worker class: each worker's `WorkerMeter`, kept
@@ -77,11 +80,11 @@ impl MeterAttribute {
     }
 
     fn __delete__(&self, worker: &Bound<'_, PyAny>) -> PyResult<()> {
-        if meter_of(worker).is_none() {
-            return Err(PyAttributeError::new_err("meter"));
+        if file(worker, None) {
+            Ok(())
+        } else {
+            Err(PyAttributeError::new_err("meter"))
         }
-        file(worker, None);
-        Ok(())
     }
 }
 

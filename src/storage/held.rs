@@ -135,12 +135,17 @@ fn close_listed(registry: &Registry) -> usize {
 mod tests {
     use super::*;
 
-    #[test]
-    fn held_files_are_listed_until_dropped_and_past_the_limit_given_back() {
-        let registry: &'static Registry = Box::leak(Box::new(Registry::new()));
+    /// A registry of its own (tests run in parallel) and a file to open.
+    fn scratch() -> (&'static Registry, tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"x").unwrap();
+        (Box::leak(Box::new(Registry::new())), dir, path)
+    }
+
+    #[test]
+    fn held_files_are_listed_until_dropped_and_past_the_limit_given_back() {
+        let (registry, _dir, path) = scratch();
         let listed = || {
             registry
                 .0
@@ -176,10 +181,7 @@ mod tests {
 
     #[test]
     fn no_more_files_are_held_than_the_room_left_under_the_limit() {
-        let registry: &'static Registry = Box::leak(Box::new(Registry::new()));
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"x").unwrap();
+        let (registry, _dir, path) = scratch();
         let held: Vec<_> = (0..8)
             .filter_map(|_| HeldFile::hold_in(registry, 5, File::open(&path).unwrap()).ok())
             .collect();

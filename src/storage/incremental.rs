@@ -128,21 +128,23 @@ impl<T> FileCache<T> {
         visitor: &mut impl Visitor<T>,
     ) -> Option<ReadError> {
         let path = dir.join(name);
-        // The file held open since the last read, if the name still has it
-        // (an lstat, instead of an open, an fstat and a close).
-        let named = std::fs::symlink_metadata(&path)
-            .ok()
-            .filter(|m| m.is_file());
-        let held_named = match (&named, self.files.get(name)) {
-            (Some(m), Some(cached)) => {
-                cached.held.is_some() && (m.dev(), m.ino()) == cached.identity
-            }
-            _ => false,
-        };
-        let (opened, meta) = match named.filter(|_| held_named) {
-            Some(meta) => (None, meta),
+        let expected = self.files.get(name).map_or(0, |f| f.end);
+        // The file held open since the last read, if the name still has it:
+        // an lstat instead of an open, an fstat and a close.
+        let held = self
+            .files
+            .get(name)
+            .and_then(|f| Some((f.identity, f.held.as_ref()?)));
+        let still_held = held.and_then(|(identity, held)| {
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            let same = meta.is_file() && (meta.dev(), meta.ino()) == identity;
+            same.then_some((held.file(), meta))
+        });
+        let mut opened = None;
+        let (file, meta) = match still_held {
+            Some(found) => found,
             None => match open_read_stat(&path) {
-                Ok((file, meta)) => (Some(file), meta),
+                Ok((file, meta)) => (&*opened.insert(file), meta),
                 Err(e) => {
                     if let Some(gone) = self.files.remove(name) {
                         self.kept = self.kept.saturating_sub(gone.bytes.capacity());
@@ -150,12 +152,6 @@ impl<T> FileCache<T> {
                     return Some(ReadError::Io(e.to_string()));
                 }
             },
-        };
-        let expected = self.files.get(name).map_or(0, |f| f.end);
-        let file = match (&opened, self.files.get(name).and_then(|f| f.held.as_ref())) {
-            (Some(file), _) => file,
-            (None, Some(held)) => held.file(),
-            (None, None) => unreachable!("a file not opened is held"),
         };
         let read_error = read_used_sized(file, meta.len(), expected, &mut self.buf).err();
         let data = &self.buf[..];
