@@ -27,6 +27,9 @@ use crate::storage::{running_clock, MmapWriter};
 pub const RETIRE_WAIT: Duration = Duration::from_millis(200);
 /// How often deferred folds are retried in the background.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How often the directory's owner looks for processes of this core that
+/// died with no master left to retire them.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long a background retry may wait for the directory lock.
 const RETRY_WAIT: Duration = Duration::from_secs(2);
 /// An exit note is one word; anything longer is not ours.
@@ -118,6 +121,7 @@ pub struct ArchiveCompactor {
     /// (directory, pid) whose files still wait to be folded.
     pending: Arc<Mutex<Vec<(PathBuf, u32)>>>,
     retrying: Arc<Mutex<bool>>,
+    sweeping: Arc<Mutex<bool>>,
 }
 
 impl ArchiveCompactor {
@@ -210,6 +214,71 @@ impl ArchiveCompactor {
         }
     }
 
+    /// From now on, every `SWEEP_EVERY` on a thread of its own, retires the
+    /// processes of this core in `dir` that died with no master left to
+    /// retire them: after Gunicorn's USR2, the workers (and the own files)
+    /// of whichever master was killed. A process is retired once it was
+    /// seen gone at two passes in a row (a live master retires its own
+    /// workers the moment it reaps them) and no retire of it is pending.
+    /// Its exit note is dropped: it is no restart of the live pool. Started
+    /// once per compactor, by the master that owns `dir`.
+    pub fn sweep_in_background(&self, dir: PathBuf) {
+        let mut sweeping = self.sweeping.lock();
+        if *sweeping {
+            return;
+        }
+        let compactor = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gpe-sweep".into())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let mut gone_before = Vec::new();
+                loop {
+                    std::thread::sleep(SWEEP_EVERY);
+                    gone_before = compactor.sweep(&dir, &gone_before);
+                }
+            });
+        *sweeping = spawned.is_ok();
+    }
+
+    /// One pass of `sweep_in_background`: retires the processes gone now
+    /// and at the pass before (`gone_before`); returns those gone now.
+    fn sweep(&self, dir: &Path, gone_before: &[u32]) -> Vec<u32> {
+        let me = std::process::id();
+        let mut gone = Vec::new();
+        let Ok(entries) = fs::read_dir(dir) else {
+            return gone;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(names::core_process_of);
+            if let Some(pid) = pid.filter(|&p| p != me && !gone.contains(&p)) {
+                if process_gone(pid) {
+                    gone.push(pid);
+                }
+            }
+        }
+        let pending: Vec<u32> = self
+            .pending
+            .lock()
+            .iter()
+            .filter(|(d, _)| d == dir)
+            .map(|(_, pid)| *pid)
+            .collect();
+        for &pid in gone
+            .iter()
+            .filter(|p| gone_before.contains(p) && !pending.contains(p))
+        {
+            if let Err(e) = self.retire(dir, pid) {
+                failures::write_error(
+                    1,
+                    format_args!("cannot retire the files of exited process {pid}: {e}"),
+                );
+            }
+        }
+        gone
+    }
+
     fn retry_in_background(&self) {
         let mut retrying = self.retrying.lock();
         if *retrying {
@@ -232,6 +301,27 @@ impl ArchiveCompactor {
             });
         *retrying = spawned.is_ok();
     }
+}
+
+/// Whether process `pid` has exited: it does not exist, or (Linux) it is a
+/// zombie nobody reaps (an orphan in a container whose init does not).
+fn process_gone(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0
+        && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return true;
+    }
+    #[cfg(target_os = "linux")]
+    if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last parenthesis.
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        return state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'));
+    }
+    false
 }
 
 impl Archives {
@@ -439,6 +529,36 @@ mod tests {
         assert!(error.is_none());
         assert_eq!(entries.len(), 4);
         assert!(!d.join("counter_master9.db").exists());
+    }
+
+    #[test]
+    fn files_of_a_process_that_died_unretired_are_folded_at_the_second_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let dead = {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let pid = child.id();
+            child.wait().unwrap();
+            pid
+        };
+        // SAFETY: getppid has no preconditions.
+        let alive = unsafe { libc::getppid() } as u32;
+        let key = encode("c", "c_total", &[], "h");
+        put(d, &format!("counter_worker{dead}.db"), &key, 2.0, 0.0);
+        put(d, &format!("counter_worker{alive}.db"), &key, 3.0, 0.0);
+        put(d, &format!("counter_{dead}.db"), &key, 4.0, 0.0); // prometheus_client's, same pid
+        std::fs::write(d.join(names::exit_note_file(dead)), "graceful").unwrap();
+        let compactor = ArchiveCompactor::default();
+        let gone = compactor.sweep(d, &[]);
+        assert_eq!(gone, vec![dead]);
+        assert!(d.join(format!("counter_worker{dead}.db")).exists()); // seen gone once
+        assert_eq!(compactor.sweep(d, &gone), vec![dead]);
+        assert!(!d.join(format!("counter_worker{dead}.db")).exists());
+        assert!(!d.join(format!("counter_{dead}.db")).exists());
+        assert!(!d.join(names::exit_note_file(dead)).exists());
+        assert!(d.join(format!("counter_worker{alive}.db")).exists());
+        assert_eq!(total(d, "c_total"), 9.0);
+        assert_eq!(compactor.sweep(d, &gone), Vec::<u32>::new());
     }
 
     #[test]

@@ -363,18 +363,17 @@ impl WorkerMeter {
         self.fixed.in_flight.add_serialized(-1.0);
     }
 
-    /// A response was sent for a request that began at `started_ns`.
+    /// A response was sent for a request that took `seconds`.
     #[inline]
     pub fn record(
         &self,
-        started_ns: u64,
+        seconds: f64,
         method: Method,
         status: u16,
         request_bytes: u64,
         response_bytes: u64,
         route: u16,
     ) {
-        let seconds = monotonic_ns().saturating_sub(started_ns) as f64 / 1e9;
         let index = method.index() * STATUS_SLOTS + status_slot(status);
         let key = (route as u32) << 14 | index as u32;
         let mut series = self.requests.get(key);
@@ -461,11 +460,11 @@ impl WorkerMeter {
         series
     }
 
-    /// A traced request that began at `started_ns`, already `record`ed:
-    /// its trace becomes the exemplar of the duration bucket it fell in.
+    /// A traced request that took `seconds`, already `record`ed: its trace
+    /// becomes the exemplar of the duration bucket it fell in.
     pub fn exemplar(
         &self,
-        started_ns: u64,
+        seconds: f64,
         method: Method,
         status: u16,
         route: u16,
@@ -479,7 +478,6 @@ impl WorkerMeter {
         // SAFETY: published series are never freed (see `record`).
         let series = unsafe { &*series };
         if let Some(exemplars) = &series.exemplars {
-            let seconds = monotonic_ns().saturating_sub(started_ns) as f64 / 1e9;
             exemplars.observe(&self.duration_bounds, seconds, trace, unix_seconds());
         }
     }
@@ -671,6 +669,9 @@ impl WorkerMeter {
     /// Leaves the reason this process is exiting for the master to read;
     /// whether it could (a failure is a counted write error).
     pub fn note_exit(&self, reason: &str) -> bool {
+        if std::process::id() != self.pid {
+            return false; // a process forked from the worker: the note is not its own
+        }
         let written = write_exit_note(&self.directory, self.pid, reason);
         if let Err(e) = &written {
             failures::write_error(1, format_args!("cannot leave the exit note: {e}"));
@@ -718,8 +719,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = meter(dir.path());
         for (method, status) in [(Method::Get, 200), (Method::Get, 200), (Method::Other, 404)] {
-            let t = m.begin();
-            m.record(t, method, status, 10, 2000, NO_ROUTE);
+            m.begin();
+            m.record(0.01, method, status, 10, 2000, NO_ROUTE);
             m.end();
         }
         m.fail(Method::Post, "ValueError", NO_ROUTE);
@@ -791,7 +792,8 @@ mod tests {
         let w = ("worker_id", "3");
         for route in ["/a", "/b", "/c", "/d", "/a"] {
             let (id, _) = m.route_id(route);
-            m.record(m.begin(), Method::Get, 200, 0, 0, id);
+            m.begin();
+            m.record(0.01, Method::Get, 200, 0, 0, id);
             m.end();
         }
         for error_type in ["A", "B", "C"] {

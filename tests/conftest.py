@@ -270,6 +270,18 @@ def gunicorn(tmp_path):
         g.stop()
 
 
+@pytest.fixture
+def processes():
+    """Pids a test came to know (both masters, every worker): killed at the end."""
+    pids: set[int] = set()
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class Prometheus:
     """A real Prometheus server (Debian's `prometheus`) on 127.0.0.1."""
 

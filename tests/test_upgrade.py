@@ -112,18 +112,6 @@ def scrape(port: int, timeout: float = 10) -> Samples:
         conn.close()
 
 
-@pytest.fixture
-def processes():
-    """Pids a test came to know (both masters, every worker): killed at the end."""
-    pids: set[int] = set()
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def upgrade(g, processes: set[int]) -> int:
     """USR2 to the master; the new master's pid once its workers are up."""
     processes.update([g.pid, *children(g.pid)])

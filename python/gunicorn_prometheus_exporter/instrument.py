@@ -13,8 +13,8 @@ import inspect
 import os
 from typing import Any, Callable
 
-from . import _core, routes, saturation, spans, timeouts
-from .master import master
+from . import _core, framework_errors, routes, saturation, spans, timeouts
+from .master import forget_inherited_files_at_fork, master
 
 RESOURCE_SAMPLE_SECONDS = 1.0
 
@@ -47,6 +47,7 @@ class MeteredWorker:
 
     def init_process(self) -> None:
         _core.close_inherited_metrics_sockets()  # an orphaned worker must not keep the port
+        forget_inherited_files_at_fork()
         self.meter = _core.WorkerMeter(self.metrics_settings, self.metrics_directory,
                                        os.getpid(), self.worker_id, RESOURCE_SAMPLE_SECONDS)
         self.meter.set_concurrency(saturation.concurrency(self))
@@ -94,6 +95,7 @@ class MeteredWorker:
     def load_wsgi(self) -> None:
         super().load_wsgi()  # type: ignore[misc]
         self.meter.set_flask_routes(routes.watch_frameworks())
+        framework_errors.watch(self.meter)
         # An application that uses OpenTelemetry gives the exemplars of the
         # requests that come without a traceparent header (spans.py).
         watching = spans.watching()
@@ -108,6 +110,20 @@ class MeteredWorker:
         except Exception:  # noqa: BLE001 - forensics must not stop the abort
             self.log.exception("could not report the timed-out request")
         super().handle_abort(sig, frame)  # type: ignore[misc]
+
+
+def _unlogged_errors(handler: str) -> tuple[type[BaseException], ...] | None:
+    """How Gunicorn answers when its handler `handler` raises. `handle_request`:
+    with an error page that it logs (`handle_error`), whose status is counted
+    then (None). An HTTP/2 stream: with a 500 it does not log, except for the
+    errors of a stream or connection already gone (the classes returned)."""
+    if handler != "handle_http2_request":
+        return None
+    try:
+        from gunicorn.http2.errors import HTTP2ConnectionError, HTTP2StreamError
+    except ImportError:
+        return ()
+    return (HTTP2StreamError, HTTP2ConnectionError)
 
 
 def metered(*handlers: Callable[..., Any] | None) -> Callable[[type], type]:
@@ -126,7 +142,8 @@ def metered(*handlers: Callable[..., Any] | None) -> Callable[[type], type]:
             params = list(inspect.signature(handle).parameters)[1:]
             if "req" not in params:
                 raise TypeError(f"cannot meter {handle.__qualname__}{inspect.signature(handle)}")
-            _core.meter_handler(cls, handle.__name__, handle, params.index("req"))
+            _core.meter_handler(cls, handle.__name__, handle, params.index("req"),
+                                _unlogged_errors(handle.__name__))
             timeouts.watch(handle)
         return cls
     return meter

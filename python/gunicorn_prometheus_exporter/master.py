@@ -109,9 +109,7 @@ class MasterExporter:
         if self.private:
             atexit.register(self._remove_private_directory)
         self.meter = _core.MasterMeter(settings, directory, self.pid)
-        # The master's reads keep files open between scrapes: a worker (any
-        # child) forked from it closes them at once.
-        os.register_at_fork(after_in_child=_core.close_inherited_read_files)
+        forget_inherited_files_at_fork()
         os.environ[DIRECTORY_VARIABLE] = str(directory)
         self.directory = str(directory)
         self.settings = settings
@@ -253,6 +251,18 @@ class MasterExporter:
 
 
 _master: MasterExporter | None = None
+_forgets_at_fork = False
+
+
+def forget_inherited_files_at_fork() -> None:
+    """Every process forked from this one (a worker from the master, a child
+    an application forks in a request) closes the files its parent's scrapes
+    hold open and writes nothing into its parent's files. Registered once: a
+    forked process inherits the registration."""
+    global _forgets_at_fork
+    if not _forgets_at_fork:
+        os.register_at_fork(after_in_child=_core.forget_inherited_files)
+        _forgets_at_fork = True
 
 
 def master() -> MasterExporter:

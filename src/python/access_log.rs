@@ -127,3 +127,50 @@ impl MeteredLog {
         self.counted.get().call(py, args)
     }
 }
+
+/// Whether `log` still counts each response through this core.
+fn counts(log: &Bound<'_, PyAny>) -> bool {
+    if log.is_instance_of::<MeteredLog>() {
+        return true;
+    }
+    let py = log.py();
+    log.getattr(pyo3::intern!(py, "access"))
+        .and_then(|access| access.getattr(pyo3::intern!(py, "__self__")))
+        .is_ok_and(|owner| owner.is_instance_of::<CountedAccess>())
+}
+
+/// This process already warned that its access logger was replaced.
+static REPLACED_LOGGED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Gunicorn logged nothing for a request `worker` answered. If the
+/// application replaced the worker's logger or its `access` (nothing else
+/// makes a handler that returned log nothing, but an application that took
+/// the connection over), makes it count again, says so once, and returns
+/// true: the request was answered but its log went elsewhere.
+pub(super) fn watch_again(meter: &Bound<'_, WorkerMeter>, worker: &Bound<'_, PyAny>) -> bool {
+    let py = worker.py();
+    let name = pyo3::intern!(py, "log");
+    let Ok(log) = worker.getattr(name) else {
+        return false;
+    };
+    if counts(&log) {
+        return false;
+    }
+    let Ok(watched) = watch(meter, log) else {
+        return true;
+    };
+    let watched = watched.into_bound(py);
+    let _ = worker.setattr(name, &watched);
+    let pid = std::process::id();
+    if REPLACED_LOGGED.swap(pid, std::sync::atomic::Ordering::Relaxed) != pid {
+        let _ = watched.call_method1(
+            pyo3::intern!(py, "warning"),
+            (
+                "gunicorn_prometheus_exporter: the application replaced the worker's access \
+              logger (log.access): requests are counted through the new one from now on; \
+              the one it replaced first is counted with status \"other\"",
+            ),
+        );
+    }
+    true
+}

@@ -182,7 +182,9 @@ pub(super) fn start_exporter(
 /// directory). Returns the pid of the old master when this is Gunicorn's
 /// USR2 upgrade (our parent owns the directory: nothing is cleared), else
 /// None (files of an earlier run were cleared).
-/// On an upgrade, `compactor` folds the old master's own files once it exited.
+/// `compactor` folds, once this master owns the directory (at once, or on
+/// an upgrade when the old master exited: its own files first), the files
+/// of processes that died with no master left to retire them.
 #[pyfunction]
 #[pyo3(signature = (directory, compactor=None))]
 pub(super) fn prepare_directory(
@@ -192,14 +194,20 @@ pub(super) fn prepare_directory(
     failures::share_with_children();
     let shown = directory.display().to_string();
     let compactor = compactor.map(|c| c.inner.clone());
-    let dir = directory.clone();
+    let (dir, sweeper) = (directory.clone(), compactor.clone());
     let old_master_gone = move |pid: u32| {
         if let Some(compactor) = compactor {
             let _ = compactor.retire(&dir, pid);
+            compactor.sweep_in_background(dir);
         }
     };
     match directory::prepare(&directory, old_master_gone) {
-        Ok(directory::Takeover::Fresh) => Ok(None),
+        Ok(directory::Takeover::Fresh) => {
+            if let Some(sweeper) = sweeper {
+                sweeper.sweep_in_background(directory);
+            }
+            Ok(None)
+        }
         Ok(directory::Takeover::Upgrade { from }) => Ok(Some(from)),
         Err(directory::PrepareError::InUse { owner }) => Err(PyOSError::new_err(format!(
             "PROMETHEUS_MULTIPROC_DIR={shown:?} is in use by the Gunicorn master pid {owner} \

@@ -26,15 +26,40 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 use super::fast_methods::{self, define, METH_FASTCALL};
+use super::in_flight::Ended;
 use super::worker::WorkerMeter;
 use super::worker_meters;
 
-/// Gunicorn's own handler, kept on the metered class, and the position of
-/// its `req` among the arguments after `self`.
+/// Gunicorn's own handler, kept on the metered class, the position of its
+/// `req` among the arguments after `self`, and how Gunicorn answers when it
+/// raises.
 #[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
 pub(super) struct UnmeteredHandler {
     handle: Py<PyAny>,
     req_index: usize,
+    /// `None`: Gunicorn answers a raising handler with an error page it logs
+    /// (`handle_error`). Else a tuple of exception classes: Gunicorn answers
+    /// with a 500 it does not log, except for these (nothing is answered).
+    unlogged_errors: Option<Py<PyTuple>>,
+}
+
+impl UnmeteredHandler {
+    /// How the handler ended, by the exception it let out (`None`: returned).
+    fn ended(&self, py: Python<'_>, error: Option<&PyErr>) -> Ended {
+        use pyo3::exceptions::{PyOSError, PyStopIteration};
+        let Some(error) = error else {
+            return Ended::Done;
+        };
+        // The response was already on the wire, or the connection is gone.
+        if error.is_instance_of::<PyStopIteration>(py) || error.is_instance_of::<PyOSError>(py) {
+            return Ended::Done;
+        }
+        match &self.unlogged_errors {
+            None => Ended::ErrorPageLogged,
+            Some(quiet) if error.is_instance(py, quiet.bind(py)) => Ended::Done,
+            Some(_) => Ended::Answered500,
+        }
+    }
 }
 
 /// The handlers the core can meter: the method's name, the class attribute
@@ -55,15 +80,18 @@ type Handler = unsafe extern "C" fn(
     *mut ffi::PyObject,
 ) -> *mut ffi::PyObject;
 
-/// `_core.meter_handler(cls, name, handle, req_index)`: `cls.<name>` counts
-/// each request `handle` (Gunicorn's handler, whose argument `req_index`
-/// after `self` is the request) handles.
+/// `_core.meter_handler(cls, name, handle, req_index, unlogged_errors)`:
+/// `cls.<name>` counts each request `handle` (Gunicorn's handler, whose
+/// argument `req_index` after `self` is the request) handles;
+/// `unlogged_errors` as `UnmeteredHandler` keeps it.
 #[pyfunction]
+#[pyo3(signature = (cls, name, handle, req_index, unlogged_errors=None))]
 pub(super) fn meter_handler(
     cls: &Bound<'_, PyType>,
     name: &str,
     handle: Py<PyAny>,
     req_index: usize,
+    unlogged_errors: Option<Py<PyTuple>>,
 ) -> PyResult<()> {
     let Some((method, kept, by_name)) = HANDLERS
         .iter()
@@ -74,7 +102,14 @@ pub(super) fn meter_handler(
         )));
     };
     let py = cls.py();
-    let handler = Py::new(py, UnmeteredHandler { handle, req_index })?;
+    let handler = Py::new(
+        py,
+        UnmeteredHandler {
+            handle,
+            req_index,
+            unlogged_errors,
+        },
+    )?;
     cls.setattr(*kept, &handler)?;
     worker_meters::install(cls)?;
     // A slot of its own when one is left, else found on the class by name.
@@ -187,20 +222,20 @@ unsafe fn metered_call(
         unsafe { std::slice::from_raw_parts(args, positional + keywords) }
     };
     let req = request(py, handler.req_index, args, positional, names);
-    let meter = req.and_then(|req| started(slf, req));
+    let meter = req.and_then(|req| started(slf, req).map(|meter| (meter, req)));
     let result = call(py, handler.handle.bind(py), slf, args, positional, names);
-    let Some(meter) = meter else {
+    let Some((meter, req)) = meter else {
         return result;
     };
     // The exception the handler let out (if any) is put aside while the
     // core runs (it calls into Python), counted, then raised again as it was.
     let error = result.is_null().then(|| PyErr::fetch(py));
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        let meter = meter.get();
-        if let (Some(error), Some(req)) = (&error, req) {
-            meter.request_failed(req, error.value(py).as_any());
+        if let Some(error) = &error {
+            meter.get().request_failed(req, error.value(py).as_any());
         }
-        meter.wsgi_left(py);
+        let ended = handler.ended(py, error.as_ref());
+        WorkerMeter::wsgi_left(&meter, slf, req, ended);
     }));
     if let Some(error) = error {
         error.restore(py);

@@ -6,6 +6,7 @@
 
 mod access_log;
 mod fast_methods;
+mod in_flight;
 mod master;
 mod metered_handler;
 mod request;
@@ -19,7 +20,7 @@ use access_log::{CountedAccess, MeteredLog};
 use master::{prepare_directory, start_exporter, ArchiveCompactor, Exporter, MasterMeter};
 use metered_handler::{meter_handler, UnmeteredHandler};
 use settings::Settings;
-use worker::{close_inherited_metrics_sockets, close_inherited_read_files, WorkerMeter};
+use worker::{close_inherited_metrics_sockets, forget_inherited_files, WorkerMeter};
 use worker_meters::MeterAttribute;
 
 #[pymodule]
@@ -37,7 +38,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start_exporter, m)?)?;
     m.add_function(wrap_pyfunction!(prepare_directory, m)?)?;
     m.add_function(wrap_pyfunction!(close_inherited_metrics_sockets, m)?)?;
-    m.add_function(wrap_pyfunction!(close_inherited_read_files, m)?)?;
+    m.add_function(wrap_pyfunction!(forget_inherited_files, m)?)?;
     m.add_class::<MasterMeter>()?;
     m.add_class::<ArchiveCompactor>()?;
     Ok(())

@@ -1,7 +1,6 @@
 //! The worker side of the compiled module: `WorkerMeter`, the per-request
 //! instrumentation, and the worker's start-up chores.
 
-use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +11,7 @@ use pyo3::types::{PyDict, PyString};
 use pyo3::{ffi, intern};
 
 use super::access_log;
+use super::in_flight::{self, Answer, Ended, Left, Logged};
 use super::request::{
     borrowed_item, captured_span, content_length, environ_of_exception, environ_route,
     environ_traceparent, method_of, request_traceparent, scope_headers, scope_route, status_of,
@@ -20,103 +20,11 @@ use super::request::{
 use super::settings::Settings;
 use crate::exemplar::TraceParent;
 use crate::failures;
+use crate::labels::Method;
 use crate::meter::{MeterConfig, WorkerMeter as Meter};
 use crate::queue_time;
 use crate::route::NO_ROUTE;
 use crate::server;
-
-/// Attribute of Gunicorn's request object that carries the start time, when
-/// its thread has more than one request in flight (greenlets).
-const STARTED: &str = "_prometheus_started_ns";
-
-/// The WSGI requests a thread has in flight. Gunicorn's sync and gthread
-/// workers handle one at a time per thread: its start is kept here, with a
-/// reference to the request (so that identity is exact), and nothing is set
-/// on the request object. A second one in the same thread (a greenlet
-/// worker) moves every start onto its request (`STARTED`).
-struct InFlight {
-    depth: u32,
-    /// The only request in flight, and when it started.
-    only: Option<(Py<PyAny>, u64)>,
-}
-
-thread_local! {
-    static IN_FLIGHT: RefCell<InFlight> = const { RefCell::new(InFlight { depth: 0, only: None }) };
-}
-
-/// Keeps the start of `req`, which began now in this thread.
-fn keep_start(req: &Bound<'_, PyAny>, started: u64) {
-    let py = req.py();
-    let moved = IN_FLIGHT.with(|cell| {
-        let mut state = cell.borrow_mut();
-        state.depth += 1;
-        if state.depth == 1 {
-            state.only = Some((req.clone().unbind(), started));
-            return None;
-        }
-        Some(state.only.take())
-    });
-    if let Some(moved) = moved {
-        if let Some((other, other_started)) = moved {
-            // Released as a Bound: attached, not through PyO3's deferred pool
-            // (this runs under `fast_methods`, outside PyO3's own trampoline).
-            let other = other.into_bound(py);
-            let _ = other.setattr(intern!(py, STARTED), other_started);
-        }
-        let _ = req.setattr(intern!(py, STARTED), started);
-    }
-}
-
-/// Takes the start of `req` (it is counted once): `None` if it was not
-/// begun by `wsgi_started` or was already answered.
-fn take_start(req: &Bound<'_, PyAny>) -> Option<u64> {
-    let kept = IN_FLIGHT.with(|cell| {
-        let mut state = cell.borrow_mut();
-        match &state.only {
-            Some((only, _)) if only.is(req) => state.only.take(),
-            _ => None,
-        }
-    });
-    if let Some((only, started)) = kept {
-        // Released here, attached (a Py dropped where PyO3 cannot tell would
-        // wait in its pool of deferred references).
-        drop(only.into_bound(req.py()));
-        return Some(started);
-    }
-    // More than one in flight here: the request carries its own start.
-    let py = req.py();
-    let attributes = req.getattr(intern!(py, "__dict__")).ok()?;
-    let attributes = attributes.cast::<PyDict>().ok()?;
-    let started = attributes
-        .get_item(intern!(py, STARTED))
-        .ok()??
-        .extract::<u64>()
-        .ok()?;
-    if started == 0 {
-        return None;
-    }
-    let _ = attributes.set_item(intern!(py, STARTED), 0);
-    Some(started)
-}
-
-/// A WSGI request of this thread left (answered or not). One that leaves
-/// unanswered keeps its start on the request object: Gunicorn logs the error
-/// page of a failed request after its handler returned (`handle_error`).
-fn forget_start(py: Python<'_>) {
-    let unanswered = IN_FLIGHT.with(|cell| {
-        let mut state = cell.borrow_mut();
-        state.depth = state.depth.saturating_sub(1);
-        if state.depth == 0 {
-            state.only.take()
-        } else {
-            None
-        }
-    });
-    // Outside the borrow: setting an attribute may run Python code.
-    if let Some((req, started)) = unanswered {
-        let _ = req.into_bound(py).setattr(intern!(py, STARTED), started);
-    }
-}
 
 /// The instrumentation of one worker process. Its methods never raise: a
 /// metrics problem must not break a request.
@@ -144,7 +52,59 @@ impl WorkerMeter {
     /// A WSGI request starts (Gunicorn's `req`): counts it in flight and
     /// keeps its start (`fast_methods` makes it the Python method).
     pub(super) fn wsgi_started(&self, req: &Bound<'_, PyAny>) {
-        keep_start(req, self.meter.begin());
+        in_flight::start(req, self.meter.begin());
+    }
+
+    /// Counts a request Gunicorn answered as `answer` says.
+    fn count(&self, answer: &Answer) {
+        let a = answer;
+        self.meter.record(
+            a.seconds,
+            a.method,
+            a.status,
+            a.request_bytes,
+            a.response_bytes,
+            a.route,
+        );
+        if let Some(trace) = &a.trace {
+            self.meter
+                .exemplar(a.seconds, a.method, a.status, a.route, trace);
+        }
+    }
+
+    /// What Gunicorn logged of a WSGI request begun at `started` (its
+    /// response `resp`, its `environ`), as it would be counted.
+    fn answer(
+        &self,
+        started: u64,
+        resp: &Bound<'_, PyAny>,
+        req: &Bound<'_, PyAny>,
+        environ: &Bound<'_, PyAny>,
+    ) -> Answer {
+        let py = req.py();
+        // No status: the application never called start_response, and
+        // Gunicorn writes the status line `HTTP/1.1 None`.
+        let status = resp
+            .getattr(intern!(py, "status"))
+            .ok()
+            .and_then(|s| status_of(&s))
+            .unwrap_or(0);
+        let response_bytes = resp
+            .getattr(intern!(py, "sent"))
+            .and_then(|v| v.extract::<u64>())
+            .unwrap_or(0);
+        let seconds = crate::clock::monotonic_ns().saturating_sub(started) as f64 / 1e9;
+        // The header the caller sent wins over the span the application ran in.
+        let trace = environ_traceparent(environ).or_else(|| self.captured_span(environ));
+        Answer {
+            method: wsgi_method(req, Some(environ)),
+            status,
+            route: self.route_id(self.environ_route(environ)),
+            request_bytes: content_length(environ),
+            response_bytes,
+            seconds,
+            trace,
+        }
     }
 
     /// The span ids the worker captured in `environ` (or an ASGI scope), when
@@ -223,6 +183,100 @@ impl WorkerMeter {
         }
         self.meter.observe_kernel_wait(fd, handled);
     }
+
+    /// Gunicorn logged the response `resp` of `req` (`log.access`, with the
+    /// WSGI `environ`): keeps what it says of a request whose handler runs,
+    /// counts the error page Gunicorn answered a raising one with
+    /// (`in_flight` says when each is counted).
+    pub(super) fn wsgi_answered(
+        &self,
+        resp: &Bound<'_, PyAny>,
+        req: &Bound<'_, PyAny>,
+        environ: &Bound<'_, PyAny>,
+    ) {
+        match in_flight::logged(req) {
+            Logged::Unknown => {}
+            Logged::Handling { started } => {
+                self.observe_queue(started, resp, environ);
+                in_flight::keep_answer(req, self.answer(started, resp, req, environ));
+            }
+            Logged::ErrorPage {
+                started,
+                answer,
+                failed,
+            } => {
+                if answer.is_none() {
+                    self.observe_queue(started, resp, environ);
+                }
+                let page = self.answer(started, resp, req, environ);
+                // The request's own environ (kept in `answer`, or the
+                // failure's) says more than the page's fresh one.
+                let (method, route) = failed
+                    .or(answer.map(|a| (a.method, a.route)))
+                    .unwrap_or((page.method, page.route));
+                self.count(&Answer {
+                    method,
+                    route,
+                    request_bytes: answer.map_or(page.request_bytes, |a| a.request_bytes),
+                    trace: answer.and_then(|a| a.trace).or(page.trace),
+                    ..page
+                });
+            }
+        }
+    }
+
+    /// Gunicorn's handler of the WSGI request `req` (of `worker`), begun by
+    /// `wsgi_started`, ended as `ended`: counts what went on the wire, when
+    /// that is known now (`in_flight`), and ends the request (in flight,
+    /// busy time).
+    pub(super) fn wsgi_left(
+        slf: &Bound<'_, Self>,
+        worker: &Bound<'_, PyAny>,
+        req: &Bound<'_, PyAny>,
+        ended: Ended,
+    ) {
+        let this = slf.get();
+        match in_flight::leave(req, ended) {
+            Left::Nothing => {}
+            Left::Count(answer) => this.count(&answer),
+            Left::Unlogged(started) => {
+                if access_log::watch_again(slf, worker) {
+                    // Gunicorn's log of it went elsewhere: counted with what
+                    // is known (no status: `other`).
+                    let seconds = crate::clock::monotonic_ns().saturating_sub(started) as f64 / 1e9;
+                    this.count(&Answer {
+                        method: wsgi_method(req, None),
+                        status: 0,
+                        route: NO_ROUTE,
+                        request_bytes: 0,
+                        response_bytes: 0,
+                        seconds,
+                        trace: None,
+                    });
+                }
+            }
+        }
+        this.meter.end();
+    }
+
+    /// Counts `exc` as a failure of (`method`, `route`), once: it is marked.
+    fn fail(&self, exc: &Bound<'_, PyAny>, method: Method, route: u16, trace: Option<TraceParent>) {
+        let py = exc.py();
+        let mark = intern!(py, COUNTED_MARK);
+        if exc.hasattr(mark).unwrap_or(false) {
+            return;
+        }
+        let _ = exc.setattr(mark, true);
+        let name = exc
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "Exception".into());
+        self.meter.fail(method, &name, route);
+        if let Some(trace) = trace {
+            self.meter.fail_exemplar(method, &name, route, &trace);
+        }
+    }
 }
 
 #[pymethods]
@@ -267,15 +321,8 @@ impl WorkerMeter {
         access_log::watch(slf, log)
     }
 
-    /// The WSGI request `wsgi_started` began left the worker's hands,
-    /// answered or not: ends it (in flight, busy time).
-    pub(super) fn wsgi_left(&self, py: Python<'_>) {
-        forget_start(py);
-        self.meter.end();
-    }
-
     /// An ASGI request starts: counts it in flight, returns its start time
-    /// for `asgi_answered`; then `request_left`.
+    /// for `asgi_answered`; then `asgi_left`.
     fn asgi_started(&self) -> u64 {
         self.meter.begin()
     }
@@ -291,60 +338,23 @@ impl WorkerMeter {
                 self.meter.observe_queue(waited);
             }
         }
-        let method = method_of(scope);
-        let route = self.route_id(scope_route(scope));
-        self.meter
-            .record(started, method, status, length, sent, route);
-        // The header the caller sent wins over the span the application ran in.
-        if let Some(trace) = request_traceparent(scope).or_else(|| self.captured_span(scope)) {
-            self.meter.exemplar(started, method, status, route, &trace);
-        }
+        let seconds = crate::clock::monotonic_ns().saturating_sub(started) as f64 / 1e9;
+        self.count(&Answer {
+            method: method_of(scope),
+            status,
+            route: self.route_id(scope_route(scope)),
+            request_bytes: length,
+            response_bytes: sent,
+            seconds,
+            // The header the caller sent wins over the span the application ran in.
+            trace: request_traceparent(scope).or_else(|| self.captured_span(scope)),
+        });
     }
 
     /// The ASGI request `asgi_started` began left the worker's hands,
     /// answered or not: ends it (in flight, busy time).
     fn asgi_left(&self) {
         self.meter.end();
-    }
-
-    /// Gunicorn logged the response `resp` of `req` (`log.access`, with the
-    /// WSGI `environ`): counts the request `wsgi_started` began, once.
-    pub(super) fn wsgi_answered(
-        &self,
-        resp: &Bound<'_, PyAny>,
-        req: &Bound<'_, PyAny>,
-        environ: &Bound<'_, PyAny>,
-    ) {
-        let py = req.py();
-        let Some(status) = resp
-            .getattr(intern!(py, "status"))
-            .ok()
-            .and_then(|s| status_of(&s))
-        else {
-            return; // no start_response yet: Gunicorn logs again once it answers
-        };
-        let Some(started) = take_start(req) else {
-            return;
-        };
-        let sent = resp
-            .getattr(intern!(py, "sent"))
-            .and_then(|v| v.extract::<u64>())
-            .unwrap_or(0);
-        self.observe_queue(started, resp, environ);
-        let method = wsgi_method(req, Some(environ));
-        let route = self.route_id(self.environ_route(environ));
-        self.meter.record(
-            started,
-            method,
-            status,
-            content_length(environ),
-            sent,
-            route,
-        );
-        // The header the caller sent wins over the span the application ran in.
-        if let Some(trace) = environ_traceparent(environ).or_else(|| self.captured_span(environ)) {
-            self.meter.exemplar(started, method, status, route, &trace);
-        }
     }
 
     /// Whether the application uses OpenTelemetry: the worker then leaves the
@@ -388,32 +398,42 @@ impl WorkerMeter {
         self.meter.note_exit(reason)
     }
 
+    /// A framework answered the exception `exc` itself (Flask's and Django's
+    /// `got_request_exception`), for the request of `request` (a WSGI
+    /// environ or an ASGI scope) and the route template `route` it matched
+    /// (`None`: as the environ or scope tells). Counted once, also if the
+    /// exception then reaches the worker.
+    #[pyo3(signature = (request, exc, route=None))]
+    fn application_failed(
+        &self,
+        request: &Bound<'_, PyAny>,
+        exc: &Bound<'_, PyAny>,
+        route: Option<Bound<'_, PyAny>>,
+    ) {
+        let py = request.py();
+        let wsgi = request
+            .cast::<PyDict>()
+            .is_ok_and(|r| r.contains(intern!(py, "REQUEST_METHOD")).unwrap_or(false));
+        let (route, trace) = if wsgi {
+            let route = route.or_else(|| self.environ_route(request));
+            (route, environ_traceparent(request))
+        } else {
+            let route = route.or_else(|| scope_route(request));
+            (route, request_traceparent(request))
+        };
+        let route = self.route_id(route);
+        let trace = trace.or_else(|| self.captured_span(request));
+        self.fail(exc, wsgi_method(request, Some(request)), route, trace);
+    }
+
     /// The application raised `exc` while handling `req` (a Gunicorn request
-    /// or an ASGI scope); `request_left` follows.
+    /// or an ASGI scope) and it reached the worker; `wsgi_left` or
+    /// `asgi_left` follows. Counted once: not again if a framework already
+    /// told it (`application_failed`).
     pub(super) fn request_failed(&self, req: &Bound<'_, PyAny>, exc: &Bound<'_, PyAny>) {
-        let py = exc.py();
-        let mut exc = exc.clone();
-        // Gunicorn turns an error after the headers were sent into StopIteration.
-        if exc.is_instance_of::<pyo3::exceptions::PyConnectionError>() {
-            return; // the client went away: not the application's failure
-        }
-        if exc.is_instance_of::<pyo3::exceptions::PySystemExit>()
-            || exc.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>()
-        {
-            return; // the worker is exiting (a timeout abort, a signal): not a failure
-        }
-        if exc.is_instance_of::<pyo3::exceptions::PyStopIteration>() {
-            if let Ok(context) = exc.getattr(intern!(py, "__context__")) {
-                if !context.is_none() {
-                    exc = context;
-                }
-            }
-        }
-        let name = exc
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "Exception".into());
+        let Some(exc) = applications_own(exc) else {
+            return;
+        };
         let (method, route, span) = if req.cast::<PyDict>().is_ok() {
             (method_of(req), scope_route(req), self.captured_span(req))
         } else {
@@ -423,12 +443,37 @@ impl WorkerMeter {
             (method, route, environ.and_then(|e| self.captured_span(&e)))
         };
         let route = self.route_id(route);
-        self.meter.fail(method, &name, route);
+        if req.cast::<PyDict>().is_err() {
+            in_flight::note_failure(req, method, route);
+        }
         // The header the caller sent wins over the span the application ran in.
-        if let Some(trace) = request_traceparent(req).or(span) {
-            self.meter.fail_exemplar(method, &name, route, &trace);
+        self.fail(&exc, method, route, request_traceparent(req).or(span));
+    }
+}
+
+/// Attribute that marks an exception as counted (a framework told it, and
+/// it may reach the worker too).
+const COUNTED_MARK: &str = "_gunicorn_prometheus_counted";
+
+/// The application's own exception behind `exc`, if it is one: not the
+/// client going away, not the worker exiting; the error Gunicorn turned into
+/// `StopIteration` (the headers were already sent) is its context.
+fn applications_own<'py>(exc: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    use pyo3::exceptions::{PyConnectionError, PyKeyboardInterrupt, PyStopIteration, PySystemExit};
+    if exc.is_instance_of::<PyConnectionError>()
+        || exc.is_instance_of::<PySystemExit>()
+        || exc.is_instance_of::<PyKeyboardInterrupt>()
+    {
+        return None;
+    }
+    if exc.is_instance_of::<PyStopIteration>() {
+        if let Ok(context) = exc.getattr(intern!(exc.py(), "__context__")) {
+            if !context.is_none() {
+                return Some(context);
+            }
         }
     }
+    Some(exc.clone())
 }
 
 /// In a forked worker: closes the metrics sockets inherited from the master,
@@ -438,10 +483,16 @@ pub(super) fn close_inherited_metrics_sockets() -> usize {
     server::inherited::close_inherited_sockets()
 }
 
-/// In a process just forked from the master: closes the files its scrapes
-/// hold open (`storage::held`), so that the child does not keep other
-/// workers' files. Returns how many.
+/// In a process just forked (a worker from the master, or any process an
+/// application forks): closes the files the parent's scrapes hold open
+/// (`storage::held`) and detaches the mappings it writes through
+/// (`storage::writer::detach_inherited`), so that the child neither keeps
+/// other processes' files nor writes into its parent's. Returns how many
+/// of each.
 #[pyfunction]
-pub(super) fn close_inherited_read_files() -> usize {
-    crate::storage::held::close_inherited()
+pub(super) fn forget_inherited_files() -> (usize, usize) {
+    (
+        crate::storage::held::close_inherited(),
+        crate::storage::writer::detach_inherited(),
+    )
 }

@@ -139,6 +139,16 @@ pub fn owner_of(name: &str) -> Option<&str> {
     name.strip_suffix(DB_SUFFIX)?.rsplit('_').next()
 }
 
+/// The pid of the worker or master of this core that a `*.db` file belongs
+/// to (`None`: an archive, or a file of prometheus_client's alone).
+pub fn core_process_of(name: &str) -> Option<u32> {
+    let owner = owner_of(name)?;
+    let pid = owner
+        .strip_prefix("worker")
+        .or_else(|| owner.strip_prefix("master"))?;
+    pid.parse().ok()
+}
+
 /// `<kind>_<owner>.db`: the counters, histograms or summaries of `owner`.
 pub fn db_file(kind: Kind, owner: &str) -> String {
     format!("{}_{owner}{DB_SUFFIX}", kind.as_str())
@@ -192,6 +202,16 @@ pub fn is_left_by_a_run(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_process_of_a_core_file_is_read_from_its_name() {
+        assert_eq!(core_process_of("counter_worker12.db"), Some(12));
+        assert_eq!(core_process_of("gauge_livesum_worker7.db"), Some(7));
+        assert_eq!(core_process_of("counter_master3.db"), Some(3));
+        assert_eq!(core_process_of("counter_12.db"), None); // prometheus_client's
+        assert_eq!(core_process_of("counter_archive.db"), None);
+        assert_eq!(core_process_of("histogram_workerx.db"), None);
+    }
 
     #[test]
     fn names_are_built_as_prometheus_client_and_this_core_spell_them() {

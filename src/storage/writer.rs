@@ -16,6 +16,12 @@
 //! - Readers of other processes' files never map them: they `pread` the used
 //!   length after checking it against `fstat` (`reader.rs`), so a file that
 //!   another process truncates is a read error, never a SIGBUS.
+//! - A process forked from the writer's (an application forking inside a
+//!   request) must not write into the files: every mapping is listed in
+//!   `MAPPED`, and `detach_inherited`, run in the child right after the fork,
+//!   replaces each with private zeroed memory at the same address. Slots
+//!   handed out before the fork stay valid and write nowhere; an append in
+//!   the child fails (`MmapWriter::pid`): its series go to the sink.
 //! - Memory orderings: the used length is stored with `Release` after the
 //!   entry's bytes are written and loaded with `Acquire`, so whoever sees a
 //!   length sees complete entries. Values and timestamps are independent
@@ -30,7 +36,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -137,6 +143,89 @@ pub struct MmapWriter {
     capacity: usize,
     used: usize,
     positions: HashMap<String, usize>,
+    /// The process that opened it: a child forked from it never touches the file.
+    pid: u32,
+    /// Where its base address is listed in `MAPPED` (none: the list was full).
+    listed: Option<&'static AtomicUsize>,
+}
+
+/// Most mappings listed for a fork to detach (a worker has five, a master a
+/// dozen); one past them is counted as a write error and not detached.
+const MAX_MAPPED: usize = 64;
+
+/// Base addresses of this process's mappings; 0: a free entry.
+static MAPPED: [AtomicUsize; MAX_MAPPED] = [const { AtomicUsize::new(0) }; MAX_MAPPED];
+
+/// Lists `base` in `MAPPED`; `None` if the list is full.
+fn list(base: usize) -> Option<&'static AtomicUsize> {
+    let entry = MAPPED.iter().find(|entry| {
+        entry
+            .compare_exchange(0, base, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    });
+    if entry.is_none() {
+        failures::write_error(
+            1,
+            "more files mapped than a fork can detach: a process forked from this one \
+             would write into them",
+        );
+    }
+    entry
+}
+
+/// In a process just forked from one with open writers: replaces each
+/// inherited mapping with private zeroed memory at the same address, so
+/// that whatever the child still records goes nowhere. Returns how many.
+pub fn detach_inherited() -> usize {
+    let mut detached = 0;
+    for entry in &MAPPED {
+        let base = entry.swap(0, Ordering::AcqRel);
+        if base == 0 {
+            continue;
+        }
+        // SAFETY: `base` is the start of a live mapping of `RESERVED_BYTES`
+        // that a writer of the parent made and listed (it unlists before it
+        // unmaps); the child inherited it and runs no other thread yet.
+        // MAP_FIXED replaces it in one step with memory of the same size and
+        // protection, so every pointer into it stays valid; the writer's own
+        // copy unmaps the same range when dropped.
+        let replaced = unsafe {
+            libc::mmap(
+                base as *mut libc::c_void,
+                RESERVED_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if replaced == libc::MAP_FAILED {
+            failures::write_error(
+                1,
+                format_args!(
+                    "cannot detach a mapping inherited by fork: {}",
+                    io::Error::last_os_error()
+                ),
+            );
+        } else {
+            detached += 1;
+        }
+    }
+    detached
+}
+
+impl Drop for MmapWriter {
+    fn drop(&mut self) {
+        // Unlisted before the mapping goes (a fork meanwhile finds it gone).
+        if let Some(entry) = self.listed {
+            let _ = entry.compare_exchange(
+                self.map.as_mut_ptr() as usize,
+                0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
 }
 
 impl MmapWriter {
@@ -204,6 +293,7 @@ impl MmapWriter {
         positions: HashMap<String, usize>,
     ) -> io::Result<Self> {
         let map = MmapOptions::new().len(RESERVED_BYTES).map_raw(&file)?;
+        let listed = list(map.as_mut_ptr() as usize);
         let writer = MmapWriter {
             path: path.to_owned(),
             file,
@@ -211,6 +301,8 @@ impl MmapWriter {
             capacity,
             used,
             positions,
+            pid: std::process::id(),
+            listed,
         };
         writer.used_cell().store(used as u32, Ordering::Release);
         Ok(writer)
@@ -263,6 +355,10 @@ impl MmapWriter {
     }
 
     fn append(&mut self, key: &str) -> io::Result<usize> {
+        if std::process::id() != self.pid {
+            // A forked child: the file is its parent's, never grown by it.
+            return Err(io::ErrorKind::PermissionDenied.into());
+        }
         let key_bytes = key.as_bytes();
         let padding = key_padding(key_bytes.len());
         let entry_len = 4 + key_bytes.len() + padding + 16;
@@ -352,6 +448,41 @@ impl SeriesFile {
 mod tests {
     use super::*;
     use crate::storage::reader::{read_entries, read_used, read_used_sized, used_length};
+
+    #[test]
+    fn a_forked_child_writes_nothing_into_its_parents_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_worker1.db");
+        let mut writer = MmapWriter::open(&path).unwrap();
+        let slot = writer.slot("k").unwrap();
+        slot.set(1.0);
+        // SAFETY: the child only detaches, writes through the mapping and
+        // exits, allocating nothing.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let detached = detach_inherited();
+            slot.set(99.0);
+            let appended = writer.slot("new").is_ok();
+            let code = if detached >= 1 && !appended && slot.get() == 99.0 {
+                0
+            } else {
+                1
+            };
+            // SAFETY: leaves the child without running the test harness.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        assert_eq!(slot.get(), 1.0);
+        let mut buf = Vec::new();
+        read_used(&path, &mut buf).unwrap();
+        let (entries, error) = read_entries(&buf);
+        assert!(error.is_none());
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].key, entries[0].value), ("k", 1.0));
+    }
 
     #[test]
     fn a_file_read_with_a_stale_used_length_is_read_whole() {

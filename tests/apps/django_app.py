@@ -1,4 +1,6 @@
-"""A one-file Django application for the route tests, with the route middleware."""
+"""A one-file Django application for the route and failure tests, with the
+route middleware. /fail raises ZeroDivisionError, which Django turns into a
+500 itself."""
 
 import django
 from django.conf import settings
@@ -24,7 +26,12 @@ def index(request):
     return HttpResponse("hello\n")
 
 
+def fail(request):
+    return 1 // 0
+
+
 urlpatterns = [
+    path("fail", fail),
     path("users/<int:uid>", user),
     path("", index),
 ]

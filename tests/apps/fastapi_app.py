@@ -18,6 +18,11 @@ async def user(uid: int):
     return {"uid": uid}
 
 
+@app.get("/fail")
+async def fail():
+    return 1 // 0
+
+
 @app.get("/")
 async def index():
     return {"hello": "world"}
