@@ -5,14 +5,12 @@ Prometheus 3 do it, and `python -m gunicorn_prometheus_exporter`."""
 from __future__ import annotations
 
 import http.client
-import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import Samples, free_port, request, stop_process, wait_for
+from conftest import Samples, free_port, private_directories, request, stop_process, wait_for
 from metrics_proto import decode_delimited
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
@@ -33,18 +31,7 @@ def url_lines(output: str) -> list[str]:
     return [ln for ln in output.splitlines() if "serving metrics at" in ln]
 
 
-# --- the metrics URL ---------------------------------------------------------------------
-
-def test_master_logs_the_metrics_url_once_through_gunicorns_error_log(gunicorn):
-    g = gunicorn(workers=2)
-    url = f"http://127.0.0.1:{g.metrics_port}/metrics"
-    (line,) = url_lines(g.output())  # once, by the master, not by each worker
-    assert line.endswith(f"[{g.pid}] {URL_LINE}{url}"), line
-    # Where Gunicorn says it listens, next to it.
-    assert "Listening at: " in g.output()
-    status, _ = request(g.metrics_port, "GET", "/metrics")
-    assert status == 200
-
+# --- the metrics URL (the IPv4 line: test_sync_worker.py, on every Gunicorn) -------------
 
 def ipv6_loopback() -> bool:
     try:
@@ -109,33 +96,6 @@ def test_python_m_runs_the_standalone_exporter_and_logs_its_url(gunicorn, tmp_pa
 
 
 # --- --preload ---------------------------------------------------------------------------
-
-def without_directory() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-
-
-def private_directories(tmp: Path) -> list[str]:
-    return sorted(p.name for p in tmp.glob("gunicorn-prometheus-*"))
-
-
-@pytest.mark.parametrize("args", [[], ["--threads", "4"]], ids=["sync", "threads"])
-def test_preload_serves_the_applications_own_metrics_with_the_private_directory(
-        gunicorn, tmp_path, monkeypatch, args):
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    g = gunicorn(["--preload", *args], env={"TMPDIR": str(tmp)}, app="preload_app:app")
-    for _ in range(7):
-        assert request(g.port)[0] == 200
-    m = g.scrape_idle()
-    assert m.get("app_orders_total") == 7
-    # Imported once, by the master, whose own file was kept.
-    assert m.get("app_imported_by_pid") == g.pid
-    assert len(private_directories(tmp)) == 1
-    assert "prometheus_client was imported before" not in g.output()
-    assert g.stop() == 0
-    assert private_directories(tmp) == []  # removed with the master
-
 
 def test_preload_with_a_named_directory_that_does_not_exist_yet(gunicorn, tmp_path):
     # Made and taken before the application is imported: prometheus_client

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import APPS, Samples, free_port, request, stop_process
+from conftest import APPS, Samples, env_without_rust, free_port, request, stop_process
 
 WHEEL = os.environ.get("GPE_WHEEL")
 pytestmark = pytest.mark.skipif(
@@ -39,18 +39,6 @@ def find_python(version: str) -> Path | None:
         return max(found, key=lambda p: int(p.parent.parent.name.rsplit(".", 1)[1]))
     on_path = shutil.which(f"python{version}")
     return Path(on_path) if on_path else None
-
-
-def env_without_rust() -> dict[str, str]:
-    """os.environ less every PATH entry that holds cargo or rustc, Rust's variables,
-    and whatever could point Python at the source tree or another venv."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CARGO", "RUSTUP", "RUSTC", "RUSTFLAGS", "MATURIN"))
-           and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
-    env["PATH"] = os.pathsep.join(
-        d for d in os.environ["PATH"].split(os.pathsep)
-        if d and not any(os.access(os.path.join(d, tool), os.X_OK) for tool in ("cargo", "rustc")))
-    return env
 
 
 @pytest.fixture(scope="module", params=sorted(GUNICORN_FOR))
