@@ -1,5 +1,5 @@
 """What README.md, ARCHITECTURE.md and CHANGELOG.md state, held against a real
-run, the package and the bench's results."""
+run, the package and the bench's results; and the demo they point to."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import gunicorn_prometheus_exporter
-from conftest import wait_for
+import pytest
+from conftest import Samples, env_without_rust, free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 ARCHITECTURE = (ROOT / "ARCHITECTURE.md").read_text()
 CHANGELOG = (ROOT / "CHANGELOG.md").read_text()
+WHEEL = os.environ.get("GPE_WHEEL")
 
 
 def files_by_owner(directory: Path, pids: list[int]) -> tuple[dict[int, set[str]], set[str]]:
@@ -73,3 +77,43 @@ def test_per_request_figures_agree_between_the_bench_readme_and_changelog():
     assert f"**{ours}**" in row and f"0.2.4: {old}" in row, (ours, old, row)
     (line,) = re.findall(r"Per-request cost: .*", CHANGELOG)
     assert line == f"Per-request cost: {ours} instead of {old} (README, Benchmarks).", line
+
+
+def run_demo(env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    """examples/demo.sh on free ports, stopped with everything it started."""
+    env = {**env, "PORT": str(free_port()), "PROMETHEUS_METRICS_PORT": str(free_port()),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
+    proc = subprocess.Popen(["bash", str(ROOT / "examples" / "demo.sh")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        stop_process(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.skipif(not WHEEL, reason="GPE_WHEEL is unset (tests/run.sh sets it)")
+def test_demo_installs_the_wheel_there_is_and_shows_exact_counts():
+    # The wheel tests/run.sh built and installed here: the demo reinstalls the same.
+    result = run_demo({**os.environ, "DEMO_WHEELS": str(Path(WHEEL).parent)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"--- installing {WHEEL}\n"), result.stdout
+    assert "serving metrics at http://127.0.0.1:" in result.stderr
+    shown = result.stdout.split("(request counters) ---\n", 1)[1]
+    m = Samples(shown)
+    assert m.get("gunicorn_worker_requests_total", status="200") == 20
+    assert m.get("gunicorn_worker_requests_total", status="404") == 5
+    assert m.get("gunicorn_worker_requests_total", status="500") == 1
+    assert m.get("gunicorn_worker_failed_requests_total", error_type="AppFailure") == 1
+
+
+def test_demo_without_a_wheel_says_it_builds_and_how_long_before_it_starts(tmp_path):
+    # No wheel and no Rust: it says what it would do, then why it cannot.
+    result = run_demo({**env_without_rust(), "DEMO_WHEELS": str(tmp_path)}, timeout=60)
+    assert result.returncode == 1
+    said = result.stdout.splitlines()
+    assert said[0].startswith(f"--- no wheel of {gunicorn_prometheus_exporter.__version__} in "
+                              f"{tmp_path}: building the Rust core from source"), said
+    assert re.search(r"about \d+ to \d+ minutes", said[1]), said
+    assert result.stderr.startswith("error: building needs a Rust toolchain"), result.stderr
