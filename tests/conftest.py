@@ -85,6 +85,23 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
     proc.wait()
 
 
+def env_without_rust() -> dict[str, str]:
+    """os.environ less every PATH entry that holds cargo or rustc, Rust's variables,
+    and whatever could point Python at the source tree or another venv."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CARGO", "RUSTUP", "RUSTC", "RUSTFLAGS", "MATURIN"))
+           and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    env["PATH"] = os.pathsep.join(
+        d for d in os.environ["PATH"].split(os.pathsep)
+        if d and not any(os.access(os.path.join(d, tool), os.X_OK) for tool in ("cargo", "rustc")))
+    return env
+
+
+def private_directories(tmp: Path) -> list[str]:
+    """The private directories masters made under `tmp` (their TMPDIR)."""
+    return sorted(p.name for p in tmp.glob("gunicorn-prometheus-*"))
+
+
 def failed_start(env: dict[str, str]) -> tuple[int, list[str], str]:
     """Start Gunicorn with the exporter and settings that must stop it:
     (exit code, its `Error:` lines, all it wrote to stderr)."""

@@ -100,7 +100,9 @@ echo "$wheel"
 
 stage "install: Gunicorn $GUNICORN_NEWEST, CPython $(python3 -c 'import platform; print(platform.python_version())')"
 main=$(venv "main-gunicorn-$GUNICORN_NEWEST" python3)
-"$main" "${PIP[@]}" "gunicorn==$GUNICORN_NEWEST" "$wheel[test]"
+# The test tools are pyproject.toml's `test` dependency group (pip 25.1+ reads it).
+"$main" "${PIP[@]}" "pip>=25.1"
+"$main" "${PIP[@]}" "gunicorn==$GUNICORN_NEWEST" "$wheel" --group test
 "$main" "${PIP[@]}" --force-reinstall --no-deps "$wheel"
 
 stage "cargo fmt / clippy / test"

@@ -71,6 +71,20 @@ def containers(path: Path) -> list[dict]:
     return doc["spec"]["template"]["spec"]["containers"]
 
 
+def test_readiness_is_probed_on_the_application_port_not_on_metrics():
+    # Metrics answer while every worker is stuck: they cannot tell readiness.
+    for path in sorted((DEPLOY / "kubernetes").glob("deployment*.yaml")):
+        web = containers(path)[0]
+        http = {p["name"]: p["containerPort"] for p in web["ports"]}["http"]
+        assert f"--bind=0.0.0.0:{http}" in web["command"], path.name
+        assert web["readinessProbe"] == {"httpGet": {"path": "/", "port": "http"}}, path.name
+        for container in containers(path):
+            probes = [container.get(k) for k in ("readinessProbe", "livenessProbe",
+                                                 "startupProbe") if k in container]
+            assert not [p for p in probes if p["httpGet"]["port"] in ("metrics", 9091)
+                        or p["httpGet"]["path"] == "/metrics"], path.name
+
+
 def test_kubernetes_manifests_agree_on_the_metrics_port():
     podmonitor = yaml.safe_load((DEPLOY / "kubernetes" / "podmonitor.yaml").read_text())
     assert podmonitor["kind"] == "PodMonitor"
@@ -108,15 +122,46 @@ def test_sidecar_manifest_shares_the_directory():
     assert mounts["web"] == mounts["metrics"] and directory in mounts["web"].values()
 
 
+def dashboard() -> dict:
+    return json.loads((DEPLOY / "grafana" / "gunicorn.json").read_text())
+
+
 def dashboard_queries() -> list[str]:
-    dashboard = json.loads((DEPLOY / "grafana" / "gunicorn.json").read_text())
-    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    return [t["expr"] for p in dashboard()["panels"] for t in p["targets"]]
 
 
-def concrete(expr: str) -> str:
-    """A dashboard expression as Grafana would send it, for all instances."""
-    return (expr.replace("$__rate_interval", "30s").replace("$__range", "5m")
-            .replace("$instance", ".*"))
+def concrete(expr: str, window: str | None = None) -> str:
+    """A dashboard expression as Grafana would send it, for all jobs and
+    instances; with `window`, both of Grafana's windows are that."""
+    return (expr.replace("$__rate_interval", window or "30s")
+            .replace("$__range", window or "5m")
+            .replace("$job", ".*").replace("$instance", ".*"))
+
+
+def test_dashboard_selects_by_job_then_instance():
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert variables["job"]["query"]["query"] == "label_values(gunicorn_workers, job)"
+    assert variables["instance"]["query"]["query"] == \
+        'label_values(gunicorn_workers{job=~"$job"}, instance)'
+    # Every selector of every query is narrowed to the chosen jobs and instances.
+    selectors = [m for q in dashboard_queries()
+                 for m in re.finditer(r"\b(gunicorn_[a-z_]+)(\{[^}]*\})?", q)]
+    assert len(selectors) > 20
+    loose = [m.group(0) for m in selectors
+             if not m.group(2) or 'job=~"$job",instance=~"$instance"' not in m.group(2)]
+    assert not loose, loose
+
+
+def test_panels_of_counters_born_at_their_first_event_are_unit_tested():
+    # Timeouts and failures: a series appears with the value 1. Their panels'
+    # queries, at a 10m window, are unit-tested in rules_test.yml.
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "rules_test.yml").read_text())["tests"]
+    tested = {t["expr"] for case in tests for t in case.get("promql_expr_test", [])}
+    born = [q for q in dashboard_queries()
+            if "request_timeouts_total" in q or "failed_requests_total" in q]
+    assert len(born) == 2
+    assert all(" unless " in q and " offset " in q for q in born), born
+    assert not [q for q in born if concrete(q, "10m") not in tested]
 
 
 def test_every_dashboard_query_returns_data_from_a_real_scrape(gunicorn, prometheus):
@@ -153,6 +198,10 @@ scrape_configs:
         assert metrics_used <= served, metrics_used - served  # only metrics that exist
         empty = [q for q in queries if not server.query(concrete(q))]
         assert not empty, empty
+        # The one timeout, whose series was born with it, is counted.
+        (timeouts,) = [q for q in queries if "request_timeouts_total" in q]
+        assert [(r["metric"]["route"], float(r["value"][1]))
+                for r in server.query(concrete(timeouts))] == [("/slow", 1.0)]
         def evaluated() -> list:
             groups = server.api("rules")["data"]["groups"]
             rules = [r for grp in groups for r in grp["rules"]]

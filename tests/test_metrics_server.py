@@ -17,7 +17,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from conftest import Samples, failed_start, free_port, request, stop_process
+from conftest import Samples, failed_start, free_port, request, stop_process, wait_for
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -121,6 +121,16 @@ def test_content_negotiation_and_gzip(gunicorn):
     assert request_samples(text_again.body.decode()) == expected
 
 
+def test_0_2_4_tls_variables_serve_tls_and_the_logged_url_says_https(gunicorn, pki):
+    g = gunicorn(workers=1, env={"PROMETHEUS_SSL_CERTFILE": str(pki / "server.pem"),
+                                 "PROMETHEUS_SSL_KEYFILE": str(pki / "server.key")},
+                 ready=False)
+    line = f"serving metrics at https://127.0.0.1:{g.metrics_port}/metrics\n"
+    wait_for(lambda: line in g.output(), what="the URL line")
+    status, body = https_get(g.metrics_port, pki)
+    assert status == 200 and b"gunicorn_exporter_build_info" in body
+
+
 def test_basic_auth_over_tls(gunicorn, pki, tmp_path):
     g = gunicorn(workers=1, env={"PROMETHEUS_WEB_CONFIG_FILE": str(web_config(pki, tmp_path))},
                  ready=False)
@@ -133,6 +143,8 @@ def test_basic_auth_over_tls(gunicorn, pki, tmp_path):
         except OSError:
             assert time.monotonic() < deadline, g.output()
             time.sleep(0.2)
+    # The URL the master logs says https, as the web config does.
+    assert f"serving metrics at https://127.0.0.1:{g.metrics_port}/metrics\n" in g.output()
     assert https_get(g.metrics_port, pki)[0] == 401
     assert https_get(g.metrics_port, pki, "prometheus", "wrong")[0] == 401
     assert https_get(g.metrics_port, pki, "someone", PASSWORD)[0] == 401

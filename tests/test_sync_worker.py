@@ -16,6 +16,7 @@ from conftest import (
     MIX,
     check_a_replacement_takes_the_killed_workers_slot,
     failed_start,
+    private_directories,
     request,
     request_in_background,
     wait_for,
@@ -210,6 +211,27 @@ def test_zero_config_makes_a_private_directory_and_removes_it(gunicorn):
     assert not directory.exists()
 
 
+@pytest.mark.parametrize("args", [[], ["--threads", "4"]], ids=["sync", "threads"])
+def test_preload_serves_the_applications_own_metrics_with_the_private_directory(
+        gunicorn, tmp_path, monkeypatch, args):
+    # Gunicorn calls the worker class's setup before --preload imports the
+    # application: the directory is exported by then.
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    g = gunicorn(["--preload", *args], env={"TMPDIR": str(tmp)}, app="preload_app:app")
+    for _ in range(7):
+        assert request(g.port)[0] == 200
+    m = g.scrape_idle()
+    assert m.get("app_orders_total") == 7
+    # Imported once, by the master, whose own file was kept.
+    assert m.get("app_imported_by_pid") == g.pid
+    assert len(private_directories(tmp)) == 1
+    assert "prometheus_client was imported before" not in g.output()
+    assert g.stop() == 0
+    assert private_directories(tmp) == []  # removed with the master
+
+
 def test_files_of_an_earlier_run_are_cleared_at_start(gunicorn, tmp_path):
     directory = tmp_path / "multiproc"
     directory.mkdir()
@@ -252,6 +274,14 @@ def test_taken_metrics_port_stops_startup():
         code, errors, stderr = failed_start({"PROMETHEUS_METRICS_PORT": port})
     assert code != 0
     assert len(errors) == 1 and "PROMETHEUS_METRICS_PORT" in errors[0], stderr
+
+
+def test_master_logs_the_metrics_url_once(gunicorn):
+    g = gunicorn(workers=2)
+    lines = [ln for ln in g.output().splitlines() if "serving metrics at" in ln]
+    assert len(lines) == 1, lines  # by the master, not by each worker
+    assert lines[0].endswith(f"[{g.pid}] [INFO] gunicorn_prometheus_exporter: serving metrics "
+                             f"at http://127.0.0.1:{g.metrics_port}/metrics"), lines
 
 
 def test_index_page_404_and_405(gunicorn):

@@ -8,16 +8,18 @@ kept under target/venvs; the wheel is reinstalled into them on every run."""
 
 from __future__ import annotations
 
+import email.parser
 import os
 import re
 import shutil
 import subprocess
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import APPS, Samples, free_port, request, stop_process
+from conftest import APPS, Samples, env_without_rust, free_port, request, stop_process
 
 WHEEL = os.environ.get("GPE_WHEEL")
 pytestmark = pytest.mark.skipif(
@@ -39,18 +41,6 @@ def find_python(version: str) -> Path | None:
         return max(found, key=lambda p: int(p.parent.parent.name.rsplit(".", 1)[1]))
     on_path = shutil.which(f"python{version}")
     return Path(on_path) if on_path else None
-
-
-def env_without_rust() -> dict[str, str]:
-    """os.environ less every PATH entry that holds cargo or rustc, Rust's variables,
-    and whatever could point Python at the source tree or another venv."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CARGO", "RUSTUP", "RUSTC", "RUSTFLAGS", "MATURIN"))
-           and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
-    env["PATH"] = os.pathsep.join(
-        d for d in os.environ["PATH"].split(os.pathsep)
-        if d and not any(os.access(os.path.join(d, tool), os.X_OK) for tool in ("cargo", "rustc")))
-    return env
 
 
 @pytest.fixture(scope="module", params=sorted(GUNICORN_FOR))
@@ -90,6 +80,60 @@ def test_wheel_installs_without_rust_and_reports_its_version(wheel_venv, tmp_pat
     assert out[1] == gunicorn_version
     # The compiled core came from the wheel, into the venv.
     assert out[2].startswith(str(python.parent.parent)) and out[2].endswith(".abi3.so"), out[2]
+
+
+def test_python_m_runs_the_standalone_exporter(wheel_venv, tmp_path):
+    python, _, env = wheel_venv
+    out = subprocess.run([str(python), "-m", "gunicorn_prometheus_exporter", "--help"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: gunicorn-prometheus-exporter ")
+    assert "--multiproc-dir PROMETHEUS_MULTIPROC_DIR" in out.stdout
+
+
+def wheel_metadata():
+    with zipfile.ZipFile(WHEEL) as wheel:
+        (name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+        return email.parser.Parser().parsestr(wheel.read(name).decode())
+
+
+def test_metadata_has_project_urls_and_the_worker_extras_and_no_test_extra():
+    metadata = wheel_metadata()
+    urls = dict(url.split(", ", 1) for url in metadata.get_all("Project-URL"))
+    assert sorted(urls) == ["Changelog", "Documentation", "Homepage", "Issues", "Repository"]
+    assert all(url.startswith("https://github.com/") for url in urls.values()), urls
+    assert sorted(metadata.get_all("Provides-Extra")) == ["gevent", "uvicorn"]
+    by_extra: dict[str, list[str]] = {}
+    for requirement in metadata.get_all("Requires-Dist"):
+        name, _, marker = requirement.partition(";")
+        extra = re.search(r"extra == ['\"](\w+)['\"]", marker)
+        by_extra.setdefault(extra.group(1) if extra else "", []).append(name.strip())
+    # Runtime: Gunicorn only. The test tools are a dependency group, not published.
+    assert by_extra == {"": ["gunicorn>=20.1"], "gevent": ["gunicorn[gevent]"],
+                        "uvicorn": ["uvicorn-worker"]}
+
+
+def test_the_extras_install_what_their_worker_classes_need(tmp_path):
+    # Gunicorn 27's gevent worker also needs packaging: Gunicorn's own extra has it.
+    base = find_python("3.13")
+    if base is None:
+        pytest.skip("skipped: CPython 3.13 not found")
+    env = env_without_rust()
+    venv = VENVS / "wheel-extras-py3.13-gunicorn27.0.1"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True, env=env)
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "gunicorn==27.0.1", f"{WHEEL}[gevent,uvicorn]"], check=True, env=env)
+    subprocess.run([*pip, "--force-reinstall", "--no-deps", WHEEL], check=True, env=env)
+    code = ("import gunicorn.workers.ggevent as g, uvicorn_worker as u\n"
+            "from gunicorn_prometheus_exporter import PrometheusGeventWorker as G\n"
+            "from gunicorn_prometheus_exporter import PrometheusUvicornWorker as U\n"
+            "print(issubclass(G, g.GeventWorker), issubclass(U, u.UvicornWorker))")
+    out = subprocess.run([str(python), "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
 
 
 @pytest.mark.parametrize("worker,args", [

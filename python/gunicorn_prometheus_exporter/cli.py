@@ -9,6 +9,7 @@ import signal
 import sys
 
 from . import _core
+from .endpoint import metrics_url
 from .master import build_info
 
 # flag -> environment variable; a flag wins over its variable.
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as exc:
         print(f"gunicorn-prometheus-exporter: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"serving {directory} on http://{exporter.host}:{exporter.port}/metrics", flush=True)
+    url = metrics_url(exporter.host, exporter.port, mapping.get("PROMETHEUS_WEB_CONFIG_FILE"))
+    print(f"gunicorn-prometheus-exporter: serving {directory} at {url}", flush=True)
     signal.sigwait(stop)
 
 

@@ -29,6 +29,15 @@ class MeteredWorker:
     meter: _core.WorkerMeter
 
     @classmethod
+    def setup(cls) -> None:
+        # Gunicorn calls it in the master as it loads the worker class, before
+        # `--preload` imports the application: the directory must exist then.
+        master().export_directory()
+        super_setup = getattr(super(), "setup", None)
+        if super_setup is not None:
+            super_setup()
+
+    @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
         # Runs in the master at start-up: zero-configuration setup.
         master().setup(cfg)

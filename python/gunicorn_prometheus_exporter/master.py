@@ -17,6 +17,7 @@ import platform
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from typing import Any, Callable
 import gunicorn
 
 from . import _core, legacy
+from .endpoint import metrics_url
 
 DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Handed by an old master to the one Gunicorn's USR2 execs (then removed from
@@ -48,6 +50,12 @@ class MasterExporter:
         self.directory: str | None = None
         # The directory was made by this master (zero-config): it goes with it.
         self.private = False
+        # This master made the directory (then gives it to --user/--group).
+        self.made = False
+        self.removed_at_exit = False
+        # The directory taken and exported before Gunicorn imported the
+        # application (`export_directory`), until `_start` adopts it.
+        self.early_directory: str | None = None
         self.created: float | None = None
         # The old master's pid when this one took the directory over by USR2.
         self.upgraded_from: int | None = None
@@ -79,6 +87,36 @@ class MasterExporter:
             self.meter.set_desired(self.server.num_workers)
         self._publish_listeners()
 
+    def export_directory(self) -> None:
+        """Take the directory (a private one when none is named) and export it
+        before Gunicorn imports the application: `--preload` imports it in the
+        master before any hook or `check_config` runs, and prometheus_client
+        writes where the variable said when it was imported. The settings are
+        read later, in `_start`: Gunicorn applies its `--env` after this."""
+        if self.settings is None and self.early_directory is None:
+            named = os.environ.get(DIRECTORY_VARIABLE, "").strip() or None
+            self.early_directory = self._take_directory(named)
+
+    def _take_directory(self, named: str | None) -> str:
+        """Make the directory (private when `named` is None), take it over for
+        this master and export it."""
+        self.private = named is None
+        directory = named or tempfile.mkdtemp(prefix="gunicorn-prometheus-")
+        self.made = self.private or not os.path.exists(directory)
+        if self.private:
+            _warn_if_prometheus_client_was_imported()
+        try:
+            self.upgraded_from = _core.prepare_directory(directory, self.compactor)
+        except OSError as exc:
+            if self.private:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise RuntimeError(str(exc)) from None
+        if self.private:
+            self._remove_at_exit()
+        self.directory = directory
+        os.environ[DIRECTORY_VARIABLE] = directory
+        return directory
+
     def _start(self, cfg: Any) -> None:
         started = time.time()
         # From an old master (USR2): never left for our workers or our own re-exec.
@@ -89,15 +127,16 @@ class MasterExporter:
             settings = _core.Settings.from_mapping(os.environ)
         except (ValueError, OSError) as exc:
             raise RuntimeError(str(exc)) from None
-        directory = settings.directory
-        made = directory is None or not os.path.exists(directory)
-        if directory is None:
-            directory = tempfile.mkdtemp(prefix="gunicorn-prometheus-")
-            self.private = True
+        named = None if settings.directory is None else str(settings.directory)
+        early, self.early_directory = self.early_directory, None
+        if early is None or (named is not None and named != early):
+            if early is not None and self.private:  # Gunicorn's --env named another one
+                shutil.rmtree(early, ignore_errors=True)
+            self._take_directory(named)
+        directory = str(self.directory)
         try:
-            self.upgraded_from = _core.prepare_directory(directory, self.compactor)
-            if made:
-                _give_to_workers(str(directory), cfg)
+            if self.made:
+                _give_to_workers(directory, cfg)
         except OSError as exc:
             if self.private:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -107,11 +146,9 @@ class MasterExporter:
             self.private = handed[PRIVATE_DIRECTORY_VARIABLE] == str(directory)
             started = _float_or(handed[CREATED_VARIABLE], started)
         if self.private:
-            atexit.register(self._remove_private_directory)
+            self._remove_at_exit()
         self.meter = _core.MasterMeter(settings, directory, self.pid)
         forget_inherited_files_at_fork()
-        os.environ[DIRECTORY_VARIABLE] = str(directory)
-        self.directory = str(directory)
         self.settings = settings
         self.created = started
         if settings.port != 0:
@@ -125,6 +162,13 @@ class MasterExporter:
                 )
             except (OSError, ValueError) as exc:
                 raise RuntimeError(str(exc)) from None
+            log.info("gunicorn_prometheus_exporter: serving metrics at %s",
+                     metrics_url(self.exporter.host, self.exporter.port,
+                                 os.environ.get("PROMETHEUS_WEB_CONFIG_FILE")))
+        else:
+            log.info("gunicorn_prometheus_exporter: not serving metrics "
+                     "(PROMETHEUS_METRICS_PORT=0); serve %s with the "
+                     "gunicorn-prometheus-exporter command", self.directory)
 
     def pre_exec(self, server: Any) -> None:
         """Gunicorn's USR2, in the child about to exec the new master with the
@@ -142,10 +186,15 @@ class MasterExporter:
         if self.exporter is not None:
             environ[LISTENER_VARIABLE] = str(self.exporter.inherit_listener())
 
+    def _remove_at_exit(self) -> None:
+        if not self.removed_at_exit:
+            self.removed_at_exit = True
+            atexit.register(self._remove_private_directory)
+
     def _remove_private_directory(self) -> None:
         # Workers inherit atexit handlers; only this master removes it, and
         # not while a USR2 successor that took it over lives.
-        if os.getpid() != self.pid or self._successor_alive():
+        if not self.private or os.getpid() != self.pid or self._successor_alive():
             return
         shutil.rmtree(str(self.directory), ignore_errors=True)
 
@@ -290,6 +339,20 @@ def build_info(worker_class: str) -> list[tuple[str, str]]:
         ("python_version", platform.python_version()),
         ("worker_class", worker_class),
     ]
+
+
+def _warn_if_prometheus_client_was_imported() -> None:
+    """prometheus_client chooses where its values live when it is imported:
+    imported before the directory was exported, it keeps the application's
+    metrics in each process, unserved."""
+    if "prometheus_client.values" in sys.modules:
+        log.warning("gunicorn_prometheus_exporter: prometheus_client was imported before %s "
+                    "was set (by the configuration file, or by --preload with the hooks "
+                    "alone): the application's own metrics are not served; set %s, or use a "
+                    "Prometheus worker class (--worker-class "
+                    "gunicorn_prometheus_exporter.PrometheusWorker), which sets it before "
+                    "--preload imports the application", DIRECTORY_VARIABLE,
+                    DIRECTORY_VARIABLE)
 
 
 def _bound_listeners(cfg: Any) -> list[tuple[str, str, int]]:
