@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs every test. It builds the manylinux2014
-# x86_64 wheel once (maturin --zig, as scripts/build-wheels.sh does) and uses
+# x86_64 wheel once (scripts/build-wheels.sh) and uses
 # that wheel everywhere:
 #   - Rust: fmt, clippy, unit tests; ruff;
 #   - the whole pytest suite on the newest Gunicorn, including tests/test_wheel.py
@@ -86,14 +86,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Built and checked (auditwheel) by scripts/build-wheels.sh, as users' wheels
+# are; into a directory of its own, which the script empties first.
 stage "build the manylinux2014 x86_64 wheel"
-build=$(venv build python3)
-"$build" "${PIP[@]}" "maturin>=1.9.4,<2" ziglang auditwheel
-grep -qx x86_64-unknown-linux-gnu <<<"$(rustup target list --installed)" \
-  || rustup target add x86_64-unknown-linux-gnu
-rm -rf target/wheels
-PATH="$PWD/$(dirname "$build"):$PATH" maturin build --release --quiet --zig \
-  --compatibility manylinux2014 --target x86_64-unknown-linux-gnu --out target/wheels
+TARGETS=x86_64-unknown-linux-gnu SDIST=0 OUT=target/wheels bash scripts/build-wheels.sh
 wheel=$(ls "$PWD"/target/wheels/gunicorn_prometheus_exporter-*manylinux_2_17_x86_64.whl)
 export GPE_WHEEL=$wheel
 echo "$wheel"
