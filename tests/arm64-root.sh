@@ -6,7 +6,8 @@
 # release, from the mirror apt uses, checked against Debian's keyring), and
 # each package is unpacked with dpkg-deb -x: nothing runs inside the root (no
 # chroot, no second stage, no maintainer scripts), and no binfmt handler is
-# registered on the machine. A root made once is kept; delete it to make it again.
+# registered on the machine. A root made once is kept: delete it to make it
+# again (from the release's current packages).
 #   bash tests/arm64-root.sh target/arm64-root
 set -euo pipefail
 root=${1:?usage: tests/arm64-root.sh ROOT}
@@ -18,8 +19,16 @@ fi
 command -v debootstrap >/dev/null || { echo "arm64-root: debootstrap not found" >&2; exit 1; }
 
 suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-mirror=$(apt-get indextargets --format '$(REPO_URI)' "Release: $suite" 'Target-Of: deb' \
-  'Identifier: Packages' | head -n 1)
+mirror_of_suite() {
+  apt-get indextargets --format '$(REPO_URI)' "Release: $suite" 'Target-Of: deb' \
+    'Identifier: Packages' | sed -n 1p
+}
+mirror=$(mirror_of_suite)
+if [ -z "$mirror" ]; then
+  # apt lists a source only once it has fetched the source's package lists.
+  apt-get update -qq
+  mirror=$(mirror_of_suite)
+fi
 if [ -z "$suite" ] || [ -z "$mirror" ]; then
   echo "arm64-root: no Debian mirror for '$suite' in apt's sources" >&2
   exit 1
@@ -30,9 +39,10 @@ fi
 work="$root.partial"
 rm -rf "$work"
 mkdir -p "$work"
-echo "debootstrap --arch=arm64 --download-only --variant=minbase --include=python3 $suite $mirror"
-debootstrap --arch=arm64 --download-only --variant=minbase --include=python3 \
-  "$suite" "$work" "$mirror" >"$work.log" 2>&1 || { cat "$work.log" >&2; exit 1; }
+options=(--arch=arm64 --download-only --variant=minbase --include=python3 --force-check-gpg)
+echo "debootstrap ${options[*]} $suite $mirror"
+debootstrap "${options[@]}" "$suite" "$work" "$mirror" >"$work.log" 2>&1 \
+  || { cat "$work.log" >&2; exit 1; }
 debs=("$work"/var/cache/apt/archives/*.deb)
 for deb in "${debs[@]}"; do
   dpkg-deb -x "$deb" "$work"
