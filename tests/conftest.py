@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,17 @@ MIX = [
     ("DELETE", "/status/204", None, 204),
     ("HEAD", "/", None, 200),
 ]
+
+
+def send_mix(port: int, rounds: int) -> Counter:
+    """Send MIX `rounds` times, checking each status: (method label, status) -> sent."""
+    sent: Counter = Counter()
+    for _ in range(rounds):
+        for method, path, body, want in MIX:
+            status, _ = request(port, method, path, body)
+            assert status == want, (method, path, status)
+            sent[(method if method != "PROPFIND" else "other", str(status))] += 1
+    return sent
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
@@ -143,13 +155,15 @@ class Samples:
 class Gunicorn:
     """One Gunicorn master started by a test, in its own process group."""
 
-    def __init__(self, tmp: Path, args: list[str], env: dict[str, str], app: str) -> None:
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str], app: str,
+                 python: list[str] | None = None) -> None:
+        """`python`: the command that runs the interpreter, this test's by default."""
         self.port = free_port()
         self.metrics_port = free_port()
         self.env = {**os.environ, "PROMETHEUS_METRICS_PORT": str(self.metrics_port), **env}
         self.log_path = tmp / f"gunicorn-{self.port}.log"
         self.log = open(self.log_path, "wb")
-        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+        cmd = [*(python or [sys.executable]), "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
                "--worker-class", WORKER, *args, app]
         self.proc = subprocess.Popen(cmd, cwd=APPS, env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -179,15 +193,19 @@ class Gunicorn:
         except OSError:
             return []
 
-    def scrape_text(self, accept: str | None = None) -> str:
+    def scrape_response(self, accept: str | None = None) -> tuple[str, bytes]:
+        """(Content-Type, body) of a scrape that must succeed."""
         conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=10)
         try:
             conn.request("GET", "/metrics", headers={"Accept": accept} if accept else {})
             resp = conn.getresponse()
             assert resp.status == 200, resp.status
-            return resp.read().decode()
+            return resp.getheader("Content-Type"), resp.read()
         finally:
             conn.close()
+
+    def scrape_text(self, accept: str | None = None) -> str:
+        return self.scrape_response(accept)[1].decode()
 
     def scrape(self) -> Samples:
         return Samples(self.scrape_text())
@@ -275,8 +293,10 @@ def gunicorn(tmp_path):
     started: list[Gunicorn] = []
 
     def start(args: list[str] | None = None, env: dict[str, str] | None = None,
-              app: str = "wsgi_app:app", workers: int = 2, ready: bool = True) -> Gunicorn:
-        g = Gunicorn(tmp_path, ["--workers", str(workers), *(args or [])], env or {}, app)
+              app: str = "wsgi_app:app", workers: int = 2, ready: bool = True,
+              python: list[str] | None = None) -> Gunicorn:
+        g = Gunicorn(tmp_path, ["--workers", str(workers), *(args or [])], env or {}, app,
+                     python)
         started.append(g)
         if ready:
             g.wait_ready(workers)

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs every test. It builds the manylinux2014
-# x86_64 wheel once (maturin --zig, as scripts/build-wheels.sh does) and uses
-# that wheel everywhere:
+# x86_64 and aarch64 wheels once (scripts/build-wheels.sh) and uses the x86_64
+# wheel everywhere:
 #   - Rust: fmt, clippy, unit tests; ruff;
 #   - the whole pytest suite on the newest Gunicorn, including tests/test_wheel.py
-#     (the wheel in clean CPython 3.9 and 3.13 venvs with no Rust on PATH);
+#     (the wheel in clean CPython 3.9 and 3.13 venvs with no Rust on PATH) and
+#     tests/test_aarch64.py (the aarch64 wheel under qemu-user, with Debian's
+#     arm64 CPython from a root made by tests/arm64-root.sh, kept in target/);
 #   - the sync and gthread worker suites on every Gunicorn minor line from 20.1
 #     to the newest, spread over CPython 3.9 to 3.13 (pyenv's; a missing CPython
 #     is reported and skipped).
@@ -80,23 +82,34 @@ stage "system packages"
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v wrk >/dev/null || missing+=(wrk)
+# The tests start the arm64 interpreter through qemu-aarch64-static directly.
+# The package registers binfmt handlers only through binfmt-support (a
+# recommendation, so not installed) or a systemd booted as init (not here).
+command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Built and checked (auditwheel) by scripts/build-wheels.sh, as users' wheels
+# are; each into a directory of its own, which the script empties first.
 stage "build the manylinux2014 x86_64 wheel"
-build=$(venv build python3)
-"$build" "${PIP[@]}" "maturin>=1.9.4,<2" ziglang auditwheel
-grep -qx x86_64-unknown-linux-gnu <<<"$(rustup target list --installed)" \
-  || rustup target add x86_64-unknown-linux-gnu
-rm -rf target/wheels
-PATH="$PWD/$(dirname "$build"):$PATH" maturin build --release --quiet --zig \
-  --compatibility manylinux2014 --target x86_64-unknown-linux-gnu --out target/wheels
+TARGETS=x86_64-unknown-linux-gnu SDIST=0 OUT=target/wheels bash scripts/build-wheels.sh
 wheel=$(ls "$PWD"/target/wheels/gunicorn_prometheus_exporter-*manylinux_2_17_x86_64.whl)
 export GPE_WHEEL=$wheel
 echo "$wheel"
+
+stage "build the manylinux2014 aarch64 wheel"
+TARGETS=aarch64-unknown-linux-gnu SDIST=0 OUT=target/wheels-aarch64 bash scripts/build-wheels.sh
+GPE_WHEEL_AARCH64=$(ls "$PWD"/target/wheels-aarch64/gunicorn_prometheus_exporter-*manylinux_2_17_aarch64.whl)
+export GPE_WHEEL_AARCH64
+echo "$GPE_WHEEL_AARCH64"
+
+stage "arm64 root for qemu-user (made once, in target/arm64-root)"
+export GPE_ARM64_ROOT=$PWD/target/arm64-root
+bash tests/arm64-root.sh "$GPE_ARM64_ROOT"
 
 stage "install: Gunicorn $GUNICORN_NEWEST, CPython $(python3 -c 'import platform; print(platform.python_version())')"
 main=$(venv "main-gunicorn-$GUNICORN_NEWEST" python3)

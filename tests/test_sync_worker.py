@@ -8,7 +8,6 @@ import socket
 import stat
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,10 @@ from conftest import (
     private_directories,
     request,
     request_in_background,
+    send_mix,
     wait_for,
 )
 from prometheus_client.mmap_dict import MmapedDict
-
-
-def send_mix(port: int, rounds: int) -> Counter:
-    sent: Counter = Counter()
-    for _ in range(rounds):
-        for method, path, body, want in MIX:
-            status, _ = request(port, method, path, body)
-            assert status == want, (method, path, status)
-            sent[(method if method != "PROPFIND" else "other", str(status))] += 1
-    return sent
 
 
 def test_exact_counts_per_method_and_status(gunicorn):
