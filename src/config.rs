@@ -4,9 +4,9 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use crate::histogram::DEFAULT_DURATION_BUCKETS;
-use crate::native_histogram;
-use crate::route::DEFAULT_MAX_LABEL_VALUES;
+use crate::worker::histogram::DEFAULT_DURATION_BUCKETS;
+use crate::worker::native_histogram;
+use crate::worker::route::DEFAULT_MAX_LABEL_VALUES;
 
 /// Largest cap on distinct label values per worker: route ids are 16-bit.
 pub const MAX_LABEL_VALUES: usize = 10_000;

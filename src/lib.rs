@@ -1,36 +1,29 @@
 //! Rust core of gunicorn-prometheus-exporter. This file only assembles the
 //! modules; `python` is the compiled module's face, and `bench` what the
 //! benches drive. Every other module is private to the crate.
+//!
+//! The folders follow a request's data path: `worker` records it in the
+//! worker's files (`storage`), `master` keeps the directory and folds the
+//! files of processes that died, `scrape` reads the directory into families
+//! (`model`), `exposition` writes families as bytes and `server` serves them.
+//! `kernel` is what the operating system tells (process resources, TCP_INFO,
+//! listen backlogs); `catalogue` names every series in one place.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
-mod aggregate;
-mod archive;
-mod backlog;
-mod basic_auth;
+mod catalogue;
 mod clock;
 mod config;
-mod directory;
-mod exemplar;
-mod exemplar_index;
 mod exposition;
 mod failures;
-mod histogram;
-mod labels;
-mod master_meter;
-mod meter;
+mod kernel;
+mod master;
 mod model;
-mod native_histogram;
-mod process_stats;
-mod queue_time;
-mod route;
 mod scrape;
 mod server;
 mod storage;
-#[cfg(target_os = "linux")]
-mod tcp_info;
-mod web_config;
+mod worker;
 
 mod python;
 

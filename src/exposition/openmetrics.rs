@@ -2,9 +2,9 @@
 
 use super::names::push_metric_name;
 use super::text::{push_labels, LabelCache};
-use crate::exemplar::Exemplars;
 use crate::model::{Family, Kind};
 use crate::storage::float::push_go_float;
+use crate::worker::exemplar::Exemplars;
 use std::fmt::Write as _;
 
 /// Content-Type of an OpenMetrics body.

@@ -21,10 +21,10 @@ use rustc_hash::FxHashMap;
 
 use super::names::{push_label_name, push_metric_name};
 use super::wire;
-use crate::exemplar::{Exemplar, Exemplars};
-use crate::exemplar_index::FamilyExemplars;
 use crate::model::{Family, Kind, Labels, Sample};
-use crate::native_histogram::{NativeBuckets, NativeHistograms, ZERO_THRESHOLD};
+use crate::scrape::exemplar_index::FamilyExemplars;
+use crate::worker::exemplar::{Exemplar, Exemplars};
+use crate::worker::native_histogram::{NativeBuckets, NativeHistograms, ZERO_THRESHOLD};
 
 /// Content-Type of a protobuf body.
 pub const CONTENT_TYPE: &str =
@@ -497,8 +497,8 @@ mod reference;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exemplar::ExemplarKey;
-    use crate::native_histogram::NativeBuckets;
+    use crate::worker::exemplar::ExemplarKey;
+    use crate::worker::native_histogram::NativeBuckets;
     use std::sync::Arc;
 
     #[test]

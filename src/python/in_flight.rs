@@ -22,8 +22,8 @@ use std::cell::RefCell;
 
 use pyo3::prelude::*;
 
-use crate::exemplar::TraceParent;
-use crate::labels::Method;
+use crate::worker::exemplar::TraceParent;
+use crate::worker::labels::Method;
 
 /// What Gunicorn's access log said of a request, as it will be counted.
 #[derive(Debug, Clone, Copy)]
@@ -182,7 +182,7 @@ pub(super) fn leave(req: &Bound<'_, PyAny>, ended: Ended) -> Left {
                 let (method, route) = r
                     .failed
                     .or(answer.map(|a| (a.method, a.route)))
-                    .unwrap_or((Method::Other, crate::route::NO_ROUTE));
+                    .unwrap_or((Method::Other, crate::worker::route::NO_ROUTE));
                 let seconds = crate::clock::monotonic_ns().saturating_sub(r.started) as f64 / 1e9;
                 Left::Count(Answer {
                     method,

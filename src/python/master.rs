@@ -9,13 +9,13 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 use super::settings::Settings;
-use crate::archive;
-use crate::directory;
 use crate::failures;
-use crate::master_meter;
-use crate::scrape::ScrapeSource;
+use crate::master::archive;
+use crate::master::directory;
+
+use crate::scrape::source::ScrapeSource;
 use crate::server;
-use crate::web_config::WebConfig;
+use crate::server::web_config::WebConfig;
 
 /// A running metrics server.
 #[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
@@ -66,7 +66,7 @@ impl Exporter {
 /// The master's own series: restarts by reason, signals, desired workers.
 #[pyclass(frozen, module = "gunicorn_prometheus_exporter._core")]
 pub(super) struct MasterMeter {
-    meter: master_meter::MasterMeter,
+    meter: crate::master::meter::MasterMeter,
 }
 
 #[pymethods]
@@ -75,7 +75,7 @@ impl MasterMeter {
     #[new]
     fn new(settings: &Settings, directory: PathBuf, pid: u32) -> Self {
         MasterMeter {
-            meter: master_meter::MasterMeter::open(&directory, pid, &settings.0.prefix),
+            meter: crate::master::meter::MasterMeter::open(&directory, pid, &settings.0.prefix),
         }
     }
 

@@ -7,9 +7,9 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 use pyo3::Borrowed;
 use pyo3::{ffi, intern};
 
-use crate::exemplar::TraceParent;
-use crate::labels::{parse_status, Method};
-use crate::queue_time;
+use crate::worker::exemplar::TraceParent;
+use crate::worker::labels::{parse_status, Method};
+use crate::worker::queue_time;
 
 extern "C" {
     // Part of the limited API since 3.10, and exported by every CPython 3

@@ -18,13 +18,13 @@ use super::request::{
     utf8_of, wsgi_method,
 };
 use super::settings::Settings;
-use crate::exemplar::TraceParent;
 use crate::failures;
-use crate::labels::Method;
-use crate::meter::{MeterConfig, WorkerMeter as Meter};
-use crate::queue_time;
-use crate::route::NO_ROUTE;
 use crate::server;
+use crate::worker::exemplar::TraceParent;
+use crate::worker::labels::Method;
+use crate::worker::meter::{MeterConfig, WorkerMeter as Meter};
+use crate::worker::queue_time;
+use crate::worker::route::NO_ROUTE;
 
 /// The instrumentation of one worker process. Its methods never raise: a
 /// metrics problem must not break a request.

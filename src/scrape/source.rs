@@ -10,19 +10,20 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::aggregate::Aggregator;
-use crate::backlog;
+use crate::catalogue::{self, Series};
 use crate::clock::monotonic_seconds;
-use crate::exemplar::{ExemplarAggregator, Exemplars};
 use crate::exposition::negotiate::Format;
 use crate::exposition::text::LabelCache;
 use crate::exposition::{openmetrics, protobuf, text};
 use crate::failures;
+use crate::kernel::backlog;
+use crate::kernel::process_stats;
 use crate::model::{Family, Kind, Labels};
-use crate::native_histogram::{NativeAggregator, NativeHistograms};
-use crate::process_stats;
+use crate::scrape::aggregate::Aggregator;
 use crate::storage::lock::DirectoryLock;
 use crate::storage::names::LIVE_WORKER_GAUGES_PREFIX;
+use crate::worker::exemplar::{ExemplarAggregator, Exemplars};
+use crate::worker::native_histogram::{NativeAggregator, NativeHistograms};
 
 /// The longest a scrape waits for the directory lock (a compaction, or a
 /// foreign process holding it) before it serves the last families it read.
@@ -146,35 +147,11 @@ impl ScrapeSource {
         let from_directory = families.len();
         let errors = self.read_errors.fetch_add(new_errors, Ordering::Relaxed) + new_errors;
         let p = &self.prefix;
-        let gauge = |name: &str, help: &str, value: f64| {
-            let mut f = Family::new(name, help, Kind::Gauge);
-            f.push("", Vec::new(), value);
-            f
-        };
-        families.push(gauge(
-            &format!("{p}_workers"),
-            "Live worker processes.",
-            live_workers as f64,
-        ));
-        let mut read_errors = Family::new(
-            format!("{p}_exporter_read_errors"),
-            "Files or entries of the multiprocess directory that could not be read.",
-            Kind::Counter,
-        );
-        read_errors.push("_total", Vec::new(), errors as f64);
-        families.push(read_errors);
-        let mut write_errors = Family::new(
-            format!("{p}_exporter_write_errors"),
-            "Files or entries that could not be recorded (by the master or its workers).",
-            Kind::Counter,
-        );
-        write_errors.push("_total", Vec::new(), failures::write_errors() as f64);
-        families.push(write_errors);
-        let mut build_info = Family::new(
-            format!("{p}_exporter_build_info"),
-            "Versions of the exporter and what it runs in.",
-            Kind::Gauge,
-        );
+        families.push(one(&catalogue::WORKERS, p, live_workers as f64));
+        families.push(one(&catalogue::READ_ERRORS, p, errors as f64));
+        let written = failures::write_errors() as f64;
+        families.push(one(&catalogue::WRITE_ERRORS, p, written));
+        let mut build_info = catalogue::BUILD_INFO.empty(p);
         build_info.push("", self.build_info.clone(), 1.0);
         families.push(build_info);
         families.extend(self.backlog_families());
@@ -190,16 +167,8 @@ impl ScrapeSource {
 
     fn backlog_families(&self) -> Vec<Family> {
         let p = &self.prefix;
-        let mut waiting = Family::new(
-            format!("{p}_listen_backlog"),
-            "Connections waiting to be accepted by a worker.",
-            Kind::Gauge,
-        );
-        let mut max = Family::new(
-            format!("{p}_listen_backlog_max"),
-            "Configured listen backlog.",
-            Kind::Gauge,
-        );
+        let mut waiting = catalogue::LISTEN_BACKLOG.empty(p);
+        let mut max = catalogue::LISTEN_BACKLOG_MAX.empty(p);
         for (name, fd) in self.listeners.lock().iter() {
             if let Some(b) = backlog::of_listener(*fd) {
                 waiting.push(
@@ -301,69 +270,42 @@ struct Read {
 /// The standard `process_*` families of the serving process.
 fn process_families() -> Vec<Family> {
     let mut out = Vec::new();
-    let mut add = |name: &str, help: &str, kind: Kind, value: f64| {
-        let mut f = Family::new(name, help, kind);
-        f.push(
-            if kind == Kind::Counter { "_total" } else { "" },
-            Vec::new(),
-            value,
-        );
-        out.push(f);
-    };
     if let Some(s) = process_stats::own_process() {
-        add(
-            "process_cpu_seconds",
-            "Total user and system CPU time spent in seconds.",
-            Kind::Counter,
-            s.cpu_seconds,
-        );
-        add(
-            "process_resident_memory_bytes",
-            "Resident memory size in bytes.",
-            Kind::Gauge,
-            s.resident_bytes,
-        );
-        add(
-            "process_virtual_memory_bytes",
-            "Virtual memory size in bytes.",
-            Kind::Gauge,
-            s.virtual_bytes,
-        );
+        out.push(one(&catalogue::PROCESS_CPU, "", s.cpu_seconds));
+        out.push(one(&catalogue::PROCESS_RESIDENT, "", s.resident_bytes));
+        out.push(one(&catalogue::PROCESS_VIRTUAL, "", s.virtual_bytes));
         if let Some(boot) = process_stats::boot_time_seconds() {
             let start = boot + s.start_after_boot_seconds;
-            add(
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds.",
-                Kind::Gauge,
-                start,
-            );
+            out.push(one(&catalogue::PROCESS_START, "", start));
         }
     }
     if let Some((open, max)) = process_stats::fds() {
-        add(
-            "process_open_fds",
-            "Number of open file descriptors.",
-            Kind::Gauge,
-            open,
-        );
-        add(
-            "process_max_fds",
-            "Maximum number of open file descriptors.",
-            Kind::Gauge,
-            max,
-        );
+        out.push(one(&catalogue::PROCESS_OPEN_FDS, "", open));
+        out.push(one(&catalogue::PROCESS_MAX_FDS, "", max));
     }
     out
+}
+
+/// A family of the catalogue with one unlabelled sample of `value`.
+fn one(series: &Series, prefix: &str, value: f64) -> Family {
+    let mut family = series.empty(prefix);
+    let suffix = if series.kind == Kind::Counter {
+        "_total"
+    } else {
+        ""
+    };
+    family.push(suffix, Vec::new(), value);
+    family
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
-    use crate::native_histogram::NativeFile;
     use crate::storage::key::encode;
     use crate::storage::names::worker_owner;
     use crate::storage::MmapWriter;
+    use crate::worker::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
+    use crate::worker::native_histogram::NativeFile;
     use std::path::Path;
 
     const BOUNDS: [f64; 3] = [0.05, 0.1, 1.0];
@@ -538,7 +480,7 @@ mod tests {
             }
             index += span.length as i32 - 1;
         }
-        let schema = crate::native_histogram::Schema::new(3);
+        let schema = crate::worker::native_histogram::Schema::new(3);
         let want: Vec<(i32, i64)> = [0.02, 0.07, 0.3].map(|v| (schema.index(v), 1)).into();
         assert_eq!(buckets, want);
     }

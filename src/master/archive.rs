@@ -13,14 +13,14 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::clock::monotonic_seconds;
-use crate::exemplar;
 use crate::failures;
-use crate::native_histogram;
 use crate::storage::lock::DirectoryLock;
 use crate::storage::names::{self, DbName, GaugeMode};
 use crate::storage::open::{open_read, remove_entry};
 use crate::storage::reader::{read_entries, read_used};
 use crate::storage::{running_clock, MmapWriter};
+use crate::worker::exemplar;
+use crate::worker::native_histogram;
 
 /// The longest a retire (in the arbiter, from `child_exit`) waits for the
 /// directory lock, or for a fold running in the background, before it defers.
@@ -432,7 +432,7 @@ fn fold_file(w: &mut MmapWriter, fate: &Fate, data: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::collect;
+    use crate::scrape::aggregate::collect;
     use crate::storage::key::encode;
 
     fn put(dir: &Path, file: &str, key: &str, value: f64, ts: f64) {

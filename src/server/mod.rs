@@ -31,14 +31,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::basic_auth::{BasicAuth, Check};
 use crate::exposition::negotiate::{self, Format};
 use crate::exposition::{openmetrics, protobuf, text};
-use crate::scrape::ScrapeSource;
-use crate::web_config::WebConfig;
+use crate::scrape::source::ScrapeSource;
+use crate::server::basic_auth::{BasicAuth, Check};
+use crate::server::web_config::WebConfig;
 
+pub mod basic_auth;
 mod connections;
 pub mod inherited;
+pub mod web_config;
 
 use connections::{Connection, Connections};
 

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
+use crate::catalogue::{self, Series};
 use crate::model::Kind;
 use crate::storage::names;
-use crate::storage::{key, SeriesFile, ValueSlot};
+use crate::storage::{SeriesFile, ValueSlot};
 
 /// Why a worker was replaced (SPEC 3.2).
 pub const RESTART_REASONS: [&str; 6] = [
@@ -37,44 +38,18 @@ impl MasterMeter {
         let owner = names::master_owner(pid);
         let mut counters = SeriesFile::open(&dir.join(names::db_file(Kind::Counter, &owner)));
         let mut gauges = SeriesFile::open(&dir.join(names::live_gauge_file(&owner)));
-        let mut counter = |name: &str, label: &str, value: &str, help: &str| {
-            let metric = format!("{prefix}_{name}");
-            counters.slot(&key::encode(
-                &metric,
-                &format!("{metric}_total"),
-                &[(label, value)],
-                help,
-            ))
+        let slot = |file: &mut SeriesFile, series: &Series, labels: &[(&str, &str)]| {
+            file.slot(&series.key(prefix, labels))
         };
         let restarts = RESTART_REASONS
             .iter()
-            .map(|r| {
-                counter(
-                    "worker_restarts",
-                    "reason",
-                    r,
-                    "Workers replaced, by reason.",
-                )
-            })
+            .map(|r| slot(&mut counters, &catalogue::RESTARTS, &[("reason", r)]))
             .collect();
         let signals = MASTER_SIGNALS
             .iter()
-            .map(|s| {
-                counter(
-                    "master_signals",
-                    "signal",
-                    s,
-                    "Signals the master received.",
-                )
-            })
+            .map(|s| slot(&mut counters, &catalogue::SIGNALS, &[("signal", s)]))
             .collect();
-        let desired_name = format!("{prefix}_workers_desired");
-        let desired = gauges.slot(&key::encode(
-            &desired_name,
-            &desired_name,
-            &[],
-            "Workers the master is configured to run.",
-        ));
+        let desired = slot(&mut gauges, &catalogue::WORKERS_DESIRED, &[]);
         MasterMeter {
             restarts,
             signals,

@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-pub use crate::exemplar_index::{Exemplar, ExemplarKey, Exemplars};
-use crate::exemplar_index::{KeyIndex, SampleIds};
+pub use crate::scrape::exemplar_index::{Exemplar, ExemplarKey, Exemplars};
+use crate::scrape::exemplar_index::{KeyIndex, SampleIds};
 use crate::storage::float::go_float;
 use crate::storage::incremental::{FileCache, Visitor};
 use crate::storage::names;

@@ -37,7 +37,7 @@ fn of_tcp_listener(_fd: RawFd) -> Option<Backlog> {
 
 #[cfg(target_os = "linux")]
 fn of_tcp_listener(fd: RawFd) -> Option<Backlog> {
-    let info = crate::tcp_info::read(fd, std::mem::size_of::<libc::tcp_info>()).ok()?;
+    let info = crate::kernel::tcp_info::read(fd, std::mem::size_of::<libc::tcp_info>()).ok()?;
     if info.tcpi_state != TCP_LISTEN {
         return None;
     }

@@ -69,7 +69,7 @@ pub fn from_stamp(stamped: f64, began: f64) -> Option<f64> {
 pub fn last_data_age(fd: std::os::fd::RawFd) -> Result<f64, bool> {
     // Only the fields up to tcpi_last_data_recv: the kernel copies no more.
     let end = std::mem::offset_of!(libc::tcp_info, tcpi_last_data_recv) + 4;
-    let info = crate::tcp_info::read(fd, end).map_err(|e| {
+    let info = crate::kernel::tcp_info::read(fd, end).map_err(|e| {
         matches!(
             e.raw_os_error(),
             Some(libc::EOPNOTSUPP) | Some(libc::ENOPROTOOPT)

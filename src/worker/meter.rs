@@ -13,19 +13,20 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::archive::write_exit_note;
+use crate::catalogue::{self, Series};
 use crate::clock::{monotonic_ns, monotonic_seconds, unix_seconds};
-use crate::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
 use crate::failures;
-use crate::histogram::{HistogramSlots, SIZE_BUCKETS};
-use crate::labels::{status_label, status_slot, Method, STATUS_SLOTS};
+use crate::kernel::process_stats;
+use crate::master::archive::write_exit_note;
 use crate::model::Kind;
-use crate::native_histogram::{self, NativeFile, NativeSeries};
-use crate::process_stats;
-use crate::queue_time::{self, QUEUE_BUCKETS};
-use crate::route::{LabelValues, SeriesIndex};
 use crate::storage::names;
-use crate::storage::{key, running_clock, SeriesFile, ValueSlot};
+use crate::storage::{running_clock, SeriesFile, ValueSlot};
+use crate::worker::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
+use crate::worker::histogram::{HistogramSlots, SIZE_BUCKETS};
+use crate::worker::labels::{status_label, status_slot, Method, STATUS_SLOTS};
+use crate::worker::native_histogram::{self, NativeFile, NativeSeries};
+use crate::worker::queue_time::{self, QUEUE_BUCKETS};
+use crate::worker::route::{LabelValues, SeriesIndex};
 
 /// What a worker needs to open its files.
 #[derive(Debug, Clone)]
@@ -49,11 +50,10 @@ struct Files {
     histograms: SeriesFile,
 }
 
-/// A counter series made on first use: its name (after the prefix, before
-/// `_total`), help and labels (worker_id is added).
+/// A counter series made on first use: its family and its labels
+/// (worker_id is added).
 struct CounterSeries {
-    name: &'static str,
-    help: &'static str,
+    series: &'static Series,
     labels: Vec<(&'static str, String)>,
 }
 
@@ -150,30 +150,20 @@ struct FixedSeries<'a> {
 }
 
 impl FixedSeries<'_> {
-    fn counter(&self, counters: &mut SeriesFile, name: &str, help: &str) -> ValueSlot {
-        let p = self.prefix;
-        counters.slot(&key::encode(
-            &format!("{p}_{name}"),
-            &format!("{p}_{name}_total"),
-            self.labels,
-            help,
-        ))
-    }
-
-    fn gauge(&self, gauges: &mut SeriesFile, name: &str, help: &str) -> ValueSlot {
-        let name = format!("{}_{name}", self.prefix);
-        gauges.slot(&key::encode(&name, &name, self.labels, help))
+    /// The slot of a counter or gauge of the catalogue.
+    fn value(&self, file: &mut SeriesFile, series: &Series) -> ValueSlot {
+        file.slot(&series.key(self.prefix, self.labels))
     }
 
     fn histogram(
         &self,
         histograms: &mut SeriesFile,
-        name: &str,
-        help: &str,
+        series: &Series,
         bounds: &[f64],
     ) -> HistogramSlots {
-        let name = format!("{}_{name}", self.prefix);
-        HistogramSlots::open(histograms, &name, help, self.labels, bounds)
+        let name = series.family(self.prefix);
+        let labels = series.labelled(self.labels);
+        HistogramSlots::open(histograms, &name, series.help, labels, bounds)
     }
 }
 
@@ -182,54 +172,16 @@ impl WorkerSeries {
     fn open(series: &FixedSeries, files: &mut Files, gauges: &mut SeriesFile) -> WorkerSeries {
         let counters = &mut files.counters;
         let histograms = &mut files.histograms;
-        let busy = series.counter(
-            counters,
-            "worker_busy_seconds",
-            "Wall time this worker spent handling requests.",
-        );
-        let cpu_seconds = series.counter(
-            counters,
-            "worker_cpu_seconds",
-            "CPU time used by this worker process.",
-        );
-        let in_flight = series.gauge(
-            gauges,
-            "worker_requests_in_flight",
-            "Requests this worker is handling now.",
-        );
-        let memory = series.gauge(
-            gauges,
-            "worker_memory_bytes",
-            "Resident set size of this worker process.",
-        );
-        let cpu_percent = series.gauge(
-            gauges,
-            "worker_cpu_percent",
-            "CPU use of this worker over the last sampling interval.",
-        );
-        let uptime = series.gauge(
-            gauges,
-            "worker_uptime_seconds",
-            "Seconds since this worker process started.",
-        );
-        let start_time = series.gauge(
-            gauges,
-            "worker_start_time_seconds",
-            "Start time of this worker process since the Unix epoch.",
-        );
+        let busy = series.value(counters, &catalogue::BUSY);
+        let cpu_seconds = series.value(counters, &catalogue::CPU_SECONDS);
+        let in_flight = series.value(gauges, &catalogue::IN_FLIGHT);
+        let memory = series.value(gauges, &catalogue::MEMORY);
+        let cpu_percent = series.value(gauges, &catalogue::CPU_PERCENT);
+        let uptime = series.value(gauges, &catalogue::UPTIME);
+        let start_time = series.value(gauges, &catalogue::START_TIME);
         start_time.set(unix_seconds());
-        let request_size = series.histogram(
-            histograms,
-            "worker_request_size_bytes",
-            "Size of request bodies (Content-Length).",
-            &SIZE_BUCKETS,
-        );
-        let response_size = series.histogram(
-            histograms,
-            "worker_response_size_bytes",
-            "Size of response bodies sent.",
-            &SIZE_BUCKETS,
-        );
+        let request_size = series.histogram(histograms, &catalogue::REQUEST_SIZE, &SIZE_BUCKETS);
+        let response_size = series.histogram(histograms, &catalogue::RESPONSE_SIZE, &SIZE_BUCKETS);
         WorkerSeries {
             in_flight,
             busy,
@@ -252,15 +204,10 @@ impl Signals {
         gauges: &mut SeriesFile,
         max_label_values: usize,
     ) -> Signals {
-        let concurrency = series.gauge(
-            gauges,
-            "worker_concurrency",
-            "Requests this worker can serve at once.",
-        );
+        let concurrency = series.value(gauges, &catalogue::CONCURRENCY);
         let queue = series.histogram(
             &mut files.histograms,
-            "worker_request_queue_seconds",
-            "Time a request waited before this worker picked it up.",
+            &catalogue::REQUEST_QUEUE,
             &QUEUE_BUCKETS,
         );
         Signals {
@@ -420,30 +367,21 @@ impl WorkerMeter {
         ];
         // A series that cannot be recorded gets sink slots: counted once, and
         // never retried per request.
-        let total = files.counters.slot(&key::encode(
-            &format!("{p}_worker_requests"),
-            &format!("{p}_worker_requests_total"),
-            labels,
-            "Requests answered by this worker.",
-        ));
+        let total = files.counters.slot(&catalogue::REQUESTS.key(p, labels));
+        let duration_name = catalogue::REQUEST_DURATION.family(p);
         let duration = HistogramSlots::open(
             &mut files.histograms,
-            &format!("{p}_worker_request_duration_seconds"),
-            "Time from the start of a request to its logged response.",
-            labels,
+            &duration_name,
+            catalogue::REQUEST_DURATION.help,
+            catalogue::REQUEST_DURATION.labelled(labels),
             &self.duration_bounds,
         );
         let native = self
             .native
             .as_ref()
-            .map(|file| file.series(&format!("{p}_worker_request_duration_seconds"), labels));
+            .map(|file| file.series(&duration_name, labels));
         let exemplars = self.exemplars.as_ref().map(|file| {
-            HistogramExemplars::new(
-                file,
-                &format!("{p}_worker_request_duration_seconds"),
-                labels,
-                &self.duration_bounds,
-            )
+            HistogramExemplars::new(file, &duration_name, labels, &self.duration_bounds)
         });
         let series = Box::into_raw(Box::new(RequestSeries {
             total,
@@ -505,8 +443,8 @@ impl WorkerMeter {
                 ];
                 let Ok(slot) = ExemplarSlot::open(
                     &mut file.writer.lock(),
-                    &format!("{p}_worker_failed_requests"),
-                    &format!("{p}_worker_failed_requests_total"),
+                    &catalogue::FAILED_REQUESTS.family(p),
+                    &catalogue::FAILED_REQUESTS.sample(p),
                     labels,
                 ) else {
                     return;
@@ -527,8 +465,7 @@ impl WorkerMeter {
         }
         self.counter(&self.failures, (method, route, error_id), || {
             CounterSeries {
-                name: "worker_failed_requests",
-                help: "Requests where the application raised instead of answering.",
+                series: &catalogue::FAILED_REQUESTS,
                 labels: vec![
                     ("error_type", self.signals.error_types.name(error_id)),
                     ("method", method.as_str().to_owned()),
@@ -597,8 +534,7 @@ impl WorkerMeter {
     /// The arbiter aborted this worker while it handled a `method` request on `route`.
     pub fn timeout(&self, method: Method, route: u16) {
         self.counter(&self.signals.timeouts, (method, route), || CounterSeries {
-            name: "worker_request_timeouts",
-            help: "Requests in flight when the arbiter aborted this worker for its timeout.",
+            series: &catalogue::REQUEST_TIMEOUTS,
             labels: vec![
                 ("method", method.as_str().to_owned()),
                 ("route", self.signals.routes.name(route)),
@@ -610,8 +546,7 @@ impl WorkerMeter {
     #[cold]
     fn count_overflow(&self, label: &'static str) {
         self.counter(&self.signals.overflows, label, || CounterSeries {
-            name: "worker_label_overflow",
-            help: "Observations whose label value was past the cap (PROMETHEUS_MAX_LABEL_VALUES) and counted as other.",
+            series: &catalogue::LABEL_OVERFLOW,
             labels: vec![("label", label.to_owned())],
         })
         .add(1.0);
@@ -630,16 +565,14 @@ impl WorkerMeter {
         if let Some(slot) = series.get(&key) {
             return *slot;
         }
-        let CounterSeries { name, help, labels } = describe();
+        let CounterSeries {
+            series: family,
+            labels,
+        } = describe();
         let mut labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         labels.push(("worker_id", &self.worker_id));
         let p = &self.prefix;
-        let entry = key::encode(
-            &format!("{p}_{name}"),
-            &format!("{p}_{name}_total"),
-            &labels,
-            help,
-        );
+        let entry = family.key(p, &labels);
         let slot = self.files.lock().counters.slot(&entry);
         series.insert(key, slot);
         slot
@@ -696,11 +629,11 @@ impl WorkerMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::collect;
-    use crate::route::NO_ROUTE;
+    use crate::scrape::aggregate::collect;
+    use crate::worker::route::NO_ROUTE;
 
     fn value(dir: &std::path::Path, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        crate::aggregate::find(&collect(dir, monotonic_seconds()), name, labels)
+        crate::scrape::aggregate::find(&collect(dir, monotonic_seconds()), name, labels)
     }
 
     fn meter(dir: &std::path::Path) -> WorkerMeter {
@@ -709,7 +642,7 @@ mod tests {
             pid: 7,
             worker_id: 3,
             prefix: "gunicorn".into(),
-            duration_buckets: crate::histogram::DEFAULT_DURATION_BUCKETS.to_vec(),
+            duration_buckets: crate::worker::histogram::DEFAULT_DURATION_BUCKETS.to_vec(),
             max_label_values: 2,
         })
     }
