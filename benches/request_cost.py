@@ -121,6 +121,7 @@ def _this(signals: bool):
         {"PROMETHEUS_DURATION_BUCKETS": ",".join(map(str, DURATION_BUCKETS))})
     worker.meter = _core.WorkerMeter(settings, os.environ["PROMETHEUS_MULTIPROC_DIR"],
                                      os.getpid(), 1, 1.0)
+    _core.meter_requests_with(worker.meter)  # as MeteredWorker.init_process does
     worker.log = worker.meter.watch_log(QuietLog())
     if signals:
         class SignalsStandIn(StandIn):

@@ -1,4 +1,4 @@
-//! Settings from environment variables (SPEC 2.3). A bad value is an error that
+//! Settings from environment variables (README: Configuration). A bad value is an error that
 //! names the variable; nothing falls back silently.
 
 use std::net::IpAddr;

@@ -27,4 +27,7 @@ mod worker;
 
 mod python;
 
+#[cfg(test)]
+mod test_python;
+
 pub mod bench;

@@ -1,5 +1,5 @@
-"""Hostile and failing filesystems never take Gunicorn down (issue 10, the
-file and process half): a full tmpfs, no inodes, corrupt or planted files,
+"""Hostile and failing filesystems never take Gunicorn down (the files and
+processes): a full tmpfs, no inodes, corrupt or planted files,
 symlinks, FIFOs, huge files, a held directory lock, dropped privileges, and a
 second master on the same directory."""
 

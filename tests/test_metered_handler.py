@@ -35,9 +35,10 @@ def worker(tmp_path):
     class Metered(Handler):
         pass
 
-    w = Metered()
-    w.meter = _core.WorkerMeter(_core.Settings.from_mapping({}), str(tmp_path), 4242, 1, 60.0)
-    return w
+    _core.meter_requests_with(
+        _core.WorkerMeter(_core.Settings.from_mapping({}), str(tmp_path), 4242, 1, 60.0))
+    yield Metered()
+    _core.meter_requests_with(None)
 
 
 def test_the_handler_gets_the_same_arguments_and_its_result_comes_back(worker):
@@ -57,8 +58,8 @@ def test_an_exception_comes_out_as_raised(worker):
     assert raised.traceback[-1].name == "handle_request"
 
 
-def test_a_worker_without_a_meter_is_served_unmetered(worker):
-    del worker.meter
+def test_a_process_without_a_meter_is_served_unmetered(worker):
+    _core.meter_requests_with(None)
     req = Req()
     assert worker.handle_request("l", req, "c") == ("returned", req)
 
@@ -69,9 +70,7 @@ def failures_counted_in(directory: Path) -> float:
                if '"gunicorn_worker_failed_requests_total"' in key)
 
 
-def test_the_handler_counts_on_the_meter_the_worker_has_now(tmp_path):
-    # The core keeps each worker's meter (`cls.meter` is its descriptor):
-    # replacing or deleting it is what the handler sees at once.
+def test_the_handler_counts_on_the_meter_the_process_has_now(tmp_path):
     @metered(Handler.handle_request)
     class Metered(Handler):
         pass
@@ -80,22 +79,18 @@ def test_the_handler_counts_on_the_meter_the_worker_has_now(tmp_path):
     worker = Metered()
     for pid, directory in ((5001, first), (5002, second)):
         directory.mkdir()
-        worker.meter = _core.WorkerMeter(_core.Settings.from_mapping({}), str(directory), pid, 1,
-                                         60.0)
-    assert isinstance(worker.meter, _core.WorkerMeter)
-    with pytest.raises(KeyError):
-        worker.handle_request("l", Req(), KeyError("app"))
-    assert (failures_counted_in(first), failures_counted_in(second)) == (0, 1)
-
-    del worker.meter
-    assert not hasattr(worker, "meter")
-    with pytest.raises(KeyError):
-        worker.handle_request("l", Req(), KeyError("app"))
-    assert (failures_counted_in(first), failures_counted_in(second)) == (0, 1)
-    with pytest.raises(TypeError, match="WorkerMeter"):
-        worker.meter = "not a meter"
-    # Another worker of the class has a meter of its own.
-    assert not hasattr(Metered(), "meter")
+        _core.meter_requests_with(
+            _core.WorkerMeter(_core.Settings.from_mapping({}), str(directory), pid, 1, 60.0))
+    try:
+        with pytest.raises(KeyError):
+            worker.handle_request("l", Req(), KeyError("app"))
+        assert (failures_counted_in(first), failures_counted_in(second)) == (0, 1)
+        _core.meter_requests_with(None)
+        with pytest.raises(KeyError):
+            worker.handle_request("l", Req(), KeyError("app"))
+        assert (failures_counted_in(first), failures_counted_in(second)) == (0, 1)
+    finally:
+        _core.meter_requests_with(None)
 
 
 def test_wrong_arguments_fail_as_they_would_unmetered(worker):
@@ -118,10 +113,8 @@ def test_a_handler_without_req_or_of_another_name_is_refused():
         metered(handle)(type("B", (), {}))
 
 
-def test_each_of_many_metered_classes_calls_its_own_handler(tmp_path):
-    # The first handlers get a C function of their own (a slot), the rest are
-    # found on their class by name: each must call its own Gunicorn handler.
-    meter = _core.WorkerMeter(_core.Settings.from_mapping({}), str(tmp_path), 4243, 1, 60.0)
+def test_each_of_many_metered_classes_calls_its_own_handler(worker):
+    # Each class's method finds Gunicorn's handler on that class, by name.
     workers = []
     for i in range(80):
         def handle_request(self, req, i=i):
@@ -133,8 +126,6 @@ def test_each_of_many_metered_classes_calls_its_own_handler(tmp_path):
         base = type(f"Base{i}", (), {"handle_request": handle_request,
                                       "handle_http2_request": handle_http2_request})
         cls = metered(base.handle_request, base.handle_http2_request)(type(f"M{i}", (base,), {}))
-        worker = cls()
-        worker.meter = meter
-        workers.append(worker)
+        workers.append(cls())
     assert [w.handle_request(Req()) for w in workers] == list(range(80))
     assert [w.handle_http2_request(Req()) for w in workers] == [-i for i in range(80)]

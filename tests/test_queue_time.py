@@ -1,4 +1,4 @@
-"""Request queue time (SPEC 3.1): from the proxy's X-Request-Start, else from
+"""Request queue time: from the proxy's X-Request-Start, else from
 the kernel (how long the request's bytes waited before a worker took them)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Route templates (SPEC 3.1): the template a framework matched, never the raw
+"""Route templates: the template a framework matched, never the raw
 path; nothing for unmatched paths; a cap on distinct values per worker."""
 
 from __future__ import annotations

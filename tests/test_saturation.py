@@ -1,4 +1,4 @@
-"""Saturation (SPEC 3.1, 3.2): what each worker can serve at once, and the
+"""Saturation: what each worker can serve at once, and the
 connections waiting on every listener (TCP, Unix sockets, --reuse-port)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Timeout forensics (SPEC 3.1): the request in flight when the arbiter aborts
+"""Timeout forensics: the request in flight when the arbiter aborts
 a worker is counted by method and route, and its stack is logged once."""
 
 from __future__ import annotations

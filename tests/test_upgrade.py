@@ -1,4 +1,4 @@
-"""Gunicorn's USR2 binary upgrade (issue 11 item 1, SPEC 2.6): the new master
+"""Gunicorn's USR2 binary upgrade: the new master
 takes over the metrics socket and the directory; counters carry on."""
 
 from __future__ import annotations

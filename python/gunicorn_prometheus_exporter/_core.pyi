@@ -9,7 +9,7 @@ __all__ = [
     "CountedAccess",
     "Exporter",
     "MasterMeter",
-    "MeterAttribute",
+    "meter_requests_with",
     "MeteredLog",
     "Settings",
     "UnmeteredHandler",
@@ -69,13 +69,8 @@ class UnmeteredHandler:
 def meter_handler(cls: type, name: str, handle: Any, req_index: int,
                   unlogged_errors: tuple[type[BaseException], ...] | None = None) -> None: ...
 
-@final
-class MeterAttribute:
-    """`cls.meter` of a class `meter_handler` metered: each worker's
-    `WorkerMeter`, kept in the core so that its handler needs no look-up."""
-    def __get__(self, worker: Any, owner: Any = None, /) -> Any: ...
-    def __set__(self, worker: Any, meter: WorkerMeter, /) -> None: ...
-    def __delete__(self, worker: Any, /) -> None: ...
+def meter_requests_with(meter: WorkerMeter | None) -> None:
+    """The metered handlers of this process count on `meter` from now on."""
 
 @final
 class Settings:

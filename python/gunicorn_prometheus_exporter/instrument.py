@@ -59,6 +59,7 @@ class MeteredWorker:
         forget_inherited_files_at_fork()
         self.meter = _core.WorkerMeter(self.metrics_settings, self.metrics_directory,
                                        os.getpid(), self.worker_id, RESOURCE_SAMPLE_SECONDS)
+        _core.meter_requests_with(self.meter)  # the metered handlers count on it
         self.meter.set_concurrency(saturation.concurrency(self))
         self.meter.set_kernel_wait(saturation.has_tcp_listener(self))
         self.log = self.meter.watch_log(self.log)

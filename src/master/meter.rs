@@ -8,7 +8,7 @@ use crate::model::Kind;
 use crate::storage::names;
 use crate::storage::{SeriesFile, ValueSlot};
 
-/// Why a worker was replaced (SPEC 3.2).
+/// Why a worker was replaced.
 pub const RESTART_REASONS: [&str; 6] = [
     "max_requests",
     "timeout",

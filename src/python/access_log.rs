@@ -51,7 +51,7 @@ impl CountedAccess {
         // SAFETY: `access` is live, `args` holds `count` live objects; the
         // result is a new reference or NULL with an exception set.
         unsafe {
-            fast_methods::PyObject_VectorcallDict(
+            super::ffi::PyObject_VectorcallDict(
                 self.access.as_ptr(),
                 args.as_ptr(),
                 count,

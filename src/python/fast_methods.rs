@@ -5,10 +5,9 @@
 //!
 //! PyO3 defines the methods of an abi3 module built for Python 3.9 with
 //! `METH_VARARGS`: every call packs its arguments in a tuple and unpacks them
-//! again, a quarter of what the core costs per request. `METH_FASTCALL` joined
-//! the limited API in 3.10, but CPython has called such methods the same way
-//! since 3.7, so the one abi3 wheel can use it on 3.9 as well. Everything
-//! else the methods do goes through PyO3's safe types.
+//! again, a quarter of what the core costs per request. `METH_FASTCALL` is
+//! one of the items of `ffi`, which says why the one abi3 wheel can use it on
+//! 3.9 as well. Everything else the methods do goes through PyO3's safe types.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -21,11 +20,8 @@ use pyo3::PyClass;
 use std::sync::OnceLock;
 
 use super::access_log::{CountedAccess, MeteredLog};
+use super::ffi::METH_FASTCALL;
 use super::worker::WorkerMeter;
-
-/// CPython's flag for the vectorcall convention (`Include/methodobject.h`,
-/// the same value since 3.7); pyo3-ffi declares it only for 3.10 and newer.
-pub(super) const METH_FASTCALL: std::os::raw::c_int = 0x0080;
 
 /// Installs the methods on their classes (module start-up).
 pub(super) fn install(py: Python<'_>) -> PyResult<()> {
@@ -87,18 +83,6 @@ fn leak_definition(
         ml_flags: flags,
         ml_doc: doc.as_ptr(),
     }))
-}
-
-extern "C" {
-    /// Exported by every CPython since 3.9 (limited API since 3.12): calls
-    /// `callable` with `args` (and a dict of keyword arguments, or NULL)
-    /// through its vectorcall when it has one.
-    pub(super) fn PyObject_VectorcallDict(
-        callable: *mut ffi::PyObject,
-        args: *const *mut ffi::PyObject,
-        nargsf: usize,
-        kwargs: *mut ffi::PyObject,
-    ) -> *mut ffi::PyObject;
 }
 
 /// `None`, as a new reference (what a method returns).

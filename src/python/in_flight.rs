@@ -14,14 +14,14 @@
 //!   where Gunicorn logs it (`handle_error`), or 500 for an HTTP/2 stream,
 //!   whose error Gunicorn answers without logging it.
 //!
-//! Gunicorn's sync and gthread workers handle one request at a time per
-//! thread, greenlet workers many: the table is per thread and scanned from
-//! the newest entry (the one a sync worker looks for).
-
-use std::cell::RefCell;
+//! The table is the process's, kept under the GIL (`gil::GilCell`) and
+//! scanned from the newest entry by the identity of the request: one entry
+//! for a sync worker, one per thread for gthread, one per greenlet for
+//! gevent.
 
 use pyo3::prelude::*;
 
+use super::gil::GilCell;
 use crate::worker::exemplar::TraceParent;
 use crate::worker::labels::Method;
 
@@ -60,18 +60,17 @@ struct Request {
 }
 
 /// Requests that wait for an error page that never comes (a worker that
-/// exits instead) are let go past this many per thread, oldest first.
+/// exits instead) are let go past this many, oldest first.
 const MAX_AWAITING: usize = 16;
 
-thread_local! {
-    static REQUESTS: RefCell<Vec<Request>> = const { RefCell::new(Vec::new()) };
-}
+static REQUESTS: GilCell<Vec<Request>> = GilCell::new(Vec::new());
 
-/// `req` started now (`started`) in this thread.
+/// `req` started now (`started`).
 pub(super) fn start(req: &Bound<'_, PyAny>, started: u64) {
+    let py = req.py();
     let req = req.clone().unbind();
-    REQUESTS.with(|cell| {
-        cell.borrow_mut().push(Request {
+    REQUESTS.with(py, |requests| {
+        requests.push(Request {
             req,
             started,
             stage: Stage::Handling,
@@ -99,9 +98,8 @@ pub(super) enum Logged {
 
 /// Gunicorn logs `req`: what stage it is in. An error page leaves the table.
 pub(super) fn logged(req: &Bound<'_, PyAny>) -> Logged {
-    let found = REQUESTS.with(|cell| {
-        let mut requests = cell.borrow_mut();
-        let at = position(&requests, req)?;
+    let found = REQUESTS.with(req.py(), |requests| {
+        let at = position(requests, req)?;
         let r = &requests[at];
         match r.stage {
             Stage::Handling => Some((Logged::Handling { started: r.started }, None)),
@@ -126,9 +124,8 @@ pub(super) fn logged(req: &Bound<'_, PyAny>) -> Logged {
 
 /// Keeps the answer Gunicorn logged for `req`, whose handler runs.
 pub(super) fn keep_answer(req: &Bound<'_, PyAny>, answer: Answer) {
-    REQUESTS.with(|cell| {
-        let mut requests = cell.borrow_mut();
-        if let Some(at) = position(&requests, req) {
+    REQUESTS.with(req.py(), |requests| {
+        if let Some(at) = position(requests, req) {
             requests[at].answer = Some(answer);
         }
     });
@@ -136,9 +133,8 @@ pub(super) fn keep_answer(req: &Bound<'_, PyAny>, answer: Answer) {
 
 /// A failure was counted for `req` (method and route), for its error page.
 pub(super) fn note_failure(req: &Bound<'_, PyAny>, method: Method, route: u16) {
-    REQUESTS.with(|cell| {
-        let mut requests = cell.borrow_mut();
-        if let Some(at) = position(&requests, req) {
+    REQUESTS.with(req.py(), |requests| {
+        if let Some(at) = position(requests, req) {
             requests[at].failed = Some((method, route));
         }
     });
@@ -171,9 +167,8 @@ pub(super) enum Left {
 pub(super) fn leave(req: &Bound<'_, PyAny>, ended: Ended) -> Left {
     // Requests that leave the table, released once it is not borrowed.
     let mut released: [Option<Py<PyAny>>; 2] = [None, None];
-    let left = REQUESTS.with(|cell| {
-        let mut requests = cell.borrow_mut();
-        let at = position(&requests, req)?;
+    let left = REQUESTS.with(req.py(), |requests| {
+        let at = position(requests, req)?;
         let r = &mut requests[at];
         let outcome = match (ended, r.answer) {
             (Ended::Done, Some(answer)) => Left::Count(answer),

@@ -11,24 +11,23 @@
 //! handler with the same arguments through vectorcall.
 //!
 //! Gunicorn's handler is kept on the class (`_unmetered_<name>`, an
-//! `UnmeteredHandler`) and, for the first `SLOT_COUNT` handlers metered in a
-//! process, in a slot with a C function of its own, which finds it with no
-//! class attribute look-up.
+//! `UnmeteredHandler`), where the method finds it by name; the request is
+//! counted on the meter of this process (`process_meter`), if it has one.
 
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
 use pyo3::exceptions::PyTypeError;
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::{ffi, intern};
 
-use super::fast_methods::{self, define, METH_FASTCALL};
+use super::fast_methods::define;
+use super::ffi::METH_FASTCALL;
+use super::gil::ensure_gil;
 use super::in_flight::Ended;
+use super::process_meter;
 use super::worker::WorkerMeter;
-use super::worker_meters;
 
 /// Gunicorn's own handler, kept on the metered class, the position of its
 /// `req` among the arguments after `self`, and how Gunicorn answers when it
@@ -63,15 +62,22 @@ impl UnmeteredHandler {
 }
 
 /// The handlers the core can meter: the method's name, the class attribute
-/// that keeps Gunicorn's handler, and the C function that finds it there.
-const HANDLERS: [(&CStr, &str, Handler); 2] = [
-    (c"handle_request", "_unmetered_handle_request", by_name::<0>),
+/// that keeps Gunicorn's handler (interned once), and the C function that
+/// finds it there.
+const HANDLERS: [(&CStr, KeptName, Handler); 2] = [
+    (
+        c"handle_request",
+        |py| intern!(py, "_unmetered_handle_request"),
+        by_name::<0>,
+    ),
     (
         c"handle_http2_request",
-        "_unmetered_handle_http2_request",
+        |py| intern!(py, "_unmetered_handle_http2_request"),
         by_name::<1>,
     ),
 ];
+
+type KeptName = for<'py> fn(Python<'py>) -> &'py Bound<'py, PyString>;
 
 type Handler = unsafe extern "C" fn(
     *mut ffi::PyObject,
@@ -102,6 +108,7 @@ pub(super) fn meter_handler(
         )));
     };
     let py = cls.py();
+    ensure_gil(py)?;
     let handler = Py::new(
         py,
         UnmeteredHandler {
@@ -110,62 +117,18 @@ pub(super) fn meter_handler(
             unlogged_errors,
         },
     )?;
-    cls.setattr(*kept, &handler)?;
-    worker_meters::install(cls)?;
-    // A slot of its own when one is left, else found on the class by name.
-    let slot = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
-    let function = match SLOTS.get(slot) {
-        Some(kept) if kept.set(handler).is_ok() => SLOT_FUNCTIONS[slot],
-        _ => *by_name,
-    };
+    cls.setattr(kept(py), &handler)?;
     define(
         cls,
         method,
-        function as *mut std::ffi::c_void,
+        *by_name as *mut std::ffi::c_void,
         METH_FASTCALL | ffi::METH_KEYWORDS,
         c"Gunicorn's handler of one request, metered by the core.",
     )
 }
 
-/// How many handlers get a C function of their own, which finds Gunicorn's
-/// handler with no look-up; past them (a program that meters many classes),
-/// the function of the handler's name looks it up on the class.
-const SLOT_COUNT: usize = 32;
-
-/// The handlers metered so far, in the order they were: one per slot.
-static SLOTS: [OnceLock<Py<UnmeteredHandler>>; SLOT_COUNT] =
-    [const { OnceLock::new() }; SLOT_COUNT];
-static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
-
-macro_rules! slot_functions {
-    ($($slot:literal)*) => { [$(slot_handler::<$slot> as Handler),*] };
-}
-
-/// The C function of each slot.
-const SLOT_FUNCTIONS: [Handler; SLOT_COUNT] = slot_functions!(
-    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
-);
-
-unsafe extern "C" fn slot_handler<const SLOT: usize>(
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> *mut ffi::PyObject {
-    match SLOTS[SLOT].get() {
-        // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method with these.
-        Some(handler) => unsafe { metered_call(handler.get(), slf, args, nargs, kwnames) },
-        None => {
-            // SAFETY: CPython calls a method with the thread attached.
-            let py = unsafe { Python::assume_attached() };
-            PyTypeError::new_err("an unfilled handler slot").restore(py);
-            std::ptr::null_mut()
-        }
-    }
-}
-
-/// The C function of a handler past the slots: finds Gunicorn's handler on
-/// the class, under the name `HANDLERS[HANDLER]` keeps it.
+/// The C function of the handler `HANDLERS[HANDLER]` names: finds
+/// Gunicorn's handler on the class, under the name it keeps it.
 unsafe extern "C" fn by_name<const HANDLER: usize>(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
@@ -176,8 +139,8 @@ unsafe extern "C" fn by_name<const HANDLER: usize>(
     let py = unsafe { Python::assume_attached() };
     // SAFETY: `slf` is live, borrowed for the call.
     let worker = unsafe { Bound::ref_from_ptr(py, &slf) };
-    match unmetered(worker, &PyString::intern(py, HANDLERS[HANDLER].1)) {
-        // SAFETY: as in `slot_handler`.
+    match unmetered(worker, (HANDLERS[HANDLER].1)(py)) {
+        // SAFETY: CPython calls a METH_FASTCALL | METH_KEYWORDS method with these.
         Ok(handler) => unsafe { metered_call(handler.get(), slf, args, nargs, kwnames) },
         Err(e) => {
             e.restore(py);
@@ -222,7 +185,7 @@ unsafe fn metered_call(
         unsafe { std::slice::from_raw_parts(args, positional + keywords) }
     };
     let req = request(py, handler.req_index, args, positional, names);
-    let meter = req.and_then(|req| started(slf, req).map(|meter| (meter, req)));
+    let meter = req.and_then(|req| started(py, req).map(|meter| (meter, req)));
     let result = call(py, handler.handle.bind(py), slf, args, positional, names);
     let Some((meter, req)) = meter else {
         return result;
@@ -278,12 +241,9 @@ fn request<'a, 'py>(
     Some(unsafe { Bound::ref_from_ptr(py, &args[at]) })
 }
 
-/// Counts `req` in flight on the worker's meter (none: not metered).
-fn started<'py>(
-    slf: &Bound<'py, PyAny>,
-    req: &Bound<'py, PyAny>,
-) -> Option<Bound<'py, WorkerMeter>> {
-    let meter = worker_meters::meter_of(slf)?;
+/// Counts `req` in flight on this process's meter (none: not metered).
+fn started<'py>(py: Python<'py>, req: &Bound<'py, PyAny>) -> Option<Bound<'py, WorkerMeter>> {
+    let meter = process_meter::current(py)?;
     catch_unwind(AssertUnwindSafe(|| meter.get().wsgi_started(req))).ok()?;
     Some(meter)
 }
@@ -329,5 +289,5 @@ fn call(
     // SAFETY: `handle` is live, `all` holds `positional + 1` live objects
     // (written above) and `kwargs` is a dict or NULL; the result is a new
     // reference or NULL with an exception set.
-    unsafe { fast_methods::PyObject_VectorcallDict(handle.as_ptr(), all, positional + 1, kwargs) }
+    unsafe { super::ffi::PyObject_VectorcallDict(handle.as_ptr(), all, positional + 1, kwargs) }
 }

@@ -6,31 +6,37 @@
 
 mod access_log;
 mod fast_methods;
+mod ffi;
+mod gil;
 mod in_flight;
 mod master;
 mod metered_handler;
+mod process_meter;
 mod request;
 mod settings;
 mod worker;
-mod worker_meters;
 
 use pyo3::prelude::*;
 
 use access_log::{CountedAccess, MeteredLog};
 use master::{prepare_directory, start_exporter, ArchiveCompactor, Exporter, MasterMeter};
 use metered_handler::{meter_handler, UnmeteredHandler};
+use process_meter::meter_requests_with;
 use settings::Settings;
 use worker::{close_inherited_metrics_sockets, forget_inherited_files, WorkerMeter};
-use worker_meters::MeterAttribute;
 
-#[pymodule]
+// The hot path relies on the GIL (`gil`): a worker's request series are
+// added to with plain loads and stores, one request at a time
+// (`ValueSlot::add_serialized`), and its requests in flight are kept in
+// `GilCell`s.
+#[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<WorkerMeter>()?;
     m.add_class::<MeteredLog>()?;
     m.add_class::<CountedAccess>()?;
     m.add_class::<UnmeteredHandler>()?;
-    m.add_class::<MeterAttribute>()?;
+    m.add_function(wrap_pyfunction!(meter_requests_with, m)?)?;
     m.add_function(wrap_pyfunction!(meter_handler, m)?)?;
     fast_methods::install(m.py())?;
     m.add_class::<Settings>()?;

@@ -4,22 +4,11 @@
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
-use pyo3::Borrowed;
 use pyo3::{ffi, intern};
 
 use crate::worker::exemplar::TraceParent;
 use crate::worker::labels::{parse_status, Method};
 use crate::worker::queue_time;
-
-extern "C" {
-    // Part of the limited API since 3.10, and exported by every CPython 3
-    // before it (public since 3.3): the one abi3 wheel can call it on 3.9 too.
-    // pyo3-ffi declares it only for a limited API of 3.10 and newer.
-    fn PyUnicode_AsUTF8AndSize(
-        unicode: *mut ffi::PyObject,
-        size: *mut ffi::Py_ssize_t,
-    ) -> *const std::os::raw::c_char;
-}
 
 /// The UTF-8 bytes of a `str`, borrowed from the object (CPython keeps them:
 /// an ASCII string's own data, no copy). `None` for a non-str or a string
@@ -29,7 +18,7 @@ pub(super) fn utf8_of<'a>(obj: &'a Bound<'_, PyAny>) -> Option<&'a [u8]> {
     let mut len: ffi::Py_ssize_t = 0;
     // SAFETY: `s` is a live str and the GIL is held (we have a Bound); `len`
     // is a valid out-pointer.
-    let data = unsafe { PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut len) };
+    let data = unsafe { super::ffi::PyUnicode_AsUTF8AndSize(s.as_ptr(), &mut len) };
     if data.is_null() || len < 0 {
         let _ = PyErr::take(obj.py()); // UnicodeEncodeError: not ours to raise
         return None;
@@ -39,13 +28,12 @@ pub(super) fn utf8_of<'a>(obj: &'a Bound<'_, PyAny>) -> Option<&'a [u8]> {
     Some(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len as usize) })
 }
 
-/// `dict[key]`, borrowed from the dictionary (no reference count changes):
-/// use it before any Python code can run and change the dictionary. `None`
+/// `dict[key]`, without the copy of the key `PyDict::get_item` makes; `None`
 /// when absent (or the look-up raised: not ours to raise).
-pub(super) fn borrowed_item<'a, 'py>(
-    dict: &'a Bound<'py, PyDict>,
+pub(super) fn item<'py>(
+    dict: &Bound<'py, PyDict>,
     key: &Bound<'py, PyString>,
-) -> Option<Borrowed<'a, 'py, PyAny>> {
+) -> Option<Bound<'py, PyAny>> {
     let py = dict.py();
     // SAFETY: both are live; the result is a borrowed reference, or NULL
     // (absent, or with an exception set).
@@ -57,9 +45,9 @@ pub(super) fn borrowed_item<'a, 'py>(
         }
         return None;
     }
-    // SAFETY: a live object the dictionary holds, borrowed no longer than
-    // the dictionary (`'a`).
-    Some(unsafe { Borrowed::from_ptr(py, value) })
+    // SAFETY: a live object the dictionary holds: a new reference to it is
+    // taken at once, before any Python code can run.
+    Some(unsafe { Bound::from_borrowed_ptr(py, value) })
 }
 
 /// The method of a Gunicorn request (`req.method`) or of an ASGI scope (`scope["method"]`).
@@ -79,8 +67,8 @@ pub(super) fn method_of(req: &Bound<'_, PyAny>) -> Method {
 /// `method_of(req)` (a Gunicorn request, or an ASGI scope).
 pub(super) fn wsgi_method(req: &Bound<'_, PyAny>, environ: Option<&Bound<'_, PyAny>>) -> Method {
     let environ = environ.and_then(|e| e.cast::<PyDict>().ok());
-    let logged = environ.and_then(|e| borrowed_item(e, intern!(e.py(), "REQUEST_METHOD")));
-    match logged.as_deref().and_then(utf8_of) {
+    let logged = environ.and_then(|e| item(e, intern!(e.py(), "REQUEST_METHOD")));
+    match logged.as_ref().and_then(utf8_of) {
         Some(method) => Method::parse(method),
         None => method_of(req),
     }
@@ -135,8 +123,8 @@ pub(super) fn environ_route<'py>(
 ) -> Option<Bound<'py, PyAny>> {
     let py = environ.py();
     let environ = environ.cast::<PyDict>().ok()?;
-    if let Some(route) = borrowed_item(environ, intern!(py, ROUTE_KEY)) {
-        return Some(route.to_owned());
+    if let Some(route) = item(environ, intern!(py, ROUTE_KEY)) {
+        return Some(route);
     }
     if !flask {
         return None;
@@ -206,7 +194,7 @@ pub(super) fn environ_of_exception<'py>(exc: &Bound<'py, PyAny>) -> Option<Bound
 /// The `traceparent` of a WSGI environ, if valid.
 pub(super) fn environ_traceparent(environ: &Bound<'_, PyAny>) -> Option<TraceParent> {
     let environ = environ.cast::<PyDict>().ok()?;
-    let value = borrowed_item(environ, intern!(environ.py(), "HTTP_TRACEPARENT"))?;
+    let value = item(environ, intern!(environ.py(), "HTTP_TRACEPARENT"))?;
     TraceParent::parse(utf8_of(&value)?)
 }
 
@@ -264,7 +252,7 @@ pub(super) fn content_length(environ: &Bound<'_, PyAny>) -> u64 {
     let Ok(environ) = environ.cast::<PyDict>() else {
         return 0;
     };
-    match borrowed_item(environ, intern!(environ.py(), "CONTENT_LENGTH")) {
+    match item(environ, intern!(environ.py(), "CONTENT_LENGTH")) {
         Some(v) => utf8_of(&v)
             .map(|d| {
                 d.iter()

@@ -13,9 +13,8 @@ use pyo3::{ffi, intern};
 use super::access_log;
 use super::in_flight::{self, Answer, Ended, Left, Logged};
 use super::request::{
-    borrowed_item, captured_span, content_length, environ_of_exception, environ_route,
-    environ_traceparent, method_of, request_traceparent, scope_headers, scope_route, status_of,
-    utf8_of, wsgi_method,
+    captured_span, content_length, environ_of_exception, environ_route, environ_traceparent, item,
+    method_of, request_traceparent, scope_headers, scope_route, status_of, utf8_of, wsgi_method,
 };
 use super::settings::Settings;
 use crate::failures;
@@ -65,11 +64,8 @@ impl WorkerMeter {
             a.request_bytes,
             a.response_bytes,
             a.route,
+            a.trace.as_ref(),
         );
-        if let Some(trace) = &a.trace {
-            self.meter
-                .exemplar(a.seconds, a.method, a.status, a.route, trace);
-        }
     }
 
     /// What Gunicorn logged of a WSGI request begun at `started` (its
@@ -156,7 +152,7 @@ impl WorkerMeter {
                 intern!(py, "HTTP_X_REQUEST_START"),
                 intern!(py, "HTTP_X_QUEUE_START"),
             ] {
-                let Some(value) = borrowed_item(environ, key) else {
+                let Some(value) = item(environ, key) else {
                     continue;
                 };
                 let stamped = utf8_of(&value)
@@ -300,6 +296,7 @@ impl WorkerMeter {
             prefix: settings.prefix.clone(),
             duration_buckets: settings.duration_buckets.clone(),
             max_label_values: settings.max_label_values,
+            native_histogram_schema: settings.native_histogram_schema,
         };
         // Never fails: a metrics problem must not keep the worker from booting.
         let meter = Arc::new(Meter::open(&config));

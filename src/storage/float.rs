@@ -283,18 +283,16 @@ mod tests {
             }
         }
         let input: String = values.iter().map(|v| format!("{:?}\n", v)).collect();
-        let mut child = std::process::Command::new(
-            std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()),
-        )
-        .args([
-            "-c",
-            "import sys\nfrom prometheus_client.utils import floatToGoString as f\n\
+        let mut child = std::process::Command::new(crate::test_python::with_prometheus_client())
+            .args([
+                "-c",
+                "import sys\nfrom prometheus_client.utils import floatToGoString as f\n\
                 for line in sys.stdin: print(f(float(line)))",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
         use std::io::Write as _;
         // Written from a thread: the answers fill the other pipe meanwhile.
         let mut stdin = child.stdin.take().unwrap();

@@ -1,5 +1,5 @@
 //! Files cross between this core and prometheus_client's own `mmap_dict.py`,
-//! both ways. Runs `python3` with prometheus_client installed.
+//! both ways. Runs a Python with prometheus_client (`test_python`).
 
 use std::process::Command;
 
@@ -8,7 +8,7 @@ use super::reader::{read_entries, read_used};
 use super::MmapWriter;
 
 fn python(script: &str, arg: &str) -> String {
-    let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+    let out = Command::new(crate::test_python::with_prometheus_client())
         .args(["-c", script, arg])
         .output()
         .expect("python3 runs");

@@ -58,11 +58,6 @@ impl Method {
             Method::Other => "other",
         }
     }
-
-    /// A dense index, for tables with one entry per method.
-    pub fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// Status codes with a label of their own: the three-digit range. Anything

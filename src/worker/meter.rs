@@ -23,10 +23,12 @@ use crate::storage::names;
 use crate::storage::{running_clock, SeriesFile, ValueSlot};
 use crate::worker::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
 use crate::worker::histogram::{HistogramSlots, SIZE_BUCKETS};
-use crate::worker::labels::{status_label, status_slot, Method, STATUS_SLOTS};
-use crate::worker::native_histogram::{self, NativeFile, NativeSeries};
+use crate::worker::labels::{status_label, status_slot, Method};
+use crate::worker::native_histogram::{NativeFile, NativeSeries};
 use crate::worker::queue_time::{self, QUEUE_BUCKETS};
-use crate::worker::route::{LabelValues, SeriesIndex};
+use crate::worker::route::{LabelValues, OVERFLOW_VALUE};
+use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 
 /// What a worker needs to open its files.
 #[derive(Debug, Clone)]
@@ -43,6 +45,8 @@ pub struct MeterConfig {
     pub duration_buckets: Vec<f64>,
     /// Cap on distinct routes, and on distinct error types, of this worker.
     pub max_label_values: usize,
+    /// Resolution of the native duration histogram.
+    pub native_histogram_schema: i8,
 }
 
 struct Files {
@@ -90,7 +94,7 @@ pub struct WorkerMeter {
     // Kept open for the life of the process: the slots point into it.
     _gauges: SeriesFile,
     fixed: WorkerSeries,
-    requests: SeriesIndex<RequestSeries>,
+    requests: Mutex<RequestTable>,
     failures: Mutex<HashMap<(Method, u16, u16), ValueSlot>>,
     signals: Signals,
     in_flight: AtomicU64,
@@ -106,10 +110,29 @@ pub struct WorkerMeter {
 /// error on its duration).
 const FRESH_FROM_IDLE: u64 = 1;
 
-/// Room in the request series table: (route, method, status) triples.
+/// Most request series a worker makes: (route, method, status) triples.
 const REQUEST_SERIES_CAPACITY: usize = 4096;
 
-/// What operators act on (SPEC 3.1): queue time, routes, timeouts, saturation.
+/// Which request series a request is counted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RequestKey {
+    route: u16,
+    method: Method,
+    /// `labels::status_slot` of the status.
+    status: u16,
+}
+
+/// The request series made so far, owned here for the life of the worker.
+/// Only requests add to them, with the GIL held: the lock never contends
+/// (it makes the rule explicit, at the cost of an uncontended lock).
+#[derive(Default)]
+struct RequestTable {
+    series: FxHashMap<RequestKey, RequestSeries>,
+    /// Where requests go once `series` holds `REQUEST_SERIES_CAPACITY`.
+    overflow: Option<RequestSeries>,
+}
+
+/// What operators act on: queue time, routes, timeouts, saturation.
 struct Signals {
     queue: HistogramSlots,
     concurrency: ValueSlot,
@@ -138,8 +161,8 @@ fn open_files(dir: &Path, pid: u32) -> (Files, SeriesFile) {
 }
 
 /// Native histograms are an extra: a file that cannot be opened only disables them.
-fn open_native(dir: &Path, pid: u32) -> Option<Arc<NativeFile>> {
-    native_histogram::schema_from_env().and_then(|schema| NativeFile::open(dir, pid, schema).ok())
+fn open_native(dir: &Path, pid: u32, schema: i8) -> Option<Arc<NativeFile>> {
+    NativeFile::open(dir, pid, schema).ok()
 }
 
 /// Makes the series a worker has from the start: named `<prefix>_<name>`,
@@ -248,13 +271,13 @@ impl WorkerMeter {
             files: Mutex::new(files),
             _gauges: gauges,
             fixed,
-            requests: SeriesIndex::with_capacity(REQUEST_SERIES_CAPACITY),
+            requests: Mutex::new(RequestTable::default()),
             failures: Mutex::new(HashMap::new()),
             signals,
             in_flight: AtomicU64::new(0),
             started_monotonic: monotonic_seconds(),
             last_cpu: Mutex::new((monotonic_seconds(), 0.0)),
-            native: open_native(dir, pid),
+            native: open_native(dir, pid, config.native_histogram_schema),
             exemplars: ExemplarFile::open(dir, pid).ok(),
             failure_exemplars: Mutex::new(HashMap::new()),
         };
@@ -310,8 +333,9 @@ impl WorkerMeter {
         self.fixed.in_flight.add_serialized(-1.0);
     }
 
-    /// A response was sent for a request that took `seconds`.
-    #[inline]
+    /// A response was sent for a request that took `seconds`; a traced one
+    /// (`trace`) becomes the exemplar of the duration bucket it fell in.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         seconds: f64,
@@ -320,21 +344,30 @@ impl WorkerMeter {
         request_bytes: u64,
         response_bytes: u64,
         route: u16,
+        trace: Option<&TraceParent>,
     ) {
-        let index = method.index() * STATUS_SLOTS + status_slot(status);
-        let key = (route as u32) << 14 | index as u32;
-        let mut series = self.requests.get(key);
-        if series.is_null() {
-            series = self.create_request_series(method, index, route, key);
-        }
-        // SAFETY: a non-null pointer in the table came from Box::into_raw and
-        // is never freed: published series live as long as the process.
-        let series = unsafe { &*series };
+        let key = RequestKey {
+            route,
+            method,
+            status: status_slot(status) as u16,
+        };
+        let mut table = self.requests.lock();
+        let RequestTable { series, overflow } = &mut *table;
+        let full = series.len() >= REQUEST_SERIES_CAPACITY;
+        let series = match series.entry(key) {
+            Entry::Occupied(made) => made.into_mut(),
+            Entry::Vacant(new) if !full => new.insert(self.open_request_series(key)),
+            Entry::Vacant(_) => self.overflow_series(overflow),
+        };
         series.total.add_serialized(1.0);
         series.duration.observe(&self.duration_bounds, seconds);
         if let Some(native) = &series.native {
             native.observe(seconds);
         }
+        if let (Some(exemplars), Some(trace)) = (&series.exemplars, trace) {
+            exemplars.observe(&self.duration_bounds, seconds, trace, unix_seconds());
+        }
+        drop(table);
         self.fixed
             .request_size
             .observe(&SIZE_BUCKETS, request_bytes as f64);
@@ -343,30 +376,36 @@ impl WorkerMeter {
             .observe(&SIZE_BUCKETS, response_bytes as f64);
     }
 
+    /// The series requests go to once `REQUEST_SERIES_CAPACITY` are made:
+    /// made once, all labels `other`, so that a request allocates nothing.
     #[cold]
-    fn create_request_series(
-        &self,
-        method: Method,
-        index: usize,
-        route: u16,
-        key: u32,
-    ) -> *mut RequestSeries {
+    fn overflow_series<'t>(&self, overflow: &'t mut Option<RequestSeries>) -> &'t RequestSeries {
+        self.count_overflow("series");
+        overflow.get_or_insert_with(|| {
+            self.open_series_labelled(Method::Other.as_str(), OVERFLOW_VALUE, OVERFLOW_VALUE)
+        })
+    }
+
+    /// Opens the request series of `key`.
+    #[cold]
+    fn open_request_series(&self, key: RequestKey) -> RequestSeries {
+        let route = self.signals.routes.name(key.route);
+        let status = status_label(key.status as usize);
+        self.open_series_labelled(key.method.as_str(), &route, &status)
+    }
+
+    /// Opens the request series of these labels in the worker's files. One
+    /// that cannot be recorded gets sink slots: counted once, never retried
+    /// per request.
+    fn open_series_labelled(&self, method: &str, route: &str, status: &str) -> RequestSeries {
         let mut files = self.files.lock();
-        let existing = self.requests.get(key);
-        if !existing.is_null() {
-            return existing;
-        }
         let p = &self.prefix;
-        let status = status_label(index % STATUS_SLOTS);
-        let route = self.signals.routes.name(route);
         let labels: &[(&str, &str)] = &[
-            ("method", method.as_str()),
-            ("route", &route),
-            ("status", &status),
+            ("method", method),
+            ("route", route),
+            ("status", status),
             ("worker_id", &self.worker_id),
         ];
-        // A series that cannot be recorded gets sink slots: counted once, and
-        // never retried per request.
         let total = files.counters.slot(&catalogue::REQUESTS.key(p, labels));
         let duration_name = catalogue::REQUEST_DURATION.family(p);
         let duration = HistogramSlots::open(
@@ -383,40 +422,11 @@ impl WorkerMeter {
         let exemplars = self.exemplars.as_ref().map(|file| {
             HistogramExemplars::new(file, &duration_name, labels, &self.duration_bounds)
         });
-        let series = Box::into_raw(Box::new(RequestSeries {
+        RequestSeries {
             total,
             duration,
             native,
             exemplars,
-        }));
-        let published = self.requests.insert(key, series);
-        drop(files);
-        if !published {
-            // Full: the (leaked, small) series records this request only.
-            self.count_overflow("series");
-        }
-        series
-    }
-
-    /// A traced request that took `seconds`, already `record`ed: its trace
-    /// becomes the exemplar of the duration bucket it fell in.
-    pub fn exemplar(
-        &self,
-        seconds: f64,
-        method: Method,
-        status: u16,
-        route: u16,
-        trace: &TraceParent,
-    ) {
-        let index = method.index() * STATUS_SLOTS + status_slot(status);
-        let series = self.requests.get((route as u32) << 14 | index as u32);
-        if series.is_null() {
-            return;
-        }
-        // SAFETY: published series are never freed (see `record`).
-        let series = unsafe { &*series };
-        if let Some(exemplars) = &series.exemplars {
-            exemplars.observe(&self.duration_bounds, seconds, trace, unix_seconds());
         }
     }
 
@@ -644,6 +654,7 @@ mod tests {
             prefix: "gunicorn".into(),
             duration_buckets: crate::worker::histogram::DEFAULT_DURATION_BUCKETS.to_vec(),
             max_label_values: 2,
+            native_histogram_schema: crate::worker::native_histogram::DEFAULT_SCHEMA,
         })
     }
 
@@ -653,7 +664,7 @@ mod tests {
         let m = meter(dir.path());
         for (method, status) in [(Method::Get, 200), (Method::Get, 200), (Method::Other, 404)] {
             m.begin();
-            m.record(0.01, method, status, 10, 2000, NO_ROUTE);
+            m.record(0.01, method, status, 10, 2000, NO_ROUTE, None);
             m.end();
         }
         m.fail(Method::Post, "ValueError", NO_ROUTE);
@@ -719,6 +730,62 @@ mod tests {
     }
 
     #[test]
+    fn requests_past_the_series_table_are_counted_on_one_overflow_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meter(dir.path());
+        let methods = [
+            Method::Get,
+            Method::Post,
+            Method::Put,
+            Method::Delete,
+            Method::Patch,
+        ];
+        let extra = 7;
+        let mut sent = 0;
+        'fill: for status in 100..1000u16 {
+            for method in methods {
+                if sent == REQUEST_SERIES_CAPACITY + extra {
+                    break 'fill;
+                }
+                m.begin();
+                m.record(0.01, method, status, 0, 0, NO_ROUTE, None);
+                m.end();
+                sent += 1;
+            }
+        }
+        let d = dir.path();
+        let all = collect(d, monotonic_seconds());
+        let requests: Vec<f64> = all
+            .families
+            .iter()
+            .flat_map(|f| &f.samples)
+            .filter(|s| &*s.name == "gunicorn_worker_requests_total")
+            .map(|s| s.value)
+            .collect();
+        assert_eq!(requests.iter().sum::<f64>(), sent as f64);
+        assert_eq!(requests.len(), REQUEST_SERIES_CAPACITY + 1);
+        let other = ("route", "other");
+        let overflowed = [
+            ("method", "other"),
+            other,
+            ("status", "other"),
+            ("worker_id", "3"),
+        ];
+        assert_eq!(
+            value(d, "gunicorn_worker_requests_total", &overflowed),
+            Some(extra as f64)
+        );
+        assert_eq!(
+            value(
+                d,
+                "gunicorn_worker_label_overflow_total",
+                &[("label", "series"), ("worker_id", "3")]
+            ),
+            Some(extra as f64)
+        );
+    }
+
+    #[test]
     fn routes_and_error_types_past_the_cap_are_other_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let m = meter(dir.path());
@@ -726,7 +793,7 @@ mod tests {
         for route in ["/a", "/b", "/c", "/d", "/a"] {
             let (id, _) = m.route_id(route);
             m.begin();
-            m.record(0.01, Method::Get, 200, 0, 0, id);
+            m.record(0.01, Method::Get, 200, 0, 0, id, None);
             m.end();
         }
         for error_type in ["A", "B", "C"] {

@@ -41,15 +41,6 @@ const BUCKET_LABEL: &str = "__bucket";
 const LOWEST_EXP: i32 = -20;
 const HIGHEST_EXP: i32 = 10;
 
-/// The schema of `PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA` (validated at start-up
-/// by `config`; here a bad value disables native histograms).
-pub fn schema_from_env() -> Option<i8> {
-    match std::env::var(SCHEMA_VARIABLE) {
-        Ok(v) if !v.trim().is_empty() => parse_schema(&v).ok(),
-        _ => Some(DEFAULT_SCHEMA),
-    }
-}
-
 /// A schema from its text; the error says what is wrong.
 pub fn parse_schema(v: &str) -> Result<i8, String> {
     match v.trim().parse::<i8>() {
