@@ -93,6 +93,15 @@ pub fn log_once(flag: &AtomicU32, what: impl Display) {
     }
 }
 
+/// Logs one warning line on stderr: an event an operator should know of
+/// (the directory made again), not a failure repeated per request.
+pub fn warn(what: impl Display) {
+    eprintln!(
+        "[{}] [WARNING] gunicorn_prometheus_exporter: {what}",
+        std::process::id()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ __all__ = [
     "close_inherited_metrics_sockets",
     "forget_inherited_files",
     "meter_handler",
+    "directory_owner",
     "prepare_directory",
     "start_exporter",
 ]
@@ -95,7 +96,13 @@ class Exporter:
 
 @final
 class MasterMeter:
-    def __new__(cls, settings: Settings, directory: _Path, pid: int) -> MasterMeter: ...
+    def __new__(
+        cls,
+        settings: Settings,
+        directory: _Path,
+        pid: int,
+        compactor: ArchiveCompactor | None = None,
+    ) -> MasterMeter: ...
     def restart(self, reason: str) -> None: ...
     def signal(self, name: str) -> bool: ...
     def set_desired(self, workers: int) -> None: ...
@@ -113,7 +120,11 @@ def start_exporter(
     created: float | None = None,
     inherited_fd: int | None = None,
 ) -> Exporter: ...
-def prepare_directory(directory: _Path, compactor: ArchiveCompactor | None = None) -> int | None:
+def prepare_directory(
+    directory: _Path, compactor: ArchiveCompactor | None = None, private: bool = False
+) -> int | None:
     """Take the directory over; the old master's pid on a USR2 upgrade, else None."""
+def directory_owner(uid: int, gid: int) -> None:
+    """The directory, if made again, is given to this user and group."""
 def close_inherited_metrics_sockets() -> int: ...
 def forget_inherited_files() -> tuple[int, int]: ...

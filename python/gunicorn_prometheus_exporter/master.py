@@ -106,7 +106,8 @@ class MasterExporter:
         if self.private:
             _warn_if_prometheus_client_was_imported()
         try:
-            self.upgraded_from = _core.prepare_directory(directory, self.compactor)
+            self.upgraded_from = _core.prepare_directory(directory, self.compactor,
+                                                         private=self.private)
         except OSError as exc:
             if self.private:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -135,8 +136,7 @@ class MasterExporter:
             self._take_directory(named)
         directory = str(self.directory)
         try:
-            if self.made:
-                _give_to_workers(directory, cfg)
+            _give_to_workers(directory, cfg, chown=self.made)
         except OSError as exc:
             if self.private:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -147,7 +147,7 @@ class MasterExporter:
             started = _float_or(handed[CREATED_VARIABLE], started)
         if self.private:
             self._remove_at_exit()
-        self.meter = _core.MasterMeter(settings, directory, self.pid)
+        self.meter = _core.MasterMeter(settings, directory, self.pid, self.compactor)
         forget_inherited_files_at_fork()
         self.settings = settings
         self.created = started
@@ -255,7 +255,12 @@ class MasterExporter:
             del self.slots[worker_id]
         if self.directory is None or self.meter is None:
             return
-        note = self.compactor.retire(self.directory, pid)
+        try:
+            note = self.compactor.retire(self.directory, pid)
+        except OSError as exc:  # counted by the core; one line, never a traceback per exit
+            note = None
+            _warn_once("retire", "gunicorn_prometheus_exporter: cannot fold the files of "
+                       "exited workers (%s); they are retried", exc)
         reason = self._restart_reason(worker, pid, note)
         self.reloading.discard(pid)
         self.scaling_down.discard(pid)
@@ -421,13 +426,26 @@ def _count_signals(count: Callable[[str], None]) -> None:
         signal.signal(signum, handler)
 
 
-def _give_to_workers(directory: str, cfg: Any) -> None:
+def _give_to_workers(directory: str, cfg: Any, chown: bool) -> None:
     """Workers that drop privileges (`--user`/`--group`) must write in the
-    directory the master made: their exit notes, the application's own
-    prometheus_client files."""
+    directory the master made (`chown`): their exit notes, the application's
+    own prometheus_client files; so in the directory made again if someone
+    removes it."""
     uid, gid = getattr(cfg, "uid", None), getattr(cfg, "gid", None)
     if os.geteuid() == 0 and isinstance(uid, int) and isinstance(gid, int) and (uid, gid) != (0, 0):
-        os.chown(directory, uid, gid)
+        _core.directory_owner(uid, gid)
+        if chown:
+            os.chown(directory, uid, gid)
+
+
+_warned: set[tuple[int, str]] = set()
+
+
+def _warn_once(kind: str, message: str, *args: Any) -> None:
+    """One warning line of this kind per process."""
+    if (os.getpid(), kind) not in _warned:
+        _warned.add((os.getpid(), kind))
+        log.warning(message, *args)
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -1,12 +1,20 @@
 //! Folding the files of a process that exited into archive files of the same
 //! format, so that its counters and histograms live on while the directory
 //! holds a bounded number of files however many processes have died.
+//!
+//! Archives are written, never mapped (`MmapWriter::open_written`): their
+//! entries live in the master's memory and each fold writes the file, so
+//! that one removed, truncated or grown by another process is written again
+//! from memory, and none can fault the master. Before each fold the file is
+//! read back (`reconcile`): during Gunicorn's USR2 both masters fold into it.
+//! The directory's owner also keeps the directory, its own files and the
+//! archives every second (`sweep_in_background`).
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +22,7 @@ use parking_lot::Mutex;
 
 use crate::clock::monotonic_seconds;
 use crate::failures;
+use crate::master::directory;
 use crate::storage::lock::DirectoryLock;
 use crate::storage::names::{self, DbName, GaugeMode};
 use crate::storage::open::{open_read, remove_entry};
@@ -27,8 +36,8 @@ use crate::worker::native_histogram;
 pub const RETIRE_WAIT: Duration = Duration::from_millis(200);
 /// How often deferred folds are retried in the background.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
-/// How often the directory's owner looks for processes of this core that
-/// died with no master left to retire them.
+/// How often the directory's owner keeps the directory and looks for
+/// processes of this core that died with no master left to retire them.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long a background retry may wait for the directory lock.
 const RETRY_WAIT: Duration = Duration::from_secs(2);
@@ -36,26 +45,114 @@ const RETRY_WAIT: Duration = Duration::from_secs(2);
 const MAX_NOTE_BYTES: u64 = 64;
 
 static DEFERRAL_LOGGED: AtomicU32 = AtomicU32::new(0);
+static KEEP_LOGGED: AtomicU32 = AtomicU32::new(0);
+
+/// The reasons a worker leaves in its exit note, as `instrument.py` names them.
+const NOTE_REASONS: [&str; 4] = ["max_requests", "graceful", "reload", "crashed"];
+/// One note per slot: `pid << 8 | reason + 1`; 0 is free.
+const NOTE_SLOTS: usize = 4096 / 8;
+
+/// Exit notes pass through a page the master shares with the workers it
+/// forks (`share_exit_notes`), so that a worker leaves its note even where
+/// it cannot write in the directory (removed, read-only, full); the file
+/// `exit_<pid>.note` is the fallback (no page, a reason of its own).
+static NOTES: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Maps the page of exit notes, in the master before it forks (once).
+pub fn share_exit_notes() {
+    if !NOTES.load(Ordering::Acquire).is_null() {
+        return;
+    }
+    // SAFETY: an anonymous shared mapping of one page, never unmapped: the
+    // pointer stays valid for the life of this process and of every child
+    // forked after this call. mmap zero-fills it; AtomicU64 has no invalid
+    // bit patterns and the page is 8-byte aligned.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            NOTE_SLOTS * 8,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return; // notes go to files instead
+    }
+    if NOTES
+        .compare_exchange(
+            std::ptr::null_mut(),
+            page.cast(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        // SAFETY: the page was mapped just above and never published.
+        unsafe { libc::munmap(page, NOTE_SLOTS * 8) };
+    }
+}
+
+fn note_slots() -> Option<&'static [AtomicU64]> {
+    let page = NOTES.load(Ordering::Acquire);
+    // SAFETY: a non-null pointer was published by `share_exit_notes` and
+    // points to NOTE_SLOTS cells in a page that is never unmapped.
+    (!page.is_null()).then(|| unsafe { std::slice::from_raw_parts(page, NOTE_SLOTS) })
+}
 
 /// Where a worker leaves the reason it exited, for the master to read.
 pub fn exit_note_path(dir: &Path, pid: u32) -> PathBuf {
     dir.join(names::exit_note_file(pid))
 }
 
-/// Leaves `reason` as the exit note of `pid`: whatever has the note's name (a
-/// planted symlink included) is unlinked, never written through.
+/// Leaves `reason` as the exit note of `pid`: in the page the master
+/// shares, else in the note's file (whatever has its name, a planted
+/// symlink included, is unlinked, never written through).
 pub fn write_exit_note(dir: &Path, pid: u32, reason: &str) -> io::Result<()> {
     use std::io::Write;
+    let code = NOTE_REASONS.iter().position(|r| *r == reason);
+    if let (Some(slots), Some(code)) = (note_slots(), code) {
+        let note = (u64::from(pid) << 8) | (code as u64 + 1);
+        // Its own slot if it left a note already, else a free one.
+        let mine = slots
+            .iter()
+            .find(|s| s.load(Ordering::Acquire) >> 8 == u64::from(pid));
+        if let Some(slot) = mine {
+            slot.store(note, Ordering::Release);
+            return Ok(());
+        }
+        let free = slots.iter().any(|s| {
+            s.compare_exchange(0, note, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if free {
+            return Ok(());
+        }
+    }
     crate::storage::open::create_fresh(&exit_note_path(dir, pid))?.write_all(reason.as_bytes())
 }
 
-/// Reads and removes the exit note of `pid`, if it left a regular one.
+/// Takes the exit note of `pid`: from the shared page, else from a regular
+/// note file, which is removed either way.
 fn take_exit_note(dir: &Path, pid: u32) -> Option<String> {
+    let shared = note_slots().and_then(|slots| {
+        slots.iter().find_map(|slot| {
+            let note = slot.load(Ordering::Acquire);
+            if note == 0 || note >> 8 != u64::from(pid) {
+                return None;
+            }
+            let _ = slot.compare_exchange(note, 0, Ordering::AcqRel, Ordering::Relaxed);
+            NOTE_REASONS
+                .get((note & 0xff) as usize - 1)
+                .map(|r| r.to_string())
+        })
+    });
     let path = exit_note_path(dir, pid);
     let mut note = String::new();
     let read = open_read(&path).and_then(|f| f.take(MAX_NOTE_BYTES).read_to_string(&mut note));
     let _ = remove_entry(&path);
-    read.ok().map(|_| note.trim().to_owned())
+    shared.or_else(|| read.ok().map(|_| note.trim().to_owned()))
 }
 
 /// What happens to one file of a process that exited.
@@ -89,8 +186,11 @@ fn files_of(dir: &Path, pid: u32) -> io::Result<Vec<String>> {
     let owners = names::owners_of(pid);
     let mut found = Vec::new();
     for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if names::owner_of(&name).is_some_and(|owner| owners.iter().any(|o| o == owner)) {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if names::owner_of(&name).is_some_and(|owner| owners.iter().any(|o| o == owner))
+            && !entry.file_type().is_ok_and(|t| t.is_dir())
+        {
             found.push(name);
         }
     }
@@ -105,7 +205,7 @@ struct Folded {
     locked_out: bool,
 }
 
-/// Keeps the archive files open across deaths.
+/// Keeps the archives (written from memory) across deaths.
 #[derive(Default)]
 struct Archives {
     open: HashMap<PathBuf, MmapWriter>,
@@ -122,6 +222,8 @@ pub struct ArchiveCompactor {
     pending: Arc<Mutex<Vec<(PathBuf, u32)>>>,
     retrying: Arc<Mutex<bool>>,
     sweeping: Arc<Mutex<bool>>,
+    /// The master's own files (`MasterMeter`), kept with the directory.
+    own: Arc<Mutex<Vec<Arc<Mutex<MmapWriter>>>>>,
 }
 
 impl ArchiveCompactor {
@@ -131,11 +233,13 @@ impl ArchiveCompactor {
     /// the files stay (scrapes still count them) and the fold is retried on
     /// the next retire and in the background.
     pub fn retire(&self, dir: &Path, pid: u32) -> io::Result<Option<String>> {
+        // A directory removed meanwhile is made again first.
+        self.keep(dir, RETIRE_WAIT);
         let note = take_exit_note(dir, pid);
         // Live gauges go with their process, lock or not.
-        for name in files_of(dir, pid)? {
+        for name in files_of(dir, pid).unwrap_or_default() {
             if matches!(fate(&name), Some((Fate::Drop, _))) {
-                remove_entry(&dir.join(name))?;
+                let _ = remove_entry(&dir.join(name));
             }
         }
         self.pending.lock().push((dir.to_owned(), pid));
@@ -163,6 +267,57 @@ impl ArchiveCompactor {
     /// Folds deferred pids now, waiting as long as it takes (tests, shutdown).
     pub fn fold_deferred(&self, wait: Duration) -> bool {
         self.fold_pending(&mut self.archives.lock(), wait).all
+    }
+
+    /// Keeps `file` (one of the master's own) written with the directory.
+    pub fn keep_own(&self, file: Arc<Mutex<MmapWriter>>) {
+        self.own.lock().push(file);
+    }
+
+    /// Keeps what the master writes in `dir`: makes the directory again if
+    /// someone removed it (`directory::keep`), and writes again, from
+    /// memory, the master's own files and the archives that are not as it
+    /// wrote them (removed, truncated, grown, replaced). An archive is only
+    /// written under the directory lock (at most `wait` for it: else at
+    /// the next pass). A failure is counted once.
+    fn keep(&self, dir: &Path, wait: Duration) {
+        let remade = match directory::keep(dir) {
+            Ok(remade) => remade,
+            Err(e) => {
+                failures::write_error_logged_by(
+                    &KEEP_LOGGED,
+                    1,
+                    format_args!("cannot make {} again: {e}", dir.display()),
+                );
+                return;
+            }
+        };
+        for file in self.own.lock().iter() {
+            let mut file = file.lock();
+            if remade || !file.looks_intact() {
+                if let Err(e) = file.restore() {
+                    failures::write_error_logged_by(
+                        &KEEP_LOGGED,
+                        1,
+                        format_args!("cannot write {} again: {e}", file.path().display()),
+                    );
+                }
+            }
+        }
+        let Some(mut archives) = self.archives.try_lock_for(wait) else {
+            return;
+        };
+        if archives.changed(dir) {
+            if let Ok(_lock) = DirectoryLock::exclusive(dir, wait) {
+                archives.keep(dir);
+            }
+        }
+    }
+
+    /// One pass of the keeper, as the sweep runs it.
+    #[cfg(test)]
+    pub fn keep_for_tests(&self, dir: &Path) {
+        self.keep(dir, RETRY_WAIT);
     }
 
     /// Number of pids whose files still wait to be folded.
@@ -244,12 +399,16 @@ impl ArchiveCompactor {
     /// One pass of `sweep_in_background`: retires the processes gone now
     /// and at the pass before (`gone_before`); returns those gone now.
     fn sweep(&self, dir: &Path, gone_before: &[u32]) -> Vec<u32> {
+        self.keep(dir, RETRY_WAIT);
         let me = std::process::id();
         let mut gone = Vec::new();
         let Ok(entries) = fs::read_dir(dir) else {
             return gone;
         };
         for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue; // not a file of any process
+            }
             let name = entry.file_name();
             let pid = name.to_str().and_then(names::core_process_of);
             if let Some(pid) = pid.filter(|&p| p != me && !gone.contains(&p)) {
@@ -305,7 +464,7 @@ impl ArchiveCompactor {
 
 /// Whether process `pid` has exited: it does not exist, or (Linux) it is a
 /// zombie nobody reaps (an orphan in a container whose init does not).
-fn process_gone(pid: u32) -> bool {
+pub(crate) fn process_gone(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return true;
     };
@@ -326,8 +485,9 @@ fn process_gone(pid: u32) -> bool {
 
 impl Archives {
     /// Folds the files of `pid`, under the exclusive directory lock. A file
-    /// that cannot be folded is kept (and the error returned); one that is
-    /// not readable is counted by scrapes as before and removed.
+    /// that cannot be folded (or removed once folded) is kept, its archive
+    /// as it was, and the error returned; one that is not readable is
+    /// counted by scrapes as before and removed.
     fn fold_pid(&mut self, dir: &Path, pid: u32) -> io::Result<()> {
         // A new worker with the same pid owns these names now: its own
         // retire folds them, old entries included.
@@ -345,16 +505,14 @@ impl Archives {
             if fate == Fate::Keep {
                 continue;
             }
-            if fate != Fate::Drop && read_used(&path, &mut buf).is_ok() {
-                let folded = self
-                    .archive(dir, &archive)
-                    .and_then(|w| fold_file(w, &fate, &buf));
-                if let Err(e) = folded {
-                    result = Err(e);
-                    continue;
-                }
+            let folded = if fate != Fate::Drop && read_used(&path, &mut buf).is_ok() {
+                self.fold_into(dir, &archive, &path, |w| fold_file(w, &fate, &buf))
+            } else {
+                remove_entry(&path)
+            };
+            if let Err(e) = folded {
+                result = Err(e);
             }
-            remove_entry(&path)?;
         }
         // Native histogram buckets and exemplars (`*.ndb`): their own archives.
         for (path, archive, fold_into) in [
@@ -372,31 +530,71 @@ impl Archives {
             if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
                 continue;
             }
-            let folded = self.archive(dir, archive).and_then(|w| fold_into(w, &path));
-            if let Err(e) = folded {
+            if let Err(e) = self.fold_into(dir, archive, &path, |w| fold_into(w, &path)) {
                 result = Err(e);
-                continue;
             }
-            remove_entry(&path)?;
         }
         result
     }
 
+    /// Folds the file at `path` into the archive `name` with `fold`, writes
+    /// the archive and removes the file. If any of it fails, the archive is
+    /// as it was (in memory and, written again, on disk) and the file stays
+    /// to be folded again: nothing is counted twice.
+    fn fold_into(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        path: &Path,
+        fold: impl FnOnce(&mut MmapWriter) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let archive = self.archive(dir, name)?;
+        archive.reconcile()?;
+        let before = archive.checkpoint();
+        let folded = fold(archive).and_then(|()| archive.flush());
+        if let Err(e) = folded {
+            archive.rollback(before);
+            return Err(e);
+        }
+        if let Err(e) = remove_entry(path) {
+            archive.rollback(before);
+            let _ = archive.flush();
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn archive(&mut self, dir: &Path, name: &str) -> io::Result<&mut MmapWriter> {
         let path = dir.join(name);
-        // Reopened if a restart of the directory removed it, or anyone
-        // replaced or truncated it: its mapping is not touched again. Also
-        // if another master appended to it (both fold here during a USR2
-        // overlap, each under the exclusive lock): its entries are reread.
-        if !self
-            .open
-            .get(&path)
-            .is_some_and(|w| w.is_intact() && w.is_current())
-        {
-            self.open.remove(&path);
-            self.open.insert(path.clone(), MmapWriter::open(&path)?);
+        if !self.open.contains_key(&path) {
+            self.open
+                .insert(path.clone(), MmapWriter::open_written(&path)?);
         }
         Ok(self.open.get_mut(&path).expect("just inserted"))
+    }
+
+    /// Whether an archive of `dir` is not as this master wrote it.
+    fn changed(&self, dir: &Path) -> bool {
+        self.open
+            .iter()
+            .any(|(path, w)| path.parent() == Some(dir) && !w.looks_intact())
+    }
+
+    /// Under the exclusive directory lock: every archive of `dir` that is
+    /// not as this master wrote it is read back if another master wrote it,
+    /// else written again from memory.
+    fn keep(&mut self, dir: &Path) {
+        for (path, w) in self.open.iter_mut() {
+            if path.parent() == Some(dir) && !w.looks_intact() {
+                if let Err(e) = w.reconcile() {
+                    failures::write_error_logged_by(
+                        &KEEP_LOGGED,
+                        1,
+                        format_args!("cannot write {} again: {e}", path.display()),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -609,29 +807,39 @@ mod tests {
     }
 
     #[test]
-    fn an_archive_truncated_under_the_master_is_reopened_not_faulted_on() {
+    fn an_archive_truncated_removed_or_grown_is_written_again_from_memory() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let compactor = ArchiveCompactor::default();
-        for i in 0..200 {
-            let key = encode("c", "c_total", &[("n", &i.to_string())], "h");
-            put(d, "counter_worker1.db", &key, 1.0, 0.0);
-        }
-        compactor.retire(d, 1).unwrap();
         let archive = d.join("counter_archive.db");
+        let fold = |pid: u32| {
+            for i in 0..200 {
+                let key = encode("c", "c_total", &[("n", &i.to_string())], "h");
+                put(d, &format!("counter_worker{pid}.db"), &key, 1.0, 0.0);
+            }
+            compactor.retire(d, pid).unwrap();
+        };
+        fold(1);
         assert!(fs::metadata(&archive).unwrap().len() > 4096);
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&archive)
-            .unwrap()
-            .set_len(20)
-            .unwrap();
-        for i in 0..200 {
-            let key = encode("c", "c_total", &[("n", &i.to_string())], "h");
-            put(d, "counter_worker2.db", &key, 1.0, 0.0);
-        }
-        compactor.retire(d, 2).unwrap(); // would fault writing past the new end
-        assert_eq!(total(d, "c_total"), 200.0);
+        let resize = |len: u64| {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&archive)
+                .unwrap()
+                .set_len(len)
+                .unwrap()
+        };
+        resize(20);
+        fold(2); // no mapping to fault on; what was folded before is kept
+        assert_eq!(total(d, "c_total"), 400.0);
+        fs::remove_file(&archive).unwrap();
+        compactor.keep_for_tests(d);
+        assert_eq!(total(d, "c_total"), 400.0);
+        resize(100 << 20);
+        compactor.keep_for_tests(d);
+        assert!(fs::metadata(&archive).unwrap().len() < 1 << 20);
+        fold(3);
+        assert_eq!(total(d, "c_total"), 600.0);
     }
 
     #[test]

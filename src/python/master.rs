@@ -71,11 +71,23 @@ pub(super) struct MasterMeter {
 
 #[pymethods]
 impl MasterMeter {
-    /// Opens the master's own file in `directory`, named with the prefix of `settings`.
+    /// Opens the master's own files in `directory`, named with the prefix of
+    /// `settings`; `compactor` keeps them with the directory.
     #[new]
-    fn new(settings: &Settings, directory: PathBuf, pid: u32) -> Self {
+    #[pyo3(signature = (settings, directory, pid, compactor=None))]
+    fn new(
+        settings: &Settings,
+        directory: PathBuf,
+        pid: u32,
+        compactor: Option<&ArchiveCompactor>,
+    ) -> Self {
         MasterMeter {
-            meter: crate::master::meter::MasterMeter::open(&directory, pid, &settings.0.prefix),
+            meter: crate::master::meter::MasterMeter::open(
+                &directory,
+                pid,
+                &settings.0.prefix,
+                compactor.map(|c| &c.inner),
+            ),
         }
     }
 
@@ -125,6 +137,13 @@ impl ArchiveCompactor {
     fn deferred(&self) -> usize {
         self.inner.deferred()
     }
+}
+
+/// The directory is given to the workers' user and group (`--user`,
+/// `--group`): made again if someone removes it, it is theirs again.
+#[pyfunction]
+pub(super) fn directory_owner(uid: u32, gid: u32) {
+    crate::storage::open::remember_directory_owner(uid, gid);
 }
 
 /// Starts the metrics server for `directory` on a thread of the core, on
@@ -184,14 +203,19 @@ pub(super) fn start_exporter(
 /// None (files of an earlier run were cleared).
 /// `compactor` folds, once this master owns the directory (at once, or on
 /// an upgrade when the old master exited: its own files first), the files
-/// of processes that died with no master left to retire them.
+/// of processes that died with no master left to retire them, and keeps the
+/// directory (made again if removed).
+/// `private`: the master made it for itself (mode 0700, marked); the
+/// private directories that killed masters left beside it are removed.
 #[pyfunction]
-#[pyo3(signature = (directory, compactor=None))]
+#[pyo3(signature = (directory, compactor=None, private=false))]
 pub(super) fn prepare_directory(
     directory: PathBuf,
     compactor: Option<&ArchiveCompactor>,
+    private: bool,
 ) -> PyResult<Option<u32>> {
     failures::share_with_children();
+    archive::share_exit_notes();
     let shown = directory.display().to_string();
     let compactor = compactor.map(|c| c.inner.clone());
     let (dir, sweeper) = (directory.clone(), compactor.clone());
@@ -201,7 +225,11 @@ pub(super) fn prepare_directory(
             compactor.sweep_in_background(dir);
         }
     };
-    match directory::prepare(&directory, old_master_gone) {
+    let prepared = directory::prepare(&directory, private, old_master_gone);
+    if private && prepared.is_ok() {
+        directory::sweep_private_directories(&directory);
+    }
+    match prepared {
         Ok(directory::Takeover::Fresh) => {
             if let Some(sweeper) = sweeper {
                 sweeper.sweep_in_background(directory);

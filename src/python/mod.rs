@@ -19,7 +19,9 @@ mod worker;
 use pyo3::prelude::*;
 
 use access_log::{CountedAccess, MeteredLog};
-use master::{prepare_directory, start_exporter, ArchiveCompactor, Exporter, MasterMeter};
+use master::{
+    directory_owner, prepare_directory, start_exporter, ArchiveCompactor, Exporter, MasterMeter,
+};
 use metered_handler::{meter_handler, UnmeteredHandler};
 use process_meter::meter_requests_with;
 use settings::Settings;
@@ -43,6 +45,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Exporter>()?;
     m.add_function(wrap_pyfunction!(start_exporter, m)?)?;
     m.add_function(wrap_pyfunction!(prepare_directory, m)?)?;
+    m.add_function(wrap_pyfunction!(directory_owner, m)?)?;
     m.add_function(wrap_pyfunction!(close_inherited_metrics_sockets, m)?)?;
     m.add_function(wrap_pyfunction!(forget_inherited_files, m)?)?;
     m.add_class::<MasterMeter>()?;

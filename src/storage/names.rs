@@ -11,7 +11,8 @@
 //!   `exemplar_worker<pid>.ndb` (prometheus_client's `*.db` glob never reads
 //!   them), folded into `native_archive.ndb` and `exemplar_archive.ndb`;
 //! - a worker leaves the reason it exited in `exit_<pid>.note`;
-//! - `.lock` is the directory lock, `.owner` the owning master's.
+//! - `.lock` is the directory lock, `.owner` the owning master's, `.private`
+//!   marks a directory a master made for itself.
 
 use crate::model::Kind;
 
@@ -25,6 +26,12 @@ pub const NOTE_SUFFIX: &str = ".note";
 pub const LOCK_FILE: &str = ".lock";
 /// The owning master's lock and pid (`directory.rs`).
 pub const OWNER_FILE: &str = ".owner";
+/// Marks a directory a master made for itself (no `PROMETHEUS_MULTIPROC_DIR`),
+/// which a later master may remove once its owner is gone.
+pub const PRIVATE_MARKER: &str = ".private";
+/// How the names of private directories begin (Python's `tempfile.mkdtemp`
+/// prefix in `master.py`).
+pub const PRIVATE_PREFIX: &str = "gunicorn-prometheus-";
 
 /// Prefix of every worker's live gauge file: one per live worker of this core.
 pub const LIVE_WORKER_GAUGES_PREFIX: &str = "gauge_livesum_worker";
@@ -193,6 +200,24 @@ pub fn is_exemplar_file(name: &str) -> bool {
     name.starts_with(EXEMPLAR_PREFIX) && name.ends_with(NDB_SUFFIX)
 }
 
+/// The process a file of the directory belongs to: `*.db` of
+/// prometheus_client (`<pid>`), a worker or a master of this core, `*.ndb`
+/// of a worker, an exit note. `None` for archives and other names.
+pub fn process_of(name: &str) -> Option<u32> {
+    let owner = if let Some(stem) = name.strip_suffix(NDB_SUFFIX) {
+        stem.rsplit('_').next()?
+    } else if let Some(stem) = name.strip_suffix(NOTE_SUFFIX) {
+        stem.strip_prefix("exit_")?
+    } else {
+        owner_of(name)?
+    };
+    let pid = owner
+        .strip_prefix("worker")
+        .or_else(|| owner.strip_prefix("master"))
+        .unwrap_or(owner);
+    pid.parse().ok()
+}
+
 /// A name a run of this core or of prometheus_client leaves in the directory
 /// (`*.db`, `*.ndb`, exit notes): what a fresh start clears.
 pub fn is_left_by_a_run(name: &str) -> bool {
@@ -211,6 +236,20 @@ mod tests {
         assert_eq!(core_process_of("counter_12.db"), None); // prometheus_client's
         assert_eq!(core_process_of("counter_archive.db"), None);
         assert_eq!(core_process_of("histogram_workerx.db"), None);
+    }
+
+    #[test]
+    fn the_process_of_any_file_of_a_process_is_read_from_its_name() {
+        assert_eq!(process_of("counter_worker12.db"), Some(12));
+        assert_eq!(process_of("gauge_livesum_master3.db"), Some(3));
+        assert_eq!(process_of("counter_12.db"), Some(12)); // prometheus_client's
+        assert_eq!(process_of("gauge_all_12.db"), Some(12));
+        assert_eq!(process_of("native_worker5.ndb"), Some(5));
+        assert_eq!(process_of("exemplar_worker5.ndb"), Some(5));
+        assert_eq!(process_of("exit_9.note"), Some(9));
+        assert_eq!(process_of("counter_archive.db"), None);
+        assert_eq!(process_of("native_archive.ndb"), None);
+        assert_eq!(process_of(".owner"), None);
     }
 
     #[test]

@@ -6,8 +6,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use super::names::PRIVATE_MARKER;
 
 /// Flags of every open: no symlink, no blocking on a FIFO, no fd leaked to an
 /// exec'd program.
@@ -52,6 +55,16 @@ pub fn open_write(path: &Path) -> io::Result<File> {
     regular(file)
 }
 
+/// Opens the regular file at `path` for reading and writing if it exists.
+pub fn open_existing(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(SAFE_FLAGS)
+        .open(path)?;
+    regular(file)
+}
+
 /// Creates `path` afresh: whatever has that name (a symlink, a FIFO, a
 /// corrupt or foreign file) is unlinked first, never opened or truncated.
 pub fn create_fresh(path: &Path) -> io::Result<File> {
@@ -67,11 +80,99 @@ pub fn create_fresh(path: &Path) -> io::Result<File> {
 }
 
 /// Unlinks `path` if present. `unlink` acts on the name, never on what a
-/// symlink points to.
+/// symlink points to. An empty directory put under the name is removed too.
 pub fn remove_entry(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) => {
+            fs::remove_dir(path).map_err(|_| e)
+        }
+        removed => removed,
+    }
+}
+
+/// How the multiprocess directory is made again if someone removes it while
+/// Gunicorn runs: the master records it before it forks, so that its
+/// workers know it too.
+struct DirectoryRule {
+    path: PathBuf,
+    /// Made by the master for itself: mode 0700, with the marker file.
+    private: bool,
+    /// Given to the workers' user and group (`--user`, `--group`).
+    owner: Option<(u32, u32)>,
+}
+
+/// The rule; replaced (the old one leaked: a master records it once or
+/// twice) and read without a lock, so that a process forked while another
+/// thread records it reads a whole one.
+static RULE: AtomicPtr<DirectoryRule> = AtomicPtr::new(std::ptr::null_mut());
+
+fn rule() -> Option<&'static DirectoryRule> {
+    // SAFETY: a non-null pointer comes from Box::leak below and is never freed.
+    unsafe { RULE.load(Ordering::Acquire).as_ref() }
+}
+
+fn set_rule(rule: DirectoryRule) {
+    RULE.store(Box::leak(Box::new(rule)), Ordering::Release);
+}
+
+/// Records how `dir` is made again: private (0700, marked) or as named.
+pub fn remember_directory(dir: &Path, private: bool) {
+    let owner = rule().filter(|r| r.path == dir).and_then(|r| r.owner);
+    set_rule(DirectoryRule {
+        path: dir.to_owned(),
+        private,
+        owner,
+    });
+}
+
+/// Records that the directory is given to `uid`:`gid` (the workers' user).
+pub fn remember_directory_owner(uid: u32, gid: u32) {
+    if let Some(r) = rule() {
+        set_rule(DirectoryRule {
+            path: r.path.clone(),
+            private: r.private,
+            owner: Some((uid, gid)),
+        });
+    }
+}
+
+/// Makes `dir` again as its master made it (`remember_directory`); `false`
+/// if it exists. Fails for a directory this process was not told about.
+pub fn make_directory_again(dir: &Path) -> io::Result<bool> {
+    let Some(rule) = rule().filter(|r| r.path == dir) else {
+        return Err(io::ErrorKind::NotFound.into());
+    };
+    if let Some(parent) = dir.parent().filter(|_| !rule.private) {
+        fs::create_dir_all(parent)?;
+    }
+    let mode = if rule.private { 0o700 } else { 0o777 };
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        made => made?,
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if let (Some((uid, gid)), 0) = (rule.owner, unsafe { libc::geteuid() }) {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    if rule.private {
+        mark_private(dir)?;
+    }
+    Ok(true)
+}
+
+/// Whether `dir` is the one this process was told about, and private.
+pub fn is_private(dir: &Path) -> bool {
+    rule().is_some_and(|r| r.private && r.path == dir)
+}
+
+/// Leaves the marker of a master's private directory in `dir`.
+pub fn mark_private(dir: &Path) -> io::Result<()> {
+    let path = dir.join(PRIVATE_MARKER);
+    match open_write(&path) {
+        Ok(file) if is_own_file(&file)? => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(e),
+        _ => create_fresh(&path).map(drop),
     }
 }
 

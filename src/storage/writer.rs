@@ -1,18 +1,40 @@
 //! Writing a file: entries appended under the owner's lock, values updated lock-free.
 //!
+//! A writer keeps its entries in memory that never moves (`RESERVED_BYTES`
+//! of address space taken at open), so a `ValueSlot` stays valid for the
+//! life of its `MmapWriter` without any lock on the hot path. How that
+//! memory reaches the file depends on who writes:
+//!
+//! - **Mapped** (a worker's files: the hot path). The memory is a shared
+//!   mapping of the file: a store into a slot is a write to the file.
+//! - **Written** (the master's own files and the archives). The memory is
+//!   private and `flush` writes the file with `pwrite`. Nothing of the file
+//!   is mapped: whoever truncates, grows or removes it cannot fault the
+//!   master, and its values are written again from memory.
+//!
 //! # The contract of a mapped file
-//! - The mapping covers `RESERVED_BYTES` of address space from the start, so
-//!   it never moves when the file grows: a `ValueSlot` stays valid for the
-//!   life of its `MmapWriter` without any lock on the hot path.
 //! - Only bytes below `capacity` are ever touched, and `capacity` bytes are
 //!   reserved on disk (`posix_fallocate`) before they are: on a full disk the
 //!   append fails (the series is not recorded), it never faults later.
 //! - A file is mapped for writing only if it is a regular file owned by our
 //!   effective user with a single name (`open::is_own_file`): only that user
-//!   (or root) could shrink it under the mapping, which would make a write
-//!   past the new end raise SIGBUS. That is the trust boundary: the directory
-//!   may be writable by others (they can unlink or replace names, which the
-//!   mapping does not see), our files may not.
+//!   (or root) can shrink it under the mapping. The directory may be
+//!   writable by others: they can unlink or replace names, which the mapping
+//!   does not see.
+//! - If our user or root shrinks it anyway, the pages past its new end are
+//!   gone, and a store there would raise SIGBUS. The guard (`guard_sigbus`,
+//!   Linux) puts private memory in their place at the first fault, so the
+//!   store lands and the worker lives; its other faults go on to the handler
+//!   that was there before.
+//! - A file removed, replaced, truncated or grown by another process, or one
+//!   that could not be made (no directory, no permission, no inode: the
+//!   values are then kept in private memory), is noticed by `check_mapped`
+//!   (a worker's sampler, every second, lock-free) and written out again by
+//!   `repair`, under its name, from what the mapping holds; the new file is
+//!   mapped at the same addresses. `repair` runs only where no slot of the
+//!   writer is written meanwhile: a worker's slots are written with the GIL
+//!   held, and `repair` runs with it. What a truncation took (values past the
+//!   new end) is lost; keys are written again from the writer's own index.
 //! - Readers of other processes' files never map them: they `pread` the used
 //!   length after checking it against `fstat` (`reader.rs`), so a file that
 //!   another process truncates is a read error, never a SIGBUS.
@@ -32,11 +54,15 @@
 //!   instruction; any other with a compare-and-swap loop (`add`).
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -47,7 +73,7 @@ use crate::failures;
 
 /// Size a new file starts with, as prometheus_client's `_INITIAL_MMAP_SIZE`.
 const INITIAL_FILE_BYTES: usize = 1 << 16;
-/// Address space reserved per file so the mapping never moves when the file
+/// Address space reserved per file so the memory never moves when the file
 /// grows: values handed out stay valid without any lock on the hot path.
 const RESERVED_BYTES: usize = MAX_FILE_BYTES;
 
@@ -60,8 +86,8 @@ static SINK: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 #[derive(Clone, Copy, Debug)]
 pub struct ValueSlot(NonNull<AtomicU64>);
 
-// SAFETY: the slot points into a shared mapping that its writer keeps alive
-// for the life of the process (or into `SINK`); all access goes through atomics.
+// SAFETY: the slot points into memory that its writer keeps at the same
+// address for its whole life (or into `SINK`); all access goes through atomics.
 unsafe impl Send for ValueSlot {}
 // SAFETY: as for Send: shared access is only through atomics.
 unsafe impl Sync for ValueSlot {}
@@ -75,7 +101,7 @@ impl ValueSlot {
     #[inline]
     fn value(&self) -> &AtomicU64 {
         // SAFETY: the pointer is 8-byte aligned (entries are padded to 8) and
-        // valid while the writer's mapping lives (the slot's contract).
+        // valid while the writer's memory lives (the slot's contract).
         unsafe { self.0.as_ref() }
     }
 
@@ -135,35 +161,85 @@ impl ValueSlot {
     }
 }
 
+/// How the writer's memory reaches its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backing {
+    /// A shared mapping of the file (none yet while `file` is `None`).
+    Mapped,
+    /// Private memory, written to the file by `flush`.
+    Written,
+}
+
 /// One per-process file opened for writing.
 pub struct MmapWriter {
     path: PathBuf,
-    file: File,
+    /// The file; `None` while it could not be made (the values are in memory).
+    file: Option<File>,
+    /// `RESERVED_BYTES` at a fixed address: the file's shared mapping, or
+    /// private memory.
     map: MmapRaw,
+    backing: Backing,
     capacity: usize,
     used: usize,
     positions: HashMap<String, usize>,
     /// The process that opened it: a child forked from it never touches the file.
     pid: u32,
     /// Where its base address is listed in `MAPPED` (none: the list was full).
-    listed: Option<&'static AtomicUsize>,
+    listed: Option<&'static Listed>,
+    /// A failure to make or write the file was counted: not again until it
+    /// succeeds once more.
+    failing: bool,
+}
+
+/// A mapping of this process, as a fork (`detach_inherited`), the SIGBUS
+/// guard and the watcher of mapped files (`check_mapped`) see it: atomics
+/// only, so that they need no lock.
+struct Listed {
+    /// Base address; 0: a free entry.
+    base: AtomicUsize,
+    /// The mapped file's path (a C string never freed: see `c_path`); null
+    /// for private memory that `flush` writes.
+    path: AtomicPtr<libc::c_char>,
+    /// What the path must name: device, inode (0: no file yet) and size.
+    dev: AtomicU64,
+    ino: AtomicU64,
+    len: AtomicU64,
+    /// Where private memory begins that took the place of a truncated
+    /// file's pages (the SIGBUS guard, `forget_past`); 0: none.
+    detached: AtomicUsize,
 }
 
 /// Most mappings listed for a fork to detach (a worker has five, a master a
 /// dozen); one past them is counted as a write error and not detached.
 const MAX_MAPPED: usize = 64;
 
-/// Base addresses of this process's mappings; 0: a free entry.
-static MAPPED: [AtomicUsize; MAX_MAPPED] = [const { AtomicUsize::new(0) }; MAX_MAPPED];
+/// This process's mappings.
+static MAPPED: [Listed; MAX_MAPPED] = [const {
+    Listed {
+        base: AtomicUsize::new(0),
+        path: AtomicPtr::new(std::ptr::null_mut()),
+        dev: AtomicU64::new(0),
+        ino: AtomicU64::new(0),
+        len: AtomicU64::new(0),
+        detached: AtomicUsize::new(0),
+    }
+}; MAX_MAPPED];
+
+/// Set when a mapped file must be written out again (`check_mapped`, the
+/// SIGBUS guard); taken by `take_repair_wanted`.
+static REPAIR_WANTED: AtomicBool = AtomicBool::new(false);
 
 /// Lists `base` in `MAPPED`; `None` if the list is full.
-fn list(base: usize) -> Option<&'static AtomicUsize> {
+fn list(base: usize) -> Option<&'static Listed> {
     let entry = MAPPED.iter().find(|entry| {
         entry
+            .base
             .compare_exchange(0, base, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
     });
-    if entry.is_none() {
+    if let Some(entry) = entry {
+        entry.detached.store(0, Ordering::Release);
+    } else {
         failures::write_error(
             1,
             "more files mapped than a fork can detach: a process forked from this one \
@@ -173,13 +249,26 @@ fn list(base: usize) -> Option<&'static AtomicUsize> {
     entry
 }
 
+/// The path as a C string that lives as long as the process: the watcher
+/// may read it at any time, even while its writer is dropped. One per path
+/// opened (a worker opens five).
+fn c_path(path: &Path) -> *mut libc::c_char {
+    match CString::new(path.as_os_str().as_bytes()) {
+        Ok(c) => Box::leak(c.into_boxed_c_str()).as_ptr() as *mut libc::c_char,
+        Err(_) => std::ptr::null_mut(),
+    }
+}
+
 /// In a process just forked from one with open writers: replaces each
 /// inherited mapping with private zeroed memory at the same address, so
 /// that whatever the child still records goes nowhere. Returns how many.
 pub fn detach_inherited() -> usize {
     let mut detached = 0;
+    REPAIR_WANTED.store(false, Ordering::Relaxed);
     for entry in &MAPPED {
-        let base = entry.swap(0, Ordering::AcqRel);
+        entry.path.store(std::ptr::null_mut(), Ordering::Release);
+        entry.detached.store(0, Ordering::Release);
+        let base = entry.base.swap(0, Ordering::AcqRel);
         if base == 0 {
             continue;
         }
@@ -189,17 +278,10 @@ pub fn detach_inherited() -> usize {
         // MAP_FIXED replaces it in one step with memory of the same size and
         // protection, so every pointer into it stays valid; the writer's own
         // copy unmaps the same range when dropped.
-        let replaced = unsafe {
-            libc::mmap(
-                base as *mut libc::c_void,
-                RESERVED_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if replaced == libc::MAP_FAILED {
+        let replaced = unsafe { map_private(base, RESERVED_BYTES) };
+        if replaced {
+            detached += 1;
+        } else {
             failures::write_error(
                 1,
                 format_args!(
@@ -207,33 +289,141 @@ pub fn detach_inherited() -> usize {
                     io::Error::last_os_error()
                 ),
             );
-        } else {
-            detached += 1;
         }
     }
     detached
+}
+
+/// Maps private zeroed memory over `[at, at + len)`, in place of whatever
+/// is there. Async-signal-safe (one system call).
+///
+/// # Safety
+/// `[at, at + len)` must lie inside a mapping of this process that no
+/// reference to its bytes outlives (only pointers and atomics into it).
+unsafe fn map_private(at: usize, len: usize) -> bool {
+    // SAFETY: the caller's contract; MAP_FIXED replaces the range in one step.
+    let mapped = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    mapped != libc::MAP_FAILED
+}
+
+/// Whether a mapped file of this process must be written out again: its
+/// name is gone or names another file, its size changed (truncated or
+/// grown by another process), or it could not be made yet. Lock-free (a
+/// worker's sampler calls it every second); a `true` is kept for
+/// `take_repair_wanted`, for a thread that may repair.
+pub fn check_mapped() -> bool {
+    let mut wanted = false;
+    for entry in &MAPPED {
+        let path = entry.path.load(Ordering::Acquire);
+        if path.is_null() || entry.base.load(Ordering::Acquire) == 0 {
+            continue;
+        }
+        // SAFETY: all-zero is a valid `stat`; `path` is a NUL-terminated
+        // string that is never freed (`c_path`).
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; lstat only fills `st`.
+        let named = unsafe { libc::lstat(path, &mut st) } == 0;
+        if !named
+            || st.st_ino as u64 != entry.ino.load(Ordering::Relaxed)
+            || st.st_dev as u64 != entry.dev.load(Ordering::Relaxed)
+            || st.st_size as u64 != entry.len.load(Ordering::Relaxed)
+        {
+            wanted = true;
+        }
+    }
+    if wanted {
+        REPAIR_WANTED.store(true, Ordering::Relaxed);
+    }
+    wanted || REPAIR_WANTED.load(Ordering::Relaxed)
+}
+
+/// Whether `check_mapped` or the SIGBUS guard asked for a `repair`: one
+/// relaxed load, for the hot path.
+#[inline]
+pub fn repair_wanted() -> bool {
+    REPAIR_WANTED.load(Ordering::Relaxed)
+}
+
+/// Takes the request for a `repair` (the caller repairs every writer it has).
+pub fn take_repair_wanted() -> bool {
+    REPAIR_WANTED.swap(false, Ordering::Relaxed)
 }
 
 impl Drop for MmapWriter {
     fn drop(&mut self) {
         // Unlisted before the mapping goes (a fork meanwhile finds it gone).
         if let Some(entry) = self.listed {
-            let _ = entry.compare_exchange(
-                self.map.as_mut_ptr() as usize,
-                0,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+            if entry.base.load(Ordering::Acquire) == self.base() {
+                entry.path.store(std::ptr::null_mut(), Ordering::Release);
+            }
+            let _ =
+                entry
+                    .base
+                    .compare_exchange(self.base(), 0, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 }
 
+/// What `repair` found a mapped file to be.
+#[derive(Debug, PartialEq, Eq)]
+enum Health {
+    Intact,
+    /// Larger than this writer made it (sparse growth by another process).
+    Grown,
+    /// Its name names something else, or nothing; or it was never made.
+    Unnamed,
+    /// Shorter than the bytes mapped: what lay past its end is gone.
+    Shrunk(u64),
+}
+
+/// A copy of a written file's memory, to go back to when a fold could not
+/// be written (`MmapWriter::rollback`).
+pub struct Checkpoint {
+    used: usize,
+    bytes: Vec<u8>,
+}
+
 impl MmapWriter {
-    /// Opens or creates `path`. Entries already in the file are kept and reused,
-    /// as prometheus_client does. Whatever cannot be used as our own file (a
-    /// symlink, a FIFO, a foreign, oversized or corrupt file) is unlinked and
-    /// a fresh file takes its name, with the entries that could be read.
+    /// Opens or creates `path`, mapped. Entries already in the file are kept
+    /// and reused, as prometheus_client does. Whatever cannot be used as our
+    /// own file (a symlink, a FIFO, a foreign, oversized or corrupt file) is
+    /// unlinked and a fresh file takes its name, with the entries that could
+    /// be read. A file that cannot be made (no directory, no permission, no
+    /// inode, no space) is counted as a write error: the values are kept in
+    /// memory until `repair` can write them out. Fails only without memory.
     pub fn open(path: &Path) -> io::Result<Self> {
+        match Self::open_mapped(path) {
+            Ok(writer) => Ok(writer),
+            Err(e) => {
+                let mut writer = Self::in_memory(path, Backing::Mapped)?;
+                writer.failed("create", &e);
+                Ok(writer)
+            }
+        }
+    }
+
+    /// Opens `path` to be written with `flush` from private memory (the
+    /// master's files): the entries of a healthy file there are taken; any
+    /// other (missing, corrupt, foreign) is replaced. A file that cannot be
+    /// written is counted as a write error and written by a later `flush`.
+    pub fn open_written(path: &Path) -> io::Result<Self> {
+        let mut writer = Self::in_memory(path, Backing::Written)?;
+        if let Err(e) = writer.reconcile() {
+            writer.failed("write", &e);
+        }
+        Ok(writer)
+    }
+
+    fn open_mapped(path: &Path) -> io::Result<Self> {
         let file = match open::open_write(path) {
             Ok(file) if is_own_file(&file)? => file,
             Ok(_) => return Self::replace(path, &[], "it is not our own file"),
@@ -241,18 +431,20 @@ impl MmapWriter {
             Err(e) => return Self::replace(path, &[], &e.to_string()),
         };
         let size = file.metadata()?.len() as usize;
-        if size > RESERVED_BYTES {
-            return Self::replace(path, &[], "it is larger than the format allows");
-        }
         let mut buf = Vec::new();
         let read = read_used_from(&file, &mut buf);
         let (entries, error) = read_entries(&buf);
-        if read.is_err() || error.is_some() {
+        if read.is_err() || error.is_some() || size > RESERVED_BYTES {
             let salvaged: Vec<(&str, f64, f64)> = entries
                 .iter()
                 .map(|e| (e.key, e.value, e.timestamp))
                 .collect();
-            return Self::replace(path, &salvaged, "it is corrupt");
+            let why = if size > RESERVED_BYTES {
+                "it is larger than the format allows"
+            } else {
+                "it is corrupt"
+            };
+            return Self::replace(path, &salvaged, why);
         }
         // A file that prometheus_client sized with ftruncate has no blocks yet.
         let capacity = size.max(INITIAL_FILE_BYTES);
@@ -265,7 +457,11 @@ impl MmapWriter {
                 (e.key.to_owned(), at)
             })
             .collect();
-        Self::map(path, file, capacity, buf.len().max(HEADER_BYTES), positions)
+        let map = MmapOptions::new().len(RESERVED_BYTES).map_raw(&file)?;
+        let used = buf.len().max(HEADER_BYTES);
+        let mut writer = Self::assemble(path, Some(file), map, Backing::Mapped, capacity, used);
+        writer.positions = positions;
+        Ok(writer)
     }
 
     /// A fresh file at `path` holding `entries` (key, value, timestamp).
@@ -276,7 +472,15 @@ impl MmapWriter {
         );
         let file = create_fresh(path)?;
         reserve(&file, INITIAL_FILE_BYTES as u64)?;
-        let mut writer = Self::map(path, file, INITIAL_FILE_BYTES, HEADER_BYTES, HashMap::new())?;
+        let map = MmapOptions::new().len(RESERVED_BYTES).map_raw(&file)?;
+        let mut writer = Self::assemble(
+            path,
+            Some(file),
+            map,
+            Backing::Mapped,
+            INITIAL_FILE_BYTES,
+            HEADER_BYTES,
+        );
         for (key, value, timestamp) in entries {
             let slot = writer.slot(key)?;
             slot.set(*value);
@@ -285,49 +489,97 @@ impl MmapWriter {
         Ok(writer)
     }
 
-    fn map(
+    /// A writer with no file yet: its entries live in private memory.
+    fn in_memory(path: &Path, backing: Backing) -> io::Result<Self> {
+        let map: MmapRaw = MmapOptions::new()
+            .len(RESERVED_BYTES)
+            .no_reserve_swap()
+            .map_anon()?
+            .into();
+        let capacity = match backing {
+            Backing::Mapped => INITIAL_FILE_BYTES,
+            Backing::Written => RESERVED_BYTES,
+        };
+        Ok(Self::assemble(
+            path,
+            None,
+            map,
+            backing,
+            capacity,
+            HEADER_BYTES,
+        ))
+    }
+
+    fn assemble(
         path: &Path,
-        file: File,
+        file: Option<File>,
+        map: MmapRaw,
+        backing: Backing,
         capacity: usize,
         used: usize,
-        positions: HashMap<String, usize>,
-    ) -> io::Result<Self> {
-        let map = MmapOptions::new().len(RESERVED_BYTES).map_raw(&file)?;
+    ) -> Self {
         let listed = list(map.as_mut_ptr() as usize);
         let writer = MmapWriter {
             path: path.to_owned(),
             file,
             map,
+            backing,
             capacity,
             used,
-            positions,
+            positions: HashMap::new(),
             pid: std::process::id(),
             listed,
+            failing: false,
         };
         writer.used_cell().store(used as u32, Ordering::Release);
-        Ok(writer)
+        if backing == Backing::Mapped {
+            if let Some(entry) = listed {
+                entry.path.store(c_path(path), Ordering::Release);
+            }
+            writer.publish_identity();
+            if writer.file.is_some() {
+                guard_sigbus();
+            }
+        }
+        writer
+    }
+
+    /// Tells the watcher (`check_mapped`) what the path must name.
+    fn publish_identity(&self) {
+        let Some(entry) = self.listed else {
+            return;
+        };
+        let (dev, ino) = match self.file.as_ref().and_then(|f| f.metadata().ok()) {
+            Some(meta) => (meta.dev(), meta.ino()),
+            None => (0, 0),
+        };
+        entry.dev.store(dev, Ordering::Relaxed);
+        entry.ino.store(ino, Ordering::Relaxed);
+        entry.len.store(self.capacity as u64, Ordering::Relaxed);
+    }
+
+    fn base(&self) -> usize {
+        self.map.as_mut_ptr() as usize
+    }
+
+    /// Counts a failure to make or write the file once, until it succeeds.
+    fn failed(&mut self, what: &str, e: &io::Error) {
+        if !self.failing {
+            self.failing = true;
+            failures::write_error(
+                1,
+                format_args!(
+                    "cannot {what} {}: {e}; its values are kept in memory and written \
+                     out once it can be",
+                    self.path.display()
+                ),
+            );
+        }
     }
 
     /// The path the file was opened at.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Whether the path still names this file and the file was not shrunk
-    /// under the mapping (by root or by our own user): if not, it must be
-    /// dropped without touching its mapping again.
-    pub fn is_intact(&self) -> bool {
-        still_names(&self.path, &self.file)
-            && self
-                .file
-                .metadata()
-                .is_ok_and(|m| m.len() >= self.capacity as u64)
-    }
-
-    /// Whether no one else appended to the file since this writer did (its
-    /// used length is still the one this writer published).
-    pub fn is_current(&self) -> bool {
-        self.used_cell().load(Ordering::Acquire) as usize == self.used
     }
 
     /// Whether `key` already has an entry.
@@ -336,9 +588,9 @@ impl MmapWriter {
     }
 
     fn used_cell(&self) -> &AtomicU32 {
-        // SAFETY: the first 4 bytes of the mapping are the used length, inside
-        // the reserved capacity (at least INITIAL_FILE_BYTES); the mapping is
-        // page-aligned and lives as long as `self`.
+        // SAFETY: the first 4 bytes of the memory are the used length, inside
+        // the capacity (at least INITIAL_FILE_BYTES, reserved on disk when
+        // mapped); the memory is page-aligned and lives as long as `self`.
         unsafe { &*(self.map.as_mut_ptr() as *const AtomicU32) }
     }
 
@@ -349,9 +601,9 @@ impl MmapWriter {
             Some(&at) => at,
             None => self.append(key)?,
         };
-        // SAFETY: `at + 16 <= capacity <= RESERVED_BYTES`: inside the mapping.
+        // SAFETY: `at + 16 <= capacity <= RESERVED_BYTES`: inside the memory.
         let ptr = unsafe { self.map.as_mut_ptr().add(at) } as *mut AtomicU64;
-        Ok(ValueSlot(NonNull::new(ptr).expect("mapping is never null")))
+        Ok(ValueSlot(NonNull::new(ptr).expect("memory is never null")))
     }
 
     fn append(&mut self, key: &str) -> io::Result<usize> {
@@ -373,30 +625,530 @@ impl MmapWriter {
             }
             let capacity = capacity.min(RESERVED_BYTES);
             // Space first: a full disk fails here, not as a SIGBUS on write.
-            reserve(&self.file, capacity as u64)?;
+            if let Some(file) = &self.file {
+                reserve(file, capacity as u64)?;
+            }
             self.capacity = capacity;
+            self.publish_identity();
         }
         let base = self.map.as_mut_ptr();
         // SAFETY: [used, end) lies below `capacity`, which is reserved on disk
-        // and inside the mapping; no other process writes past the published
-        // used length, and this writer's `&mut self` excludes other appends.
-        unsafe {
-            let entry = std::slice::from_raw_parts_mut(base.add(self.used), entry_len);
-            entry[..4].copy_from_slice(&(key_bytes.len() as i32).to_le_bytes());
-            entry[4..4 + key_bytes.len()].copy_from_slice(key_bytes);
-            entry[4 + key_bytes.len()..4 + key_bytes.len() + padding].fill(b' ');
-            entry[entry_len - 16..].fill(0);
-        }
+        // (or private memory) and inside the mapping; no other process writes
+        // past the published used length, and this writer's `&mut self`
+        // excludes other appends.
+        unsafe { write_entry(base.add(self.used), key_bytes, padding) };
         let value_at = end - 16;
         self.used = end;
         self.used_cell().store(end as u32, Ordering::Release);
         self.positions.insert(key.to_owned(), value_at);
         Ok(value_at)
     }
+
+    /// A mapped file: writes it out again where another process removed,
+    /// replaced, truncated or grew it, or where it could not be made before
+    /// (see the contract above). The caller guarantees that no slot of this
+    /// writer is written meanwhile: a store racing the copy would be lost.
+    /// A failure is counted once and retried at the next call.
+    pub fn repair(&mut self) {
+        if self.backing != Backing::Mapped || std::process::id() != self.pid {
+            return;
+        }
+        let repaired = match self.health() {
+            Health::Intact => Ok(()),
+            Health::Grown => match &self.file {
+                // Ours and mapped: only cut back to what this writer made.
+                Some(file) => file.set_len(self.capacity as u64),
+                None => Ok(()),
+            },
+            Health::Unnamed => self.write_out(),
+            Health::Shrunk(len) => {
+                self.forget_past(len);
+                self.write_out()
+            }
+        };
+        match repaired {
+            Ok(()) => self.failing = false,
+            Err(e) => self.failed("write", &e),
+        }
+    }
+
+    fn health(&self) -> Health {
+        let Some(file) = &self.file else {
+            return Health::Unnamed;
+        };
+        let len = file.metadata().map_or(0, |m| m.len());
+        if len < self.capacity as u64 {
+            Health::Shrunk(len)
+        } else if self.used_cell().load(Ordering::Acquire) as usize != self.used {
+            Health::Shrunk(0) // cut and grown again: its pages are zero
+        } else if !still_names(&self.path, file) {
+            Health::Unnamed
+        } else if len > self.capacity as u64 {
+            Health::Grown
+        } else {
+            Health::Intact
+        }
+    }
+
+    /// The mapped file was shrunk to `len` bytes: private memory takes the
+    /// place of the pages past its end (nothing faults there again), and the
+    /// header and every key are written again from this writer's index
+    /// (their values there are lost: zero).
+    fn forget_past(&mut self, len: u64) {
+        static LOGGED: AtomicU32 = AtomicU32::new(0);
+        let page = page_size();
+        let from = self.base() + (len as usize).div_ceil(page) * page;
+        // Up to where the guard already put memory (which holds what was
+        // stored since): the file's pages past its end hold nothing.
+        let end = match self.listed.map(|e| e.detached.load(Ordering::Acquire)) {
+            Some(detached) if detached != 0 => detached,
+            _ => self.base() + RESERVED_BYTES,
+        };
+        if from < end {
+            // SAFETY: [from, end) is inside this writer's mapping; slots are
+            // pointers, no reference to the bytes.
+            unsafe { map_private(from, end - from) };
+            if let Some(entry) = self.listed {
+                entry.detached.store(from, Ordering::Release);
+            }
+        }
+        let base = self.map.as_mut_ptr();
+        for (key, &value_at) in &self.positions {
+            let padding = key_padding(key.len());
+            let at = value_at - padding - key.len() - 4;
+            if at + 4 + key.len() + padding > len as usize {
+                // SAFETY: `at` is where this writer wrote the entry, below
+                // `used`; its bytes are now memory or the file below its end.
+                // Only the key bytes are written, never a value another
+                // thread may store into.
+                unsafe { write_key(base.add(at), key.as_bytes(), padding) };
+            }
+        }
+        self.used_cell().store(self.used as u32, Ordering::Release);
+        failures::write_error_logged_by(
+            &LOGGED,
+            1,
+            format_args!(
+                "{} was truncated by another process: the values past its new end are \
+                 lost; it is written again",
+                self.path.display()
+            ),
+        );
+    }
+
+    /// Writes the mapped memory out to a fresh file under the path (making
+    /// the directory again if it is gone) and maps that file at the same
+    /// addresses.
+    fn write_out(&mut self) -> io::Result<()> {
+        let file = create_fresh_anywhere(&self.path)?;
+        reserve(&file, self.capacity as u64)?;
+        // SAFETY: [base, base + used) is this writer's memory (the old file
+        // below its end, or private memory); the kernel reads it.
+        unsafe { pwrite_image(&file, self.map.as_mut_ptr(), self.used)? };
+        // SAFETY: the range is this writer's whole mapping; MAP_FIXED
+        // replaces it with the new file (whose first `capacity` bytes are
+        // reserved and hold what the memory held) in one step, so every
+        // slot keeps its address.
+        let mapped = unsafe {
+            libc::mmap(
+                self.map.as_mut_ptr() as *mut libc::c_void,
+                RESERVED_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            // The range may be gone: memory again, with the file's bytes.
+            // SAFETY: the writer's own range, as above.
+            unsafe { map_private(self.base(), RESERVED_BYTES) };
+            // SAFETY: the memory just mapped is private and writable.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr(), self.used) };
+            let _ = file.read_exact_at(bytes, 0);
+            self.file = None;
+            self.publish_identity();
+            return Err(e);
+        }
+        self.file = Some(file);
+        if let Some(entry) = self.listed {
+            entry.detached.store(0, Ordering::Release);
+        }
+        self.publish_identity();
+        guard_sigbus();
+        Ok(())
+    }
+
+    /// A written file: writes the memory to the file (a fresh one if the
+    /// name no longer names it), body first and the used length last, so a
+    /// reader never sees entries not written yet; then cuts it to that
+    /// length (another process may have grown it).
+    pub fn flush(&mut self) -> io::Result<()> {
+        debug_assert_eq!(self.backing, Backing::Written);
+        let file = match self.file.take() {
+            Some(f) if still_names(&self.path, &f) && is_own_file(&f)? => f,
+            _ => create_fresh_anywhere(&self.path)?,
+        };
+        let written = (|| {
+            reserve(&file, self.used as u64)?;
+            // SAFETY: [base, base + used) is this writer's private memory.
+            unsafe { pwrite_image(&file, self.map.as_mut_ptr(), self.used)? };
+            if file.metadata()?.len() > self.used as u64 {
+                file.set_len(self.used as u64)?;
+            }
+            Ok(())
+        })();
+        self.file = Some(file);
+        if written.is_ok() {
+            self.failing = false;
+        }
+        written
+    }
+
+    /// A written file another process may append to (an archive both masters
+    /// fold into during Gunicorn's USR2): takes the file's values and new
+    /// entries if it is a healthy file that holds every entry of this memory
+    /// where it is here; otherwise (removed, truncated, corrupt, foreign,
+    /// replaced) writes it again from memory.
+    pub fn reconcile(&mut self) -> io::Result<()> {
+        debug_assert_eq!(self.backing, Backing::Written);
+        let Some((file, bytes)) = self.read_extending() else {
+            return self.flush();
+        };
+        let base = self.map.as_mut_ptr();
+        // SAFETY: `bytes` fits the private memory (at most MAX_FILE_BYTES).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base, bytes.len()) };
+        let (entries, _) = read_entries(&bytes);
+        let start = bytes.as_ptr() as usize;
+        for e in entries {
+            let at = e.key.as_ptr() as usize - start + e.key.len() + key_padding(e.key.len());
+            if at >= self.used {
+                self.positions.insert(e.key.to_owned(), at);
+            }
+        }
+        self.used = bytes.len().max(HEADER_BYTES);
+        self.used_cell().store(self.used as u32, Ordering::Release);
+        let len = file.metadata()?.len();
+        self.file = Some(file);
+        if len > self.used as u64 {
+            return self.flush(); // grown by another process: cut back
+        }
+        Ok(())
+    }
+
+    /// The file's used bytes, if it is our own healthy file holding every
+    /// entry of this memory at the same offset.
+    fn read_extending(&self) -> Option<(File, Vec<u8>)> {
+        let file = open::open_existing(&self.path).ok()?;
+        if !is_own_file(&file).ok()? {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        read_used_from(&file, &mut bytes).ok()?;
+        let (entries, error) = read_entries(&bytes);
+        if error.is_some() || bytes.len() < self.used {
+            return None;
+        }
+        let start = bytes.as_ptr() as usize;
+        let mut ours = 0;
+        for e in &entries {
+            let at = e.key.as_ptr() as usize - start + e.key.len() + key_padding(e.key.len());
+            match self.positions.get(e.key) {
+                Some(&here) if here == at => ours += 1,
+                Some(_) => return None,
+                None if at < self.used => return None,
+                None => {}
+            }
+        }
+        (ours == self.positions.len()).then_some((file, bytes))
+    }
+
+    /// A written file only this process writes (the master's own): writes
+    /// it again unless it holds exactly what memory holds.
+    pub fn restore(&mut self) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        let same = open::open_read_sized(&self.path).is_ok_and(|(file, size)| {
+            size == self.used as u64
+                && self.file.as_ref().is_some_and(|f| still_names(&self.path, f))
+                && read_used_from(&file, &mut bytes).is_ok()
+                && bytes.len() == self.used
+                // SAFETY: [base, base + used) is this writer's private memory,
+                // written only by the caller's thread (under its lock).
+                && bytes == unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr(), self.used) }
+        });
+        if same {
+            return Ok(());
+        }
+        self.flush()
+    }
+
+    /// Whether the path still names the written file, with the length this
+    /// writer gave it: two system calls, no read.
+    pub fn looks_intact(&self) -> bool {
+        self.file.as_ref().is_some_and(|f| {
+            still_names(&self.path, f) && f.metadata().is_ok_and(|m| m.len() == self.used as u64)
+        })
+    }
+
+    /// A copy of the written memory, to `rollback` to.
+    pub fn checkpoint(&self) -> Checkpoint {
+        // SAFETY: [base, base + used) is this writer's private memory.
+        let bytes = unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr(), self.used) };
+        Checkpoint {
+            used: self.used,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    /// Goes back to `checkpoint`: what was added since is forgotten.
+    pub fn rollback(&mut self, checkpoint: Checkpoint) {
+        let base = self.map.as_mut_ptr();
+        // SAFETY: the checkpoint's bytes came from this memory.
+        unsafe {
+            std::ptr::copy_nonoverlapping(checkpoint.bytes.as_ptr(), base, checkpoint.bytes.len())
+        };
+        self.used = checkpoint.used;
+        self.positions.retain(|_, at| *at < checkpoint.used);
+        self.used_cell().store(self.used as u32, Ordering::Release);
+    }
+}
+
+/// Writes an entry's length, key and padding at `at`, and zeroes its value
+/// and timestamp.
+///
+/// # Safety
+/// `[at, at + 4 + key.len() + padding + 16)` must be writable memory of the
+/// writer that no other thread reads or writes meanwhile.
+unsafe fn write_entry(at: *mut u8, key: &[u8], padding: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        write_key(at, key, padding);
+        std::ptr::write_bytes(at.add(4 + key.len() + padding), 0, 16);
+    }
+}
+
+/// Writes an entry's length, key and padding at `at`.
+///
+/// # Safety
+/// `[at, at + 4 + key.len() + padding)` must be writable memory of the
+/// writer that no other thread writes meanwhile.
+unsafe fn write_key(at: *mut u8, key: &[u8], padding: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::ptr::copy_nonoverlapping((key.len() as i32).to_le_bytes().as_ptr(), at, 4);
+        std::ptr::copy_nonoverlapping(key.as_ptr(), at.add(4), key.len());
+        std::ptr::write_bytes(at.add(4 + key.len()), b' ', padding);
+    }
+}
+
+/// Writes `[base, base + used)` to `file`: the entries first, then the
+/// header (the used length) that makes them visible.
+///
+/// # Safety
+/// `[base, base + used)` must be readable memory of this process.
+unsafe fn pwrite_image(file: &File, base: *const u8, used: usize) -> io::Result<()> {
+    for (from, to) in [(HEADER_BYTES, used), (0, HEADER_BYTES.min(used))] {
+        let mut at = from;
+        while at < to {
+            // SAFETY: the caller's contract; the kernel copies from it.
+            let n = unsafe {
+                libc::pwrite(
+                    file.as_raw_fd(),
+                    base.add(at) as *const libc::c_void,
+                    to - at,
+                    at as libc::off_t,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            at += n as usize;
+        }
+    }
+    Ok(())
+}
+
+/// `create_fresh`, making the directory again (as its master made it) if
+/// it is gone.
+fn create_fresh_anywhere(path: &Path) -> io::Result<File> {
+    match create_fresh(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                open::make_directory_again(dir)?;
+            }
+            create_fresh(path)
+        }
+        created => created,
+    }
+}
+
+/// The page size, read once: the SIGBUS guard may not call sysconf.
+static PAGE: AtomicUsize = AtomicUsize::new(4096);
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if page > 0 {
+        page as usize
+    } else {
+        4096
+    }
+}
+
+/// The SIGBUS action that was there before the guard, for faults that are
+/// not ours (leaked: the handler may read it at any time).
+#[cfg(target_os = "linux")]
+static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
+
+#[cfg(target_os = "linux")]
+static GUARDED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the SIGBUS guard once per process (a forked child inherits
+/// it): a fault on a page of a mapped file that another process truncated
+/// puts private memory in place of the rest of that mapping and returns, so
+/// that the store is done again there and lands (`repair` writes the file
+/// out again later). Every other SIGBUS goes on to the action that was
+/// there before (the default kills the process, as without the guard).
+#[cfg(target_os = "linux")]
+fn guard_sigbus() {
+    if GUARDED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    PAGE.store(page_size(), Ordering::Relaxed);
+    // SAFETY: all-zero is a valid sigaction; the fields set below are the
+    // handler (with the SA_SIGINFO signature), its flags and an empty mask.
+    let mut ours: libc::sigaction = unsafe { std::mem::zeroed() };
+    ours.sa_sigaction = on_sigbus as extern "C" fn(_, _, _) as libc::sighandler_t;
+    ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+    // SAFETY: both structs are valid and owned here; sigaction swaps the
+    // process's action for SIGBUS and returns the previous one.
+    let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let installed = unsafe {
+        libc::sigemptyset(&mut ours.sa_mask);
+        libc::sigaction(libc::SIGBUS, &ours, &mut previous)
+    } == 0;
+    if installed {
+        PREVIOUS.store(Box::leak(Box::new(previous)), Ordering::Release);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn guard_sigbus() {}
+
+/// The guard's handler. Async-signal-safe: atomics, `mmap`, `sigaction`,
+/// `raise`, and the previous handler.
+#[cfg(target_os = "linux")]
+extern "C" fn on_sigbus(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
+    // SAFETY: this thread's errno, restored before returning.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t; si_addr
+    // is the faulting address of a fault (si_code > 0).
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    if code <= 0 || !detach_faulted(addr) {
+        chain(signal, code, info, context);
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// If `addr` lies in a listed mapping: private memory from its page up to
+/// where private memory already begins (or the end of the mapping), so
+/// that nothing stored there since an earlier fault is lost.
+#[cfg(target_os = "linux")]
+fn detach_faulted(addr: usize) -> bool {
+    let page = PAGE.load(Ordering::Relaxed);
+    let Some(entry) = MAPPED.iter().find(|entry| {
+        let base = entry.base.load(Ordering::Acquire);
+        base != 0 && addr >= base && addr < base + RESERVED_BYTES
+    }) else {
+        return false;
+    };
+    let base = entry.base.load(Ordering::Acquire);
+    let from = addr & !(page - 1);
+    let mut end = entry.detached.load(Ordering::Acquire);
+    loop {
+        if end != 0 && from >= end {
+            // Another thread is replacing this page: the store is tried again.
+            return true;
+        }
+        match entry
+            .detached
+            .compare_exchange(end, from, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => break,
+            Err(seen) => end = seen,
+        }
+    }
+    let end = if end == 0 { base + RESERVED_BYTES } else { end };
+    // SAFETY: [from, end) is inside a mapping that a writer of this process
+    // made and listed (it unlists before it unmaps), below any private
+    // memory already there; slots are pointers into it, no reference to
+    // its bytes.
+    if !unsafe { map_private(from, end - from) } {
+        return false;
+    }
+    REPAIR_WANTED.store(true, Ordering::Relaxed);
+    true
+}
+
+/// A SIGBUS that is not ours: what the previous action would have done.
+#[cfg(target_os = "linux")]
+fn chain(
+    signal: libc::c_int,
+    code: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
+    // SAFETY: a non-null pointer comes from Box::leak and is never freed.
+    let previous = unsafe { PREVIOUS.load(Ordering::Acquire).as_ref() };
+    let handler = previous.map_or(libc::SIG_DFL, |p| p.sa_sigaction);
+    if handler == libc::SIG_IGN && code <= 0 {
+        return; // sent by someone, and ignored before
+    }
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        // The default action: a fault happens again when this returns, a
+        // sent signal is raised again (blocked until this returns).
+        // SAFETY: all-zero with SIG_DFL is a valid sigaction; sigaction and
+        // raise are async-signal-safe.
+        unsafe {
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGBUS, &default, std::ptr::null_mut());
+            if code <= 0 {
+                libc::raise(libc::SIGBUS);
+            }
+        }
+        return;
+    }
+    let flags = previous.map_or(0, |p| p.sa_flags);
+    if flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: an SA_SIGINFO handler has this signature (its installer's
+        // contract with sigaction).
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(handler) };
+        f(signal, info, context);
+    } else {
+        // SAFETY: a plain handler has this signature.
+        let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
+        f(signal);
+    }
 }
 
 /// A file a process records its own series in. It never fails: a file that
-/// cannot be opened, or an entry that cannot be added (full disk, no inodes,
+/// cannot be opened, or an entry that cannot be added (full disk,
 /// permissions), gives a slot that records nothing, counted as a write error.
 pub struct SeriesFile {
     path: PathBuf,
@@ -442,8 +1194,14 @@ impl SeriesFile {
             ValueSlot::sink()
         })
     }
-}
 
+    /// `MmapWriter::repair`, with its contract.
+    pub fn repair(&mut self) {
+        if let Some(writer) = self.writer.as_mut() {
+            writer.repair();
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,4 +1393,214 @@ mod tests {
     }
 
     use crate::storage::ReadError;
+
+    fn entries_of(path: &Path) -> Vec<(String, f64)> {
+        let mut buf = Vec::new();
+        read_used(path, &mut buf).unwrap();
+        let (entries, error) = read_entries(&buf);
+        assert_eq!(error, None);
+        entries
+            .iter()
+            .map(|e| (e.key.to_owned(), e.value))
+            .collect()
+    }
+
+    #[test]
+    fn a_mapped_file_removed_is_written_out_again_with_every_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_worker1.db");
+        let mut w = MmapWriter::open(&path).unwrap();
+        let a = w.slot("a").unwrap();
+        a.add(3.0);
+        std::fs::remove_file(&path).unwrap();
+        a.add(1.0); // into the unlinked file
+        assert!(check_mapped());
+        w.repair();
+        a.add(1.0); // into the new file, at the same address
+        w.slot("b").unwrap().set(7.0);
+        assert_eq!(
+            entries_of(&path),
+            [("a".to_owned(), 5.0), ("b".to_owned(), 7.0)]
+        );
+        w.repair(); // intact: nothing to do
+        assert_eq!(entries_of(&path).len(), 2);
+    }
+
+    #[test]
+    fn a_mapped_file_truncated_faults_nowhere_and_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_worker2.db");
+        let mut w = MmapWriter::open(&path).unwrap();
+        let slots: Vec<ValueSlot> = (0..2000)
+            .map(|i| {
+                w.slot(&format!("a key long enough to fill pages {i}"))
+                    .unwrap()
+            })
+            .collect();
+        for slot in &slots {
+            slot.add(1.0);
+        }
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size >= 2 * INITIAL_FILE_BYTES as u64);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        // Past the new end: a SIGBUS without the guard.
+        for slot in &slots {
+            slot.add(1.0);
+        }
+        w.repair();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+        let entries = entries_of(&path);
+        assert_eq!(entries.len(), 2000);
+        // The first page kept its values; past it, only what came after.
+        assert_eq!(entries[0].1, 2.0);
+        assert_eq!(entries[1999].1, 1.0);
+        w.slot("new").unwrap().add(4.0);
+        assert_eq!(entries_of(&path).last().unwrap(), &("new".to_owned(), 4.0));
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_made_is_kept_in_memory_and_written_out_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("not yet");
+        let path = sub.join("counter_worker3.db");
+        let before = failures::write_errors();
+        let mut w = MmapWriter::open(&path).unwrap();
+        assert!(failures::write_errors() > before);
+        let a = w.slot("a").unwrap();
+        a.add(2.0);
+        w.repair(); // still no directory: counted once, kept in memory
+        std::fs::create_dir(&sub).unwrap();
+        w.repair();
+        a.add(1.0);
+        assert_eq!(entries_of(&path), [("a".to_owned(), 3.0)]);
+    }
+
+    #[test]
+    fn a_mapped_file_grown_by_another_process_is_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_worker4.db");
+        let mut w = MmapWriter::open(&path).unwrap();
+        w.slot("a").unwrap().add(1.0);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(100 << 20)
+            .unwrap();
+        w.repair();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            INITIAL_FILE_BYTES as u64
+        );
+        assert_eq!(entries_of(&path), [("a".to_owned(), 1.0)]);
+    }
+
+    #[test]
+    fn a_file_replaced_by_an_empty_directory_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_worker5.db");
+        let mut w = MmapWriter::open(&path).unwrap();
+        w.slot("a").unwrap().add(1.0);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        w.repair();
+        assert_eq!(entries_of(&path), [("a".to_owned(), 1.0)]);
+    }
+
+    #[test]
+    fn a_written_file_rolls_back_and_takes_what_another_writer_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_archive.db");
+        let mut ours = MmapWriter::open_written(&path).unwrap();
+        ours.slot("a").unwrap().add(1.0);
+        ours.flush().unwrap();
+        let mut theirs = MmapWriter::open_written(&path).unwrap();
+        theirs.slot("a").unwrap().add(1.0);
+        theirs.slot("b").unwrap().add(5.0);
+        theirs.flush().unwrap();
+        ours.reconcile().unwrap();
+        let before = ours.checkpoint();
+        ours.slot("c").unwrap().add(9.0);
+        ours.slot("a").unwrap().add(9.0);
+        ours.rollback(before);
+        ours.slot("a").unwrap().add(1.0);
+        ours.flush().unwrap();
+        assert_eq!(
+            entries_of(&path),
+            [("a".to_owned(), 3.0), ("b".to_owned(), 5.0)]
+        );
+        std::fs::write(&path, b"garbage").unwrap();
+        ours.reconcile().unwrap(); // not ours any more: written again
+        assert_eq!(entries_of(&path).len(), 2);
+    }
+
+    /// Runs `f` in a forked child; how the child ended (`waitpid` status).
+    fn in_child(f: impl FnOnce()) -> i32 {
+        // SAFETY: the child runs `f` and exits without returning to the
+        // harness; `f` only maps, writes and signals.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            f();
+            // SAFETY: leaves the child without running the test harness.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        status
+    }
+
+    /// In a forked child: the guard installed over the default action (the
+    /// harness installs its own SIGBUS handler, a Python process has none).
+    fn guard_over_the_default() {
+        // SAFETY: signal with SIG_DFL has no preconditions.
+        unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+        GUARDED.store(false, Ordering::Relaxed);
+        guard_sigbus();
+    }
+
+    #[test]
+    fn the_guard_lets_every_other_sigbus_kill_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_worker6.db");
+        let mut w = MmapWriter::open(&path).unwrap();
+        w.slot("a").unwrap().add(1.0);
+        // A SIGBUS sent by someone: the default action.
+        let sent = in_child(|| {
+            guard_over_the_default();
+            // SAFETY: raise has no preconditions.
+            unsafe { libc::raise(libc::SIGBUS) };
+        });
+        assert!(libc::WIFSIGNALED(sent) && libc::WTERMSIG(sent) == libc::SIGBUS);
+        // A fault on a mapping that is not a writer's.
+        let other = dir.path().join("other");
+        std::fs::write(&other, [0u8; 8192]).unwrap();
+        let faulted = in_child(|| {
+            guard_over_the_default();
+            let file = File::options().read(true).write(true).open(&other).unwrap();
+            let map = MmapOptions::new().len(8192).map_raw(&file).unwrap();
+            file.set_len(0).unwrap();
+            // SAFETY: deliberately past the file's end: the fault under test.
+            unsafe { std::ptr::write_volatile(map.as_mut_ptr().add(4096), 1) };
+        });
+        assert!(libc::WIFSIGNALED(faulted) && libc::WTERMSIG(faulted) == libc::SIGBUS);
+        // A fault on a writer's truncated file: the child lives.
+        let guarded = in_child(|| {
+            guard_over_the_default();
+            let slot = w.slot("a").unwrap();
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+            slot.add(1.0);
+        });
+        assert!(libc::WIFEXITED(guarded) && libc::WEXITSTATUS(guarded) == 0);
+    }
 }

@@ -20,7 +20,7 @@ use crate::kernel::process_stats;
 use crate::master::archive::write_exit_note;
 use crate::model::Kind;
 use crate::storage::names;
-use crate::storage::{running_clock, SeriesFile, ValueSlot};
+use crate::storage::{running_clock, writer, SeriesFile, ValueSlot};
 use crate::worker::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
 use crate::worker::histogram::{HistogramSlots, SIZE_BUCKETS};
 use crate::worker::labels::{status_label, status_slot, Method};
@@ -92,7 +92,7 @@ pub struct WorkerMeter {
     duration_bounds: Box<[f64]>,
     files: Mutex<Files>,
     // Kept open for the life of the process: the slots point into it.
-    _gauges: SeriesFile,
+    gauges: Mutex<SeriesFile>,
     fixed: WorkerSeries,
     requests: Mutex<RequestTable>,
     failures: Mutex<HashMap<(Method, u16, u16), ValueSlot>>,
@@ -269,7 +269,7 @@ impl WorkerMeter {
             worker_id,
             duration_bounds: config.duration_buckets.clone().into_boxed_slice(),
             files: Mutex::new(files),
-            _gauges: gauges,
+            gauges: Mutex::new(gauges),
             fixed,
             requests: Mutex::new(RequestTable::default()),
             failures: Mutex::new(HashMap::new()),
@@ -328,6 +328,9 @@ impl WorkerMeter {
             if running_clock::is_running(anchor) {
                 busy.set(running_clock::resolve(busy.get(), anchor, now as f64 / 1e9));
                 busy.set_timestamp(running_clock::STOPPED);
+            }
+            if writer::repair_wanted() {
+                self.repair_files();
             }
         }
         self.fixed.in_flight.add_serialized(-1.0);
@@ -609,12 +612,34 @@ impl WorkerMeter {
         *last = (now, stats.cpu_seconds);
     }
 
+    /// Writes the worker's files out again where another process removed,
+    /// truncated, grew or replaced them, or where they could not be made
+    /// (`MmapWriter::repair`). Only with the GIL held, so that no request
+    /// writes into them meanwhile: when the worker goes idle after the
+    /// sampler asked (`writer::check_mapped`), and as it exits.
+    #[cold]
+    pub fn repair_files(&self) {
+        writer::take_repair_wanted();
+        let mut files = self.files.lock();
+        files.counters.repair();
+        files.histograms.repair();
+        self.gauges.lock().repair();
+        if let Some(native) = &self.native {
+            native.writer.lock().repair();
+        }
+        if let Some(exemplars) = &self.exemplars {
+            exemplars.writer.lock().repair();
+        }
+    }
+
     /// Leaves the reason this process is exiting for the master to read;
-    /// whether it could (a failure is a counted write error).
+    /// whether it could (a failure is a counted write error). Its files are
+    /// written out first if they need it.
     pub fn note_exit(&self, reason: &str) -> bool {
         if std::process::id() != self.pid {
             return false; // a process forked from the worker: the note is not its own
         }
+        self.repair_files();
         let written = write_exit_note(&self.directory, self.pid, reason);
         if let Err(e) = &written {
             failures::write_error(1, format_args!("cannot leave the exit note: {e}"));
@@ -631,6 +656,7 @@ impl WorkerMeter {
             .spawn(move || loop {
                 std::thread::sleep(interval);
                 meter.sample_resources();
+                writer::check_mapped();
             })?;
         Ok(())
     }

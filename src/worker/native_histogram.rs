@@ -112,7 +112,7 @@ pub fn reduce_index(index: i32, from: i8, to: i8) -> i32 {
 /// A worker's file of native buckets, shared by its series.
 pub struct NativeFile {
     schema: Schema,
-    writer: Mutex<MmapWriter>,
+    pub(crate) writer: Mutex<MmapWriter>,
     /// Index of the first lock-free slot, and how many there are.
     lowest: i32,
     slots: usize,
