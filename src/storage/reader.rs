@@ -2,8 +2,10 @@
 //!
 //! Files of other processes are never mapped, only read with `pread` up to a
 //! used length checked against `fstat`: a file that its writer (or anyone)
-//! truncates meanwhile is a read error, never a SIGBUS, and a huge or sparse
-//! file is refused by its size, never read whole.
+//! truncates meanwhile is a read error, never a SIGBUS. A file larger than
+//! the format allows (grown by another process, sparse) is read up to its
+//! used length if that is within the cap, and refused by its header
+//! otherwise: never read whole.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -27,7 +29,8 @@ pub enum ReadError {
     Io(String),
     BadHeader,
     Truncated,
-    /// Larger than the format allows (`MAX_FILE_BYTES`): not read at all.
+    /// Its used length is larger than the format allows (`MAX_FILE_BYTES`):
+    /// not read past its header.
     TooLarge,
     BadEntry {
         offset: usize,
@@ -74,10 +77,8 @@ pub(crate) fn read_used_sized(
 /// As `read_used_sized`; on an error other than `Truncated`, `buf` holds
 /// anything.
 fn read_into(file: &File, size: u64, expected: usize, buf: &mut Vec<u8>) -> Result<(), ReadError> {
-    if size > MAX_FILE_BYTES as u64 {
-        return Err(ReadError::TooLarge);
-    }
-    let size = size as usize;
+    // Never more than the cap is read, whatever the file's size.
+    let size = size.min(MAX_FILE_BYTES as u64) as usize;
     // One pread of the header and the bytes used last time, and what room
     // the buffer (reused across files) has for more, up to `READ_AHEAD`:
     // its old bytes are overwritten, or cut off below. Never more than fstat
@@ -101,6 +102,9 @@ fn read_into(file: &File, size: u64, expected: usize, buf: &mut Vec<u8>) -> Resu
         return Err(ReadError::BadHeader);
     }
     let used = used as usize;
+    if used > MAX_FILE_BYTES {
+        return Err(ReadError::TooLarge);
+    }
     // Whatever the header claims, never more than fstat says the file holds.
     let readable = used.min(size);
     if readable <= got {
