@@ -235,6 +235,11 @@ impl ArchiveCompactor {
     pub fn retire(&self, dir: &Path, pid: u32) -> io::Result<Option<String>> {
         // A directory removed meanwhile is made again first.
         self.keep(dir, RETIRE_WAIT);
+        self.retire_kept(dir, pid)
+    }
+
+    /// `retire`, the directory kept already.
+    fn retire_kept(&self, dir: &Path, pid: u32) -> io::Result<Option<String>> {
         let note = take_exit_note(dir, pid);
         // Live gauges go with their process, lock or not.
         for name in files_of(dir, pid).unwrap_or_default() {
@@ -428,7 +433,11 @@ impl ArchiveCompactor {
             .iter()
             .filter(|p| gone_before.contains(p) && !pending.contains(p))
         {
-            if let Err(e) = self.retire(dir, pid) {
+            // Still gone: a new worker may have been given the pid since.
+            if !process_gone(pid) {
+                continue;
+            }
+            if let Err(e) = self.retire_kept(dir, pid) {
                 failures::write_error(
                     1,
                     format_args!("cannot retire the files of exited process {pid}: {e}"),

@@ -189,6 +189,9 @@ pub struct MmapWriter {
     /// A failure to make or write the file was counted: not again until it
     /// succeeds once more.
     failing: bool,
+    /// Written: what the file holds as far as this writer knows (what it
+    /// last wrote or read there): `flush` writes only the pages that differ.
+    on_disk: Vec<u8>,
 }
 
 /// A mapping of this process, as a fork (`detach_inherited`), the SIGBUS
@@ -530,6 +533,7 @@ impl MmapWriter {
             pid: std::process::id(),
             listed,
             failing: false,
+            on_disk: Vec::new(),
         };
         writer.used_cell().store(used as u32, Ordering::Release);
         if backing == Backing::Mapped {
@@ -743,8 +747,13 @@ impl MmapWriter {
         let file = create_fresh_anywhere(&self.path)?;
         reserve(&file, self.capacity as u64)?;
         // SAFETY: [base, base + used) is this writer's memory (the old file
-        // below its end, or private memory); the kernel reads it.
-        unsafe { pwrite_image(&file, self.map.as_mut_ptr(), self.used)? };
+        // below its end, or private memory); the kernel reads it. The used
+        // length last: a reader sees no entry before it is written.
+        unsafe {
+            let base = self.map.as_mut_ptr();
+            pwrite_range(&file, base, HEADER_BYTES, self.used)?;
+            pwrite_range(&file, base, 0, HEADER_BYTES.min(self.used))?;
+        }
         // SAFETY: the range is this writer's whole mapping; MAP_FIXED
         // replaces it with the new file (whose first `capacity` bytes are
         // reserved and hold what the memory held) in one step, so every
@@ -781,29 +790,60 @@ impl MmapWriter {
     }
 
     /// A written file: writes the memory to the file (a fresh one if the
-    /// name no longer names it), body first and the used length last, so a
-    /// reader never sees entries not written yet; then cuts it to that
-    /// length (another process may have grown it).
+    /// name no longer names it), the pages that differ from what the file
+    /// holds (all of them unless it is as this writer left it), body first
+    /// and the used length last, so a reader never sees entries not written
+    /// yet; then cuts it to that length (another process may have grown it).
     pub fn flush(&mut self) -> io::Result<()> {
         debug_assert_eq!(self.backing, Backing::Written);
         let file = match self.file.take() {
             Some(f) if still_names(&self.path, &f) && is_own_file(&f)? => f,
             _ => create_fresh_anywhere(&self.path)?,
         };
-        let written = (|| {
-            reserve(&file, self.used as u64)?;
-            // SAFETY: [base, base + used) is this writer's private memory.
-            unsafe { pwrite_image(&file, self.map.as_mut_ptr(), self.used)? };
-            if file.metadata()?.len() > self.used as u64 {
-                file.set_len(self.used as u64)?;
-            }
-            Ok(())
-        })();
+        let len = file.metadata()?.len();
+        if len != self.on_disk.len() as u64 {
+            self.on_disk.clear(); // not as this writer left it: all of it
+        }
+        let written = self.write_changed(&file, len);
         self.file = Some(file);
         if written.is_ok() {
             self.failing = false;
+        } else {
+            self.on_disk.clear();
         }
         written
+    }
+
+    fn write_changed(&mut self, file: &File, len: u64) -> io::Result<()> {
+        if self.used > self.on_disk.len() {
+            reserve(file, self.used as u64)?;
+        }
+        let base = self.map.as_mut_ptr();
+        // SAFETY: [base, base + used) is this writer's private memory,
+        // written only under its owner's lock, which the caller holds.
+        let memory = unsafe { std::slice::from_raw_parts(base, self.used) };
+        const PAGE: usize = 4096;
+        let mut from = HEADER_BYTES;
+        while from < self.used {
+            let to = (from / PAGE + 1) * PAGE;
+            let to = to.min(self.used);
+            if self.on_disk.get(from..to) != Some(&memory[from..to]) {
+                // SAFETY: as above; the kernel reads [from, to).
+                unsafe { pwrite_range(file, base, from, to)? };
+            }
+            from = to;
+        }
+        let header = HEADER_BYTES.min(self.used);
+        if self.on_disk.get(..header) != Some(&memory[..header]) {
+            // SAFETY: as above.
+            unsafe { pwrite_range(file, base, 0, header)? };
+        }
+        if len > self.used as u64 {
+            file.set_len(self.used as u64)?;
+        }
+        self.on_disk.clear();
+        self.on_disk.extend_from_slice(memory);
+        Ok(())
     }
 
     /// A written file another process may append to (an archive both masters
@@ -813,13 +853,67 @@ impl MmapWriter {
     /// replaced) writes it again from memory.
     pub fn reconcile(&mut self) -> io::Result<()> {
         debug_assert_eq!(self.backing, Backing::Written);
-        let Some((file, bytes)) = self.read_extending() else {
+        let Some((file, bytes)) = self.read_own() else {
             return self.flush();
         };
+        // SAFETY: [base, base + used) is this writer's private memory,
+        // written only under its owner's lock, which the caller holds.
+        let memory = unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr(), self.used) };
+        if bytes != memory {
+            if !self.is_extended_by(&bytes) {
+                return self.flush();
+            }
+            self.adopt(&bytes);
+        }
+        let len = file.metadata()?.len();
+        self.file = Some(file);
+        self.on_disk = bytes;
+        if len > self.used as u64 {
+            return self.flush(); // grown by another process: cut back
+        }
+        Ok(())
+    }
+
+    /// The file under the path and its used bytes, if it is our own
+    /// regular file of the format with no corrupt entry.
+    fn read_own(&self) -> Option<(File, Vec<u8>)> {
+        let file = open::open_existing(&self.path).ok()?;
+        if !is_own_file(&file).ok()? {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        read_used_from(&file, &mut bytes).ok()?;
+        Some((file, bytes))
+    }
+
+    /// Whether `bytes` (a file's) hold every entry of this memory at the
+    /// same offset, and nothing corrupt.
+    fn is_extended_by(&self, bytes: &[u8]) -> bool {
+        let (entries, error) = read_entries(bytes);
+        if error.is_some() || bytes.len() < self.used {
+            return false;
+        }
+        let start = bytes.as_ptr() as usize;
+        let mut ours = 0;
+        for e in &entries {
+            let at = e.key.as_ptr() as usize - start + e.key.len() + key_padding(e.key.len());
+            match self.positions.get(e.key) {
+                Some(&here) if here == at => ours += 1,
+                Some(_) => return false,
+                None if at < self.used => return false,
+                None => {}
+            }
+        }
+        ours == self.positions.len()
+    }
+
+    /// Takes `bytes` (a file's, `is_extended_by`) as this memory: values,
+    /// and entries past this memory's used length.
+    fn adopt(&mut self, bytes: &[u8]) {
         let base = self.map.as_mut_ptr();
         // SAFETY: `bytes` fits the private memory (at most MAX_FILE_BYTES).
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base, bytes.len()) };
-        let (entries, _) = read_entries(&bytes);
+        let (entries, _) = read_entries(bytes);
         let start = bytes.as_ptr() as usize;
         for e in entries {
             let at = e.key.as_ptr() as usize - start + e.key.len() + key_padding(e.key.len());
@@ -829,39 +923,6 @@ impl MmapWriter {
         }
         self.used = bytes.len().max(HEADER_BYTES);
         self.used_cell().store(self.used as u32, Ordering::Release);
-        let len = file.metadata()?.len();
-        self.file = Some(file);
-        if len > self.used as u64 {
-            return self.flush(); // grown by another process: cut back
-        }
-        Ok(())
-    }
-
-    /// The file's used bytes, if it is our own healthy file holding every
-    /// entry of this memory at the same offset.
-    fn read_extending(&self) -> Option<(File, Vec<u8>)> {
-        let file = open::open_existing(&self.path).ok()?;
-        if !is_own_file(&file).ok()? {
-            return None;
-        }
-        let mut bytes = Vec::new();
-        read_used_from(&file, &mut bytes).ok()?;
-        let (entries, error) = read_entries(&bytes);
-        if error.is_some() || bytes.len() < self.used {
-            return None;
-        }
-        let start = bytes.as_ptr() as usize;
-        let mut ours = 0;
-        for e in &entries {
-            let at = e.key.as_ptr() as usize - start + e.key.len() + key_padding(e.key.len());
-            match self.positions.get(e.key) {
-                Some(&here) if here == at => ours += 1,
-                Some(_) => return None,
-                None if at < self.used => return None,
-                None => {}
-            }
-        }
-        (ours == self.positions.len()).then_some((file, bytes))
     }
 
     /// A written file only this process writes (the master's own): writes
@@ -880,6 +941,7 @@ impl MmapWriter {
         if same {
             return Ok(());
         }
+        self.on_disk.clear(); // not as this writer left it
         self.flush()
     }
 
@@ -942,36 +1004,33 @@ unsafe fn write_key(at: *mut u8, key: &[u8], padding: usize) {
     }
 }
 
-/// Writes `[base, base + used)` to `file`: the entries first, then the
-/// header (the used length) that makes them visible.
+/// Writes `[base + from, base + to)` to `file` at `from`.
 ///
 /// # Safety
-/// `[base, base + used)` must be readable memory of this process.
-unsafe fn pwrite_image(file: &File, base: *const u8, used: usize) -> io::Result<()> {
-    for (from, to) in [(HEADER_BYTES, used), (0, HEADER_BYTES.min(used))] {
-        let mut at = from;
-        while at < to {
-            // SAFETY: the caller's contract; the kernel copies from it.
-            let n = unsafe {
-                libc::pwrite(
-                    file.as_raw_fd(),
-                    base.add(at) as *const libc::c_void,
-                    to - at,
-                    at as libc::off_t,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+/// `[base + from, base + to)` must be readable memory of this process.
+unsafe fn pwrite_range(file: &File, base: *const u8, from: usize, to: usize) -> io::Result<()> {
+    let mut at = from;
+    while at < to {
+        // SAFETY: the caller's contract; the kernel copies from it.
+        let n = unsafe {
+            libc::pwrite(
+                file.as_raw_fd(),
+                base.add(at) as *const libc::c_void,
+                to - at,
+                at as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
             }
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            at += n as usize;
+            return Err(e);
         }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        at += n as usize;
     }
     Ok(())
 }
