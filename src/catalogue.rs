@@ -19,6 +19,9 @@ pub struct Series {
     pub help: &'static str,
     /// Its labels, in the order the keys sort them (`le` aside).
     pub labels: &'static [&'static str],
+    /// A request-level family: without `worker_id` when
+    /// `PROMETHEUS_WORKER_ID_LABEL=false` (summed across workers).
+    pub per_request: bool,
 }
 
 impl Series {
@@ -42,10 +45,12 @@ impl Series {
         )
     }
 
-    /// `labels`, checked (in debug builds) to be this family's.
+    /// `labels`, checked (in debug builds) to be this family's (a
+    /// request-level one may lack `worker_id`).
     pub fn labelled<'a>(&self, labels: &'a [(&'a str, &'a str)]) -> &'a [(&'a str, &'a str)] {
+        let missing = self.labels.len() - labels.len().min(self.labels.len());
         debug_assert!(
-            labels.len() == self.labels.len()
+            (missing == 0 || (self.per_request && missing == 1))
                 && labels.iter().all(|(name, _)| self.labels.contains(name)),
             "{}: labels {labels:?} are not {:?}",
             self.name,
@@ -80,41 +85,55 @@ const fn series(
         kind,
         help,
         labels,
+        per_request: false,
+    }
+}
+
+/// A request-level family (`Series::per_request`).
+const fn per_request(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Series {
+    Series {
+        per_request: true,
+        ..series(name, kind, labels, help)
     }
 }
 
 use Kind::{Counter, Gauge, Histogram};
 
 /// Requests a worker answered.
-pub const REQUESTS: Series = series(
+pub const REQUESTS: Series = per_request(
     "worker_requests",
     Counter,
     &["method", "route", "status", "worker_id"],
     "Requests answered by this worker.",
 );
 /// Their duration.
-pub const REQUEST_DURATION: Series = series(
+pub const REQUEST_DURATION: Series = per_request(
     "worker_request_duration_seconds",
     Histogram,
     &["method", "route", "status", "worker_id"],
     "Time from the start of a request to its logged response.",
 );
 /// Exceptions the application raised.
-pub const FAILED_REQUESTS: Series = series(
+pub const FAILED_REQUESTS: Series = per_request(
     "worker_failed_requests",
     Counter,
     &["error_type", "method", "route", "worker_id"],
     "Requests where the application raised instead of answering.",
 );
 /// Time requests waited for a worker.
-pub const REQUEST_QUEUE: Series = series(
+pub const REQUEST_QUEUE: Series = per_request(
     "worker_request_queue_seconds",
     Histogram,
     &["worker_id"],
     "Time a request waited before this worker picked it up.",
 );
 /// Requests in flight when the arbiter aborted the worker.
-pub const REQUEST_TIMEOUTS: Series = series(
+pub const REQUEST_TIMEOUTS: Series = per_request(
     "worker_request_timeouts",
     Counter,
     &["method", "route", "worker_id"],
@@ -136,14 +155,14 @@ pub const LABEL_OVERFLOW: Series = series(
      counted as other.",
 );
 /// Request body sizes.
-pub const REQUEST_SIZE: Series = series(
+pub const REQUEST_SIZE: Series = per_request(
     "worker_request_size_bytes",
     Histogram,
     &["worker_id"],
     "Size of request bodies (Content-Length).",
 );
 /// Response body sizes.
-pub const RESPONSE_SIZE: Series = series(
+pub const RESPONSE_SIZE: Series = per_request(
     "worker_response_size_bytes",
     Histogram,
     &["worker_id"],

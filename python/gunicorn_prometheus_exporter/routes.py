@@ -44,3 +44,68 @@ def watch_frameworks() -> bool:
     request_tearing_down.connect(_copy_flask_rule, weak=False)
     _flask_connected = True
     return True
+
+
+class _MountedRoutes:
+    """The template of the whole path of each route reachable through
+    Starlette mounts (`Mount("/org/{org}", routes=[Route("/r/{rid}")])` gives
+    `/org/{org}/r/{rid}`), by the route object, found once by walking the
+    application's routes (again when a route it has not seen matches). A
+    route reachable through two mount paths is matched against them."""
+
+    def __init__(self, router: Any) -> None:
+        self.router = router
+        self.templates: dict[int, list[tuple[Any, str]]] = {}
+        self.routes: list[Any] = []  # keeps the routes whose ids are the keys
+        self._walk(router, [], "")
+
+    def _walk(self, router: Any, mounts: list[Any], prefix: str) -> None:
+        for route in getattr(router, "routes", None) or []:
+            path = getattr(route, "path", None)
+            if not isinstance(path, str):
+                continue
+            children = getattr(route, "routes", None)
+            if children:  # a Mount (or Host): its routes are under its path
+                if len(mounts) < 8:  # a mount cycle cannot recurse forever
+                    self._walk(route, [*mounts, route], prefix + path)
+                continue
+            self.routes.append(route)
+            self.templates.setdefault(id(route), []).append((tuple(mounts), prefix + path))
+
+    def template(self, route: Any, path: str) -> str | None:
+        found = self.templates.get(id(route))
+        if found is None:
+            return None
+        if len(found) == 1:
+            return found[0][1]
+        for mounts, template in found:  # the same route under several mounts
+            rest = path
+            for mount in mounts:
+                match = mount.path_regex.match(rest)
+                if match is None:
+                    break
+                rest = "/" + match.groupdict().get("path", "")
+            else:
+                return template
+        return None
+
+
+_mounted: _MountedRoutes | None = None
+
+
+def mounted_route(scope: dict) -> str | None:
+    """The route template of the whole path of a request a Starlette mount
+    led to (the core reads `scope["route"]`, the innermost route, and calls
+    this only when `root_path` says a mount matched): never the client's
+    values of the mount's own path parameters."""
+    global _mounted
+    route, router = scope.get("route"), scope.get("router")
+    if route is None or router is None:
+        return None
+    if _mounted is None or _mounted.router is not router:
+        _mounted = _MountedRoutes(router)
+    template = _mounted.template(route, scope.get("path", ""))
+    if template is None and id(route) not in _mounted.templates:
+        _mounted = _MountedRoutes(router)  # a route added since the last walk
+        template = _mounted.template(route, scope.get("path", ""))
+    return template

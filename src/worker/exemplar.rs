@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
+use crate::master::label_cap::LabelCap;
 pub use crate::scrape::exemplar_index::{Exemplar, ExemplarKey, Exemplars};
 use crate::scrape::exemplar_index::{KeyIndex, SampleIds};
 use crate::storage::float::go_float;
@@ -428,7 +429,12 @@ impl ExemplarAggregator {
 }
 
 /// Keeps in `archive` the later of its exemplars and those of the file at `path`.
-pub fn fold_into(archive: &mut MmapWriter, path: &Path) -> io::Result<()> {
+pub fn fold_into(
+    archive: &mut MmapWriter,
+    path: &Path,
+    dir: &Path,
+    cap: &mut LabelCap,
+) -> io::Result<()> {
     let mut buf = Vec::new();
     if read_used(path, &mut buf).is_err() {
         return Ok(());
@@ -447,8 +453,13 @@ pub fn fold_into(archive: &mut MmapWriter, path: &Path) -> io::Result<()> {
     reader.finish();
     for (id, e) in latest {
         let sample = &keys.samples[id as usize];
-        let labels: Vec<(&str, &str)> = sample
+        let mut labels: Vec<(String, String)> = sample
             .labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        cap.admit_labels(dir, &mut labels);
+        let labels: Vec<(&str, &str)> = labels
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
@@ -540,8 +551,9 @@ mod tests {
         );
         assert_eq!(got.len(), 2);
         let mut archive = MmapWriter::open(&d.join(names::EXEMPLAR_ARCHIVE)).unwrap();
-        fold_into(&mut archive, &d.join(names::exemplar_file(2))).unwrap();
-        fold_into(&mut archive, &d.join(names::exemplar_file(1))).unwrap();
+        let mut cap = crate::master::label_cap::LabelCap::default();
+        fold_into(&mut archive, &d.join(names::exemplar_file(2)), d, &mut cap).unwrap();
+        fold_into(&mut archive, &d.join(names::exemplar_file(1)), d, &mut cap).unwrap();
         std::fs::remove_file(d.join(names::exemplar_file(1))).unwrap();
         std::fs::remove_file(d.join(names::exemplar_file(2))).unwrap();
         let (after, _) = ExemplarAggregator::default().collect(d);

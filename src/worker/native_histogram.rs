@@ -17,6 +17,7 @@ use rustc_hash::FxHashMap;
 
 use parking_lot::Mutex;
 
+use crate::master::label_cap::LabelCap;
 use crate::model::Labels;
 use crate::storage::incremental::{FileCache, Visitor};
 use crate::storage::names;
@@ -558,14 +559,19 @@ fn fold(merged: &mut Option<NativeBuckets>, next: Option<NativeBuckets>) {
 }
 
 /// Adds every bucket of the native file at `path` into `archive`.
-pub fn fold_into(archive: &mut MmapWriter, path: &Path) -> io::Result<()> {
+pub fn fold_into(
+    archive: &mut MmapWriter,
+    path: &Path,
+    dir: &Path,
+    cap: &mut LabelCap,
+) -> io::Result<()> {
     let mut buf = Vec::new();
     if read_used(path, &mut buf).is_err() {
         return Ok(());
     }
     let (entries, _) = read_entries(&buf);
     for e in entries {
-        archive.slot(e.key)?.add(e.value);
+        archive.slot(&cap.admit(dir, e.key))?.add(e.value);
     }
     Ok(())
 }
@@ -675,7 +681,8 @@ mod tests {
         assert_eq!(h.count(), 6.0);
         drop((a, b));
         let mut archive = MmapWriter::open(&d.join(names::NATIVE_ARCHIVE)).unwrap();
-        fold_into(&mut archive, &d.join(names::native_file(10))).unwrap();
+        let mut cap = crate::master::label_cap::LabelCap::default();
+        fold_into(&mut archive, &d.join(names::native_file(10)), d, &mut cap).unwrap();
         std::fs::remove_file(d.join(names::native_file(10))).unwrap();
         let (after, _) = agg.collect(d);
         assert_eq!(after[&key], *h);

@@ -6,7 +6,7 @@ import django
 from django.conf import settings
 from django.core.wsgi import get_wsgi_application
 from django.http import HttpResponse
-from django.urls import path
+from django.urls import include, path
 
 settings.configure(
     DEBUG=False,
@@ -26,12 +26,18 @@ def index(request):
     return HttpResponse("hello\n")
 
 
+def org_report(request, org, rid):
+    return HttpResponse(f"report {rid}\n")
+
+
 def fail(request):
     return 1 // 0
 
 
 urlpatterns = [
     path("fail", fail),
+    # An include under a path parameter: the route is the whole template.
+    path("org/<slug:org>/", include([path("r/<int:rid>", org_report)])),
     path("users/<int:uid>", user),
     path("", index),
 ]
