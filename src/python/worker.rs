@@ -165,14 +165,11 @@ impl WorkerMeter {
         if let Ok(Some(id)) = ids.get_item(&route) {
             return id.extract().unwrap_or(NO_ROUTE);
         }
-        let Some(name) = route
-            .cast::<PyString>()
-            .ok()
-            .and_then(|r| r.to_cow().ok().map(|n| n.into_owned()))
-        else {
+        // Borrowed from the str: a route past the cap allocates nothing.
+        let Some(name) = utf8_of(&route).and_then(|r| std::str::from_utf8(r).ok()) else {
             return NO_ROUTE;
         };
-        let (id, folded) = self.meter.route_id(&name);
+        let (id, folded) = self.meter.route_id(name);
         if !folded {
             let _ = ids.set_item(&route, id);
         }
