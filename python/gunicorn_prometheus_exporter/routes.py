@@ -4,18 +4,25 @@ Any framework can leave the template it matched in the WSGI environ or the
 ASGI scope under `ROUTE_KEY`. Starlette / FastAPI routes (`scope["route"]`)
 and Flask / Werkzeug rules are read by the core itself; Flask clears its
 request from the environ before Gunicorn logs the response, so the template is
-copied to the environ when Flask tears the request down. Django needs
-`gunicorn_prometheus_exporter.django.RouteMiddleware`.
+copied to the environ when Flask tears the request down. Django's resolved
+route is left there as Django resolves each request (`BaseHandler.
+resolve_request`, wrapped once the application is loaded); where a Django
+has no such method, one warning names the middleware that does it
+(`gunicorn_prometheus_exporter.django.RouteMiddleware`).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 ROUTE_KEY = "gunicorn_prometheus_exporter.route"
 
+log = logging.getLogger("gunicorn.error")
+
 _flask_connected = False
+_django_watched = False
 
 
 def _copy_flask_rule(sender: Any, **kwargs: Any) -> None:
@@ -27,11 +34,52 @@ def _copy_flask_rule(sender: Any, **kwargs: Any) -> None:
         ctx.request.environ[ROUTE_KEY] = rule.rule
 
 
+def django_route(match: Any) -> str | None:
+    """The route of a Django `ResolverMatch` (`users/<int:uid>`); the root
+    pattern (`""`) is `/`, so that it differs from no route matched."""
+    route = getattr(match, "route", None)
+    if route is None:
+        return None
+    return route or "/"
+
+
+def _watch_django() -> None:
+    global _django_watched
+    if _django_watched or "django" not in sys.modules:
+        return
+    _django_watched = True
+    try:
+        from django.core.handlers.base import BaseHandler
+    except Exception:  # noqa: BLE001 - a Django that cannot be imported serves nothing
+        return
+    resolve = getattr(BaseHandler, "resolve_request", None)
+    if resolve is None:
+        log.warning("gunicorn_prometheus_exporter: this Django has no "
+                    "BaseHandler.resolve_request: add gunicorn_prometheus_exporter.django."
+                    "RouteMiddleware to MIDDLEWARE for route labels")
+        return
+
+    def resolve_request(self: Any, request: Any) -> Any:
+        match = resolve(self, request)
+        route = django_route(match)
+        if route is not None:
+            # A WSGI request has its environ, an ASGI one its scope.
+            target = getattr(request, "environ", None)
+            if target is None:
+                target = getattr(request, "scope", None)
+            if isinstance(target, dict):
+                target[ROUTE_KEY] = route
+        return match
+
+    BaseHandler.resolve_request = resolve_request
+
+
 def watch_frameworks() -> bool:
     """Called once the application is loaded: hooks the frameworks it imported.
     Whether it loaded Flask (the core then also reads the rule of a Flask
     request still in the environ)."""
     global _flask_connected, _cv_request
+    _watch_django()
     if "flask" not in sys.modules:
         return False
     if _flask_connected:

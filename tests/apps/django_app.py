@@ -1,6 +1,9 @@
-"""A one-file Django application for the route and failure tests, with the
-route middleware. /fail raises ZeroDivisionError, which Django turns into a
-500 itself."""
+"""A one-file Django application for the route and failure tests: no
+configuration for the exporter (the route middleware only with
+DJANGO_ROUTE_MIDDLEWARE=1). /fail raises ZeroDivisionError, which Django
+turns into a 500 itself."""
+
+import os
 
 import django
 from django.conf import settings
@@ -13,7 +16,8 @@ settings.configure(
     ALLOWED_HOSTS=["*"],
     ROOT_URLCONF=__name__,
     SECRET_KEY="tests",
-    MIDDLEWARE=["gunicorn_prometheus_exporter.django.RouteMiddleware"],
+    MIDDLEWARE=(["gunicorn_prometheus_exporter.django.RouteMiddleware"]
+                if os.environ.get("DJANGO_ROUTE_MIDDLEWARE") == "1" else []),
 )
 django.setup()
 
