@@ -42,6 +42,9 @@ pub struct Settings {
     pub worker_id_label: bool,
     /// Requests not counted in request series (`PROMETHEUS_EXCLUDE_PATHS`).
     pub exclude_paths: ExcludePaths,
+    /// The request duration and requests in flight under OpenTelemetry's
+    /// HTTP semantic conventions (`PROMETHEUS_METRIC_NAMES=otel`).
+    pub otel_names: bool,
 }
 
 impl Settings {
@@ -101,9 +104,20 @@ impl Settings {
             Some(v) => ExcludePaths::parse(&v)
                 .map_err(|why| format!("PROMETHEUS_EXCLUDE_PATHS={v:?} {why}"))?,
         };
+        let otel_names = match get("PROMETHEUS_METRIC_NAMES").map(|v| v.trim().to_owned()) {
+            None => false,
+            Some(v) if v == "gunicorn" => false,
+            Some(v) if v == "otel" => true,
+            Some(v) => {
+                return Err(format!(
+                    "PROMETHEUS_METRIC_NAMES={v:?} is not gunicorn or otel"
+                ))
+            }
+        };
         Ok(Settings {
             max_label_values,
             worker_id_label,
+            otel_names,
             exclude_paths,
             directory,
             port,
@@ -196,6 +210,7 @@ mod tests {
             ("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "-5"),
             ("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "3.5"),
             ("PROMETHEUS_WORKER_ID_LABEL", "maybe"),
+            ("PROMETHEUS_METRIC_NAMES", "opentelemetry"),
             ("PROMETHEUS_EXCLUDE_PATHS", "/a, /b c"),
         ] {
             let err = from(&[(k, v)]).unwrap_err();

@@ -335,6 +335,7 @@ impl WorkerMeter {
             max_label_values: settings.max_label_values,
             native_histogram_schema: settings.native_histogram_schema,
             worker_id_label: settings.worker_id_label,
+            otel_names: settings.otel_names,
         };
         // Never fails: a metrics problem must not keep the worker from booting.
         let meter = Arc::new(Meter::open(&config));

@@ -51,6 +51,9 @@ pub struct MeterConfig {
     /// Whether request-level series carry `worker_id` (else they are summed
     /// across workers in the files' keys).
     pub worker_id_label: bool,
+    /// The duration and in-flight series under OpenTelemetry's names and
+    /// labels (`catalogue::OTEL_*`).
+    pub otel_names: bool,
 }
 
 struct Files {
@@ -95,6 +98,8 @@ pub struct WorkerMeter {
     worker_id: String,
     /// Whether request-level series carry `worker_id`.
     worker_id_label: bool,
+    /// The duration series under OpenTelemetry's names and labels.
+    otel_names: bool,
     duration_bounds: Box<[f64]>,
     files: Mutex<Files>,
     // Kept open for the life of the process: the slots point into it.
@@ -177,11 +182,12 @@ struct FixedSeries<'a> {
     prefix: &'a str,
     labels: &'a [(&'a str, &'a str)],
     worker_id_label: bool,
+    otel_names: bool,
 }
 
 impl FixedSeries<'_> {
     fn labels_of(&self, series: &Series) -> &[(&str, &str)] {
-        if series.per_request && !self.worker_id_label {
+        if (series.per_request && !self.worker_id_label) || series.labels.is_empty() {
             &[]
         } else {
             series.labelled(self.labels)
@@ -212,7 +218,10 @@ impl WorkerSeries {
         let histograms = &mut files.histograms;
         let busy = series.value(counters, &catalogue::BUSY);
         let cpu_seconds = series.value(counters, &catalogue::CPU_SECONDS);
-        let in_flight = series.value(gauges, &catalogue::IN_FLIGHT);
+        let in_flight = match series.otel_names {
+            true => series.value(gauges, &catalogue::OTEL_ACTIVE_REQUESTS),
+            false => series.value(gauges, &catalogue::IN_FLIGHT),
+        };
         let memory = series.value(gauges, &catalogue::MEMORY);
         let cpu_percent = series.value(gauges, &catalogue::CPU_PERCENT);
         let uptime = series.value(gauges, &catalogue::UPTIME);
@@ -275,6 +284,7 @@ impl WorkerMeter {
             prefix: &config.prefix,
             labels: &[("worker_id", &worker_id)],
             worker_id_label: config.worker_id_label,
+            otel_names: config.otel_names,
         };
         let fixed = WorkerSeries::open(&series, &mut files, &mut gauges);
         let signals = Signals::open(&series, &mut files, &mut gauges, config.max_label_values);
@@ -291,6 +301,7 @@ impl WorkerMeter {
             prefix: config.prefix.clone(),
             worker_id,
             worker_id_label: config.worker_id_label,
+            otel_names: config.otel_names,
             duration_bounds: config.duration_buckets.clone().into_boxed_slice(),
             files: Mutex::new(files),
             _gauges: gauges,
@@ -426,14 +437,30 @@ impl WorkerMeter {
         let p = &self.prefix;
         let mut labels = vec![("method", method), ("route", route), ("status", status)];
         self.label_worker(&catalogue::REQUESTS, &mut labels);
-        let labels = &labels[..];
-        let total = files.counters.slot(&catalogue::REQUESTS.key(p, labels));
-        let duration_name = catalogue::REQUEST_DURATION.family(p);
+        let total = files.counters.slot(&catalogue::REQUESTS.key(p, &labels));
+        // OpenTelemetry's names: the status as `error_type` of a 5xx, as its
+        // HTTP instrumentation sets it; no worker_id.
+        let error_type = match status.as_bytes().first() {
+            Some(b'5') if status.len() == 3 => status,
+            _ => "",
+        };
+        let otel_method = if method == OVERFLOW_VALUE { "_OTHER" } else { method };
+        let otel_labels = [
+            ("error_type", error_type),
+            ("http_request_method", otel_method),
+            ("http_response_status_code", status),
+            ("http_route", route),
+        ];
+        let (duration_family, labels) = match self.otel_names {
+            true => (&catalogue::OTEL_REQUEST_DURATION, &otel_labels[..]),
+            false => (&catalogue::REQUEST_DURATION, &labels[..]),
+        };
+        let duration_name = duration_family.family(p);
         let duration = HistogramSlots::open(
             &mut files.histograms,
             &duration_name,
-            catalogue::REQUEST_DURATION.help,
-            catalogue::REQUEST_DURATION.labelled(labels),
+            duration_family.help,
+            duration_family.labelled(labels),
             &self.duration_bounds,
         );
         let native = self
@@ -685,6 +712,7 @@ mod tests {
             max_label_values: 2,
             native_histogram_schema: crate::worker::native_histogram::DEFAULT_SCHEMA,
             worker_id_label: true,
+            otel_names: false,
         })
     }
 
