@@ -444,7 +444,11 @@ impl WorkerMeter {
             Some(b'5') if status.len() == 3 => status,
             _ => "",
         };
-        let otel_method = if method == OVERFLOW_VALUE { "_OTHER" } else { method };
+        let otel_method = if method == OVERFLOW_VALUE {
+            "_OTHER"
+        } else {
+            method
+        };
         let otel_labels = [
             ("error_type", error_type),
             ("http_request_method", otel_method),
