@@ -52,8 +52,21 @@ pub(super) struct WorkerMeter {
 
 /// Key of the WSGI environ / ASGI scope where an application marks a request
 /// (true) as not to be counted in request series, as `PROMETHEUS_EXCLUDE_PATHS`
-/// does by path.
+/// does by path: through `exclude_request`, which also sets
+/// `EXCLUDE_KEY_USED`, so that an application that never marks one pays no
+/// look-up for it.
 const EXCLUDE_KEY: &str = "gunicorn_prometheus_exporter.exclude";
+
+/// An application of this process marked a request with `EXCLUDE_KEY`.
+static EXCLUDE_KEY_USED: AtomicBool = AtomicBool::new(false);
+
+/// `_core.exclude_request(request)`: marks the request of `request` (a WSGI
+/// environ or an ASGI scope) as not to be counted in request series.
+#[pyfunction]
+pub(super) fn exclude_request(request: &Bound<'_, PyDict>) -> PyResult<()> {
+    EXCLUDE_KEY_USED.store(true, Ordering::Relaxed);
+    request.set_item(intern!(request.py(), EXCLUDE_KEY), true)
+}
 
 impl WorkerMeter {
     /// A WSGI request starts (Gunicorn's `req`): counts it in flight and
@@ -139,7 +152,10 @@ impl WorkerMeter {
             return false;
         };
         let py = request.py();
-        if item(request, intern!(py, EXCLUDE_KEY)).is_some_and(|v| v.is_truthy().unwrap_or(false)) {
+        if EXCLUDE_KEY_USED.load(Ordering::Relaxed)
+            && item(request, intern!(py, EXCLUDE_KEY))
+                .is_some_and(|v| v.is_truthy().unwrap_or(false))
+        {
             return true;
         }
         if self.exclude.is_empty() {
