@@ -60,60 +60,71 @@ pub(crate) fn read_used_sized(
     expected: usize,
     buf: &mut Vec<u8>,
 ) -> Result<(), ReadError> {
-    let read = read_into(file, size, expected, buf);
-    if matches!(
-        read,
-        Err(ReadError::Io(_) | ReadError::TooLarge | ReadError::BadHeader)
-    ) {
-        // Nothing of another file's bytes may be taken for this one's.
-        buf.clear();
-    }
+    let (len, read) = read_used_into(file, size, expected, buf);
+    buf.truncate(len);
     read
 }
 
-/// As `read_used_sized`; on an error other than `Truncated`, `buf` holds
-/// anything.
-fn read_into(file: &File, size: u64, expected: usize, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+/// As `read_used_sized`, into the front of `buf`, whose length is kept: it
+/// grows (zero-filled) when a file needs more room and never shrinks, so
+/// that a buffer reused for every file of every scrape is not zeroed again
+/// before each read. Returns how many bytes at its front are the file's:
+/// its used bytes, or what could be read of them (`Truncated`); 0 on any
+/// other error (nothing of another file's bytes is taken for this one's).
+pub(crate) fn read_used_into(
+    file: &File,
+    size: u64,
+    expected: usize,
+    buf: &mut Vec<u8>,
+) -> (usize, Result<(), ReadError>) {
     if size > MAX_FILE_BYTES as u64 {
-        return Err(ReadError::TooLarge);
+        return (0, Err(ReadError::TooLarge));
     }
     let size = size as usize;
-    // One pread of the header and the bytes used last time, and what room
-    // the buffer (reused across files) has for more, up to `READ_AHEAD`:
-    // its old bytes are overwritten, or cut off below. Never more than fstat
-    // says the file holds.
-    let ahead = expected.saturating_add(READ_AHEAD).min(buf.capacity());
-    let first = expected.max(ahead).min(size).max(HEADER_BYTES);
-    buf.resize(first, 0);
-    let got = read_at_most(file, buf, 0)?;
-    buf.truncate(got);
-    let used = match buf.get(..4) {
+    let room = |buf: &mut Vec<u8>, len: usize| {
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+    };
+    // One pread of the header and the bytes used last time, and up to
+    // `READ_AHEAD` more; never more than fstat says the file holds.
+    let first = expected
+        .saturating_add(READ_AHEAD)
+        .min(size)
+        .max(HEADER_BYTES);
+    room(buf, first);
+    let got = match read_at_most(file, &mut buf[..first], 0) {
+        Ok(got) => got,
+        Err(e) => return (0, Err(e)),
+    };
+    let used = match buf.get(..4).filter(|_| got >= 4) {
         Some(header) => i32::from_le_bytes(header.try_into().expect("four bytes")),
         None => 0,
     };
     // A file being created: no size yet, or no used length published yet.
     if got == 0 || (got >= HEADER_BYTES && used == 0) {
-        buf.clear();
-        buf.extend_from_slice(&[0; HEADER_BYTES]);
-        return Ok(());
+        buf[..HEADER_BYTES].fill(0);
+        return (HEADER_BYTES, Ok(()));
     }
     if got < HEADER_BYTES || used < HEADER_BYTES as i32 {
-        return Err(ReadError::BadHeader);
+        return (0, Err(ReadError::BadHeader));
     }
     let used = used as usize;
     // Whatever the header claims, never more than fstat says the file holds.
     let readable = used.min(size);
-    if readable <= got {
-        buf.truncate(readable);
+    let len = if readable <= got {
+        readable
     } else {
-        buf.resize(readable, 0);
-        let more = read_at_most(file, &mut buf[got..], got as u64)?;
-        buf.truncate(got + more);
+        room(buf, readable);
+        match read_at_most(file, &mut buf[got..readable], got as u64) {
+            Ok(more) => got + more,
+            Err(e) => return (0, Err(e)),
+        }
+    };
+    if len < used {
+        return (len, Err(ReadError::Truncated));
     }
-    if buf.len() < used {
-        return Err(ReadError::Truncated);
-    }
-    Ok(())
+    (len, Ok(()))
 }
 
 /// How much past the used length last seen a read asks for, when its
