@@ -26,7 +26,7 @@ use std::path::Path;
 
 use super::held::HeldFile;
 use super::open::open_read_stat;
-use super::reader::{entry_at, read_used_into, used_length, ReadError};
+use super::reader::{entry_at, read_used_into, used_length, ReadBuffer, ReadError};
 use super::{key_padding, HEADER_BYTES};
 
 /// Largest read buffer kept between reads.
@@ -127,8 +127,8 @@ pub struct EntryValue {
 /// Remembers the entries of the files of directories read again and again.
 pub struct FileCache {
     files: HashMap<Box<str>, CachedFile>,
-    /// The buffer every file is read into (its length is its capacity).
-    buf: Vec<u8>,
+    /// The buffer every file is read into.
+    buf: ReadBuffer,
     /// The values of the file being read.
     values: Vec<EntryValue>,
     /// Entries remembered for all files, and the limits.
@@ -142,7 +142,7 @@ impl Default for FileCache {
     fn default() -> Self {
         FileCache {
             files: HashMap::default(),
-            buf: Vec::new(),
+            buf: ReadBuffer::default(),
             values: Vec::new(),
             remembered: 0,
             max_file: MAX_FILE_ENTRIES,
@@ -165,7 +165,7 @@ impl FileCache {
         self.files.retain(|_, f| f.pass == pass);
         self.remembered = self.files.values().map(|f| f.entries.len()).sum();
         if self.buf.len() > KEPT_BUFFER_BYTES {
-            self.buf = Vec::new();
+            self.buf = ReadBuffer::default();
         }
         if self.values.capacity() > KEPT_BUFFER_BYTES / size_of::<EntryValue>() {
             self.values = Vec::new();
@@ -220,7 +220,7 @@ impl FileCache {
             },
         };
         let (len, read) = read_used_into(file, meta.len(), expected, &mut self.buf);
-        let data = &self.buf[..len];
+        let data = self.buf.bytes(len);
         let used = used_length(data).unwrap_or(0);
         let identity = (meta.dev(), meta.ino());
         let cached = match self.files.get_mut(name) {
