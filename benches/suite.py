@@ -96,6 +96,12 @@ def chart(results: dict, path: Path) -> None:
                      label=f"this, {deaths} deaths")
         axes[2].plot([r["workers"] for r in rows], [r["mpc_ms"] for r in rows], marker="x",
                      linestyle="--", label=f"MultiProcessCollector, {deaths} deaths")
+    pc = results.get("scrape_prometheus_client")
+    if pc:
+        axes[2].plot([64], [pc["this_ms"]], marker="s", linestyle="none",
+                     label="this, prometheus_client's files (64 × 200 histograms)")
+        axes[2].plot([64], [pc["mpc_ms"]], marker="D", linestyle="none",
+                     label="MultiProcessCollector, the same files")
     axes[2].axhline(10, color="grey", linestyle=":", label="target 10 ms")
     axes[2].set_xlabel("live workers × 200 series")
     axes[2].set_ylabel("ms per scrape")
