@@ -1,8 +1,11 @@
 //! Scrape time of a directory with 1, 8, 32, 64 live workers × 200 series,
 //! after 0 and 10,000 worker deaths folded into archives, against prometheus_client's
 //! MultiProcessCollector over the same files (same run). Also the number of
-//! files left. Run: `cargo bench --bench scrape` (PYTHON= a Python with
-//! prometheus_client; default python3).
+//! files left; each format's time with native buckets and exemplars; and
+//! prometheus_client's own files of 64 processes × 200 labelled histograms
+//! (`prometheus_client_files.py`), whose samples must be MultiProcessCollector's.
+//! Run: `cargo bench --bench scrape` (PYTHON= a Python with prometheus_client;
+//! default python3; ONLY=prometheus_client or ONLY=formats: that part alone).
 
 use std::path::Path;
 use std::process::Command;
@@ -95,8 +98,12 @@ fn ours_ms(dir: &Path, scrapes: usize) -> (f64, usize) {
     (median_ms(times), bytes)
 }
 
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 fn collector_ms(dir: &Path) -> f64 {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python();
     let script = r#"
 import sys, time
 from prometheus_client import CollectorRegistry, generate_latest
@@ -200,6 +207,76 @@ fn formats(scrapes: usize) {
     }
 }
 
+/// `benches/prometheus_client_files.py` with these arguments: its output.
+fn prometheus_client_files_py(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/prometheus_client_files.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The workload the scrape target was set on: prometheus_client's own files
+/// of 64 processes × (200 histograms of 15 buckets + 200 counters), labels
+/// route, method and status summed across pids, served as text; against
+/// MultiProcessCollector + generate_latest on the same files, same run.
+fn prometheus_client_files(scrapes: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    prometheus_client_files_py(&["write", d]);
+    let source = Scrapes::new(dir.path().to_owned(), "gunicorn");
+    let mut times = Vec::new();
+    let scrape = |times: &mut Vec<f64>| {
+        let mut body = Vec::new();
+        for _ in 0..scrapes {
+            let t = Instant::now();
+            body = source.render(Format::Text);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        body
+    };
+    // Ours before and after MultiProcessCollector's (seconds long): a
+    // machine whose load changes meanwhile weighs on both.
+    let body = scrape(&mut times);
+    // The samples are checked with prometheus_client's parser, in Python.
+    let ours_file = dir.path().join("ours.txt");
+    std::fs::write(&ours_file, &body).unwrap();
+    let (theirs, samples) = if std::env::var("NO_MPC").is_ok() {
+        (f64::NAN, 0)
+    } else {
+        let out = prometheus_client_files_py(&["collect", d, "7", ours_file.to_str().unwrap()]);
+        let mut words = out.split_whitespace().map(|w| w.parse::<f64>().unwrap());
+        (words.next().unwrap(), words.next().unwrap() as usize)
+    };
+    scrape(&mut times);
+    let ours = median_ms(times);
+    println!();
+    println!("prometheus_client's files, 64 processes x (200 histograms of 15 buckets + 200 counters), route/method/status summed across pids (median of {} scrapes, half before and half after MultiProcessCollector's median of 7; samples identical)", 2 * scrapes);
+    println!(
+        "{:<11}{:>11}{:>11}{:>13}{:>10}{:>9}",
+        "processes", "this (ms)", "MPC (ms)", "MPC / this", "samples", "bytes"
+    );
+    println!(
+        "{:<11}{ours:>11.2}{theirs:>11.2}{:>13.1}{:>10}{:>9}",
+        64,
+        theirs / ours,
+        samples,
+        body.len()
+    );
+    println!(
+        "RESULT {{\"prometheus_client_files\": 64, \"this_ms\": {ours:.3}, \"mpc_ms\": {}, \"samples\": {}}}",
+        if theirs.is_nan() { "null".to_string() } else { format!("{theirs:.3}") },
+        samples
+    );
+}
+
 fn list(var: &str, default: &[u32]) -> Vec<u32> {
     match std::env::var(var) {
         Ok(v) => v
@@ -215,15 +292,17 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(21);
+    match std::env::var("ONLY").as_deref() {
+        Ok("formats") => return formats(scrapes),
+        Ok("prometheus_client") => return prometheus_client_files(scrapes),
+        _ => {}
+    }
     println!("scrape of N live workers x 200 series (median of {scrapes} scrapes; MultiProcessCollector median of 7)");
     println!(
         "{:<9}{:<9}{:>11}{:>11}{:>13}{:>10}{:>8}",
         "workers", "deaths", "this (ms)", "MPC (ms)", "MPC / this", "bytes", "files"
     );
-    if std::env::var("FORMATS_ONLY").is_ok() {
-        formats(scrapes);
-        return;
-    }
+
     for workers in list("WORKERS", &[1, 8, 32, 64]) {
         for deaths in list("DEATHS", &[0, 10_000]) {
             let dir = tempfile::tempdir().unwrap();
@@ -265,4 +344,5 @@ fn main() {
     if std::env::var("NO_FORMATS").is_err() {
         formats(scrapes);
     }
+    prometheus_client_files(scrapes);
 }

@@ -19,15 +19,20 @@ pub struct Series {
     pub help: &'static str,
     /// Its labels, in the order the keys sort them (`le` aside).
     pub labels: &'static [&'static str],
+    /// A request-level family: without `worker_id` when
+    /// `PROMETHEUS_WORKER_ID_LABEL=false` (summed across workers).
+    pub per_request: bool,
+    /// Named under the prefix (not the `process_*` and OpenTelemetry ones).
+    pub prefixed: bool,
 }
 
 impl Series {
     /// The family's name under `prefix` (`process_*` families have none).
     pub fn family(&self, prefix: &str) -> String {
-        if self.name.starts_with("process_") {
-            self.name.to_owned()
-        } else {
+        if self.prefixed {
             format!("{prefix}_{}", self.name)
+        } else {
+            self.name.to_owned()
         }
     }
 
@@ -42,10 +47,12 @@ impl Series {
         )
     }
 
-    /// `labels`, checked (in debug builds) to be this family's.
+    /// `labels`, checked (in debug builds) to be this family's (a
+    /// request-level one may lack `worker_id`).
     pub fn labelled<'a>(&self, labels: &'a [(&'a str, &'a str)]) -> &'a [(&'a str, &'a str)] {
+        let missing = self.labels.len() - labels.len().min(self.labels.len());
         debug_assert!(
-            labels.len() == self.labels.len()
+            (missing == 0 || (self.per_request && missing == 1))
                 && labels.iter().all(|(name, _)| self.labels.contains(name)),
             "{}: labels {labels:?} are not {:?}",
             self.name,
@@ -80,41 +87,69 @@ const fn series(
         kind,
         help,
         labels,
+        per_request: false,
+        prefixed: true,
+    }
+}
+
+/// A family named without the prefix (a standard name).
+const fn unprefixed(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Series {
+    Series {
+        prefixed: false,
+        ..series(name, kind, labels, help)
+    }
+}
+
+/// A request-level family (`Series::per_request`).
+const fn per_request(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Series {
+    Series {
+        per_request: true,
+        ..series(name, kind, labels, help)
     }
 }
 
 use Kind::{Counter, Gauge, Histogram};
 
 /// Requests a worker answered.
-pub const REQUESTS: Series = series(
+pub const REQUESTS: Series = per_request(
     "worker_requests",
     Counter,
     &["method", "route", "status", "worker_id"],
     "Requests answered by this worker.",
 );
 /// Their duration.
-pub const REQUEST_DURATION: Series = series(
+pub const REQUEST_DURATION: Series = per_request(
     "worker_request_duration_seconds",
     Histogram,
     &["method", "route", "status", "worker_id"],
     "Time from the start of a request to its logged response.",
 );
 /// Exceptions the application raised.
-pub const FAILED_REQUESTS: Series = series(
+pub const FAILED_REQUESTS: Series = per_request(
     "worker_failed_requests",
     Counter,
     &["error_type", "method", "route", "worker_id"],
     "Requests where the application raised instead of answering.",
 );
 /// Time requests waited for a worker.
-pub const REQUEST_QUEUE: Series = series(
+pub const REQUEST_QUEUE: Series = per_request(
     "worker_request_queue_seconds",
     Histogram,
     &["worker_id"],
     "Time a request waited before this worker picked it up.",
 );
 /// Requests in flight when the arbiter aborted the worker.
-pub const REQUEST_TIMEOUTS: Series = series(
+pub const REQUEST_TIMEOUTS: Series = per_request(
     "worker_request_timeouts",
     Counter,
     &["method", "route", "worker_id"],
@@ -136,14 +171,14 @@ pub const LABEL_OVERFLOW: Series = series(
      counted as other.",
 );
 /// Request body sizes.
-pub const REQUEST_SIZE: Series = series(
+pub const REQUEST_SIZE: Series = per_request(
     "worker_request_size_bytes",
     Histogram,
     &["worker_id"],
     "Size of request bodies (Content-Length).",
 );
 /// Response body sizes.
-pub const RESPONSE_SIZE: Series = series(
+pub const RESPONSE_SIZE: Series = per_request(
     "worker_response_size_bytes",
     Histogram,
     &["worker_id"],
@@ -262,46 +297,67 @@ pub const BUILD_INFO: Series = series(
     "Versions of the exporter and what it runs in.",
 );
 /// The serving process's CPU time.
-pub const PROCESS_CPU: Series = series(
+pub const PROCESS_CPU: Series = unprefixed(
     "process_cpu_seconds",
     Counter,
     &[],
     "Total user and system CPU time spent in seconds.",
 );
 /// Its resident memory.
-pub const PROCESS_RESIDENT: Series = series(
+pub const PROCESS_RESIDENT: Series = unprefixed(
     "process_resident_memory_bytes",
     Gauge,
     &[],
     "Resident memory size in bytes.",
 );
 /// Its virtual memory.
-pub const PROCESS_VIRTUAL: Series = series(
+pub const PROCESS_VIRTUAL: Series = unprefixed(
     "process_virtual_memory_bytes",
     Gauge,
     &[],
     "Virtual memory size in bytes.",
 );
 /// Its start.
-pub const PROCESS_START: Series = series(
+pub const PROCESS_START: Series = unprefixed(
     "process_start_time_seconds",
     Gauge,
     &[],
     "Start time of the process since unix epoch in seconds.",
 );
 /// Its open descriptors.
-pub const PROCESS_OPEN_FDS: Series = series(
+pub const PROCESS_OPEN_FDS: Series = unprefixed(
     "process_open_fds",
     Gauge,
     &[],
     "Number of open file descriptors.",
 );
 /// Its descriptor limit.
-pub const PROCESS_MAX_FDS: Series = series(
+pub const PROCESS_MAX_FDS: Series = unprefixed(
     "process_max_fds",
     Gauge,
     &[],
     "Maximum number of open file descriptors.",
+);
+
+/// The request duration under OpenTelemetry's HTTP semantic conventions
+/// (`PROMETHEUS_METRIC_NAMES=otel`), as its Prometheus exporter names it.
+pub const OTEL_REQUEST_DURATION: Series = unprefixed(
+    "http_server_request_duration_seconds",
+    Histogram,
+    &[
+        "error_type",
+        "http_request_method",
+        "http_response_status_code",
+        "http_route",
+    ],
+    "Duration of HTTP server requests.",
+);
+/// Requests in flight, under OpenTelemetry's names (summed across workers).
+pub const OTEL_ACTIVE_REQUESTS: Series = unprefixed(
+    "http_server_active_requests",
+    Gauge,
+    &[],
+    "Number of active HTTP server requests.",
 );
 
 /// Every family, in README's order.
@@ -387,7 +443,7 @@ mod tests {
         documented.sort();
         let mut catalogued: Vec<(String, Vec<String>)> = ALL
             .iter()
-            .filter(|s| !s.name.starts_with("process_"))
+            .filter(|s| s.prefixed)
             .map(|s| {
                 let name = match s.kind {
                     Kind::Counter => s.sample("gunicorn"),
@@ -400,7 +456,7 @@ mod tests {
             .collect();
         catalogued.sort();
         assert_eq!(documented, catalogued);
-        for s in ALL.iter().filter(|s| s.name.starts_with("process_")) {
+        for s in ALL.iter().filter(|s| !s.prefixed) {
             let short = s.name.trim_start_matches("process_");
             let named = match short {
                 "resident_memory_bytes" => "resident",
@@ -411,6 +467,24 @@ mod tests {
                 other => other,
             };
             assert!(process.contains(named), "README's process_* row: {short}");
+        }
+    }
+
+    #[test]
+    fn readmes_opentelemetry_table_lists_those_families() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n### OpenTelemetry names\n")
+            .nth(1)
+            .expect("README has an OpenTelemetry names section");
+        for s in [&OTEL_REQUEST_DURATION, &OTEL_ACTIVE_REQUESTS] {
+            let row = section
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}`", s.name)))
+                .unwrap_or_else(|| panic!("README lists {}", s.name));
+            for label in s.labels {
+                assert!(row.contains(label), "{}: {label}", s.name);
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::worker::exclude::ExcludePaths;
 use crate::worker::histogram::DEFAULT_DURATION_BUCKETS;
 use crate::worker::native_histogram;
 use crate::worker::route::DEFAULT_MAX_LABEL_VALUES;
@@ -37,6 +38,13 @@ pub struct Settings {
     pub max_label_values: usize,
     /// Schema of the native duration histogram (`PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA`).
     pub native_histogram_schema: i8,
+    /// Whether request-level families carry `worker_id` (`PROMETHEUS_WORKER_ID_LABEL`).
+    pub worker_id_label: bool,
+    /// Requests not counted in request series (`PROMETHEUS_EXCLUDE_PATHS`).
+    pub exclude_paths: ExcludePaths,
+    /// The request duration and requests in flight under OpenTelemetry's
+    /// HTTP semantic conventions (`PROMETHEUS_METRIC_NAMES=otel`).
+    pub otel_names: bool,
 }
 
 impl Settings {
@@ -86,8 +94,31 @@ impl Settings {
             Some(v) => native_histogram::parse_schema(&v)
                 .map_err(|why| format!("{}={v:?} {why}", native_histogram::SCHEMA_VARIABLE))?,
         };
+        let worker_id_label = match get("PROMETHEUS_WORKER_ID_LABEL") {
+            None => true,
+            Some(v) => parse_bool(&v)
+                .ok_or_else(|| format!("PROMETHEUS_WORKER_ID_LABEL={v:?} is not true or false"))?,
+        };
+        let exclude_paths = match get("PROMETHEUS_EXCLUDE_PATHS") {
+            None => ExcludePaths::default(),
+            Some(v) => ExcludePaths::parse(&v)
+                .map_err(|why| format!("PROMETHEUS_EXCLUDE_PATHS={v:?} {why}"))?,
+        };
+        let otel_names = match get("PROMETHEUS_METRIC_NAMES").map(|v| v.trim().to_owned()) {
+            None => false,
+            Some(v) if v == "gunicorn" => false,
+            Some(v) if v == "otel" => true,
+            Some(v) => {
+                return Err(format!(
+                    "PROMETHEUS_METRIC_NAMES={v:?} is not gunicorn or otel"
+                ))
+            }
+        };
         Ok(Settings {
             max_label_values,
+            worker_id_label,
+            otel_names,
+            exclude_paths,
             directory,
             port,
             bind_address,
@@ -115,6 +146,14 @@ fn parse_buckets(v: &str) -> Result<Vec<f64>, String> {
         out.push(b);
     }
     Ok(out)
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }
 
 fn is_metric_name(s: &str) -> bool {
@@ -150,6 +189,7 @@ mod tests {
         assert_eq!(s.duration_buckets.len(), 14);
         assert_eq!(s.max_label_values, 100);
         assert_eq!(s.native_histogram_schema, 3);
+        assert!(s.worker_id_label && s.exclude_paths.is_empty());
         let s = from(&[("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "-4")]).unwrap();
         assert_eq!(s.native_histogram_schema, -4);
     }
@@ -169,6 +209,9 @@ mod tests {
             ("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "9"),
             ("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "-5"),
             ("PROMETHEUS_NATIVE_HISTOGRAM_SCHEMA", "3.5"),
+            ("PROMETHEUS_WORKER_ID_LABEL", "maybe"),
+            ("PROMETHEUS_METRIC_NAMES", "opentelemetry"),
+            ("PROMETHEUS_EXCLUDE_PATHS", "/a, /b c"),
         ] {
             let err = from(&[(k, v)]).unwrap_err();
             assert!(err.starts_with(k), "{err}");
@@ -181,8 +224,12 @@ mod tests {
         let s = from(&[
             ("PROMETHEUS_DURATION_BUCKETS", "0.1, 1,10"),
             ("PROMETHEUS_BIND_ADDRESS", "::1"),
+            ("PROMETHEUS_WORKER_ID_LABEL", "False"),
+            ("PROMETHEUS_EXCLUDE_PATHS", "/healthz,/internal/*"),
         ])
         .unwrap();
+        assert!(!s.worker_id_label);
+        assert!(s.exclude_paths.excludes(b"/internal/x", None));
         assert_eq!(s.duration_buckets, vec![0.1, 1.0, 10.0]);
         assert!(s.bind_address.is_ipv6());
     }

@@ -18,8 +18,13 @@ FRAMEWORKS = {
                  ("/admin/reports/7", "/admin/reports/{rid}"), ("/", "/")]),
     "django": ("django_app:app", "PrometheusThreadWorker",
                [("/users/1", "users/<int:uid>"), ("/users/22", "users/<int:uid>"),
-                ("/", "")]),
+                ("/", "/")]),
+    # The same routes with the middleware a Django without resolve_request needs.
+    "django-middleware": ("django_app:app", "PrometheusWorker",
+                          [("/users/1", "users/<int:uid>"), ("/users/22", "users/<int:uid>"),
+                           ("/", "/")]),
 }
+ENV = {"django-middleware": {"DJANGO_ROUTE_MIDDLEWARE": "1"}}
 
 
 def routes_of(m, name: str = "gunicorn_worker_requests_total") -> dict[str, float]:
@@ -32,7 +37,8 @@ def routes_of(m, name: str = "gunicorn_worker_requests_total") -> dict[str, floa
 @pytest.mark.parametrize("framework", list(FRAMEWORKS))
 def test_requests_are_counted_per_route_template_and_404s_add_no_series(gunicorn, framework):
     app, worker, paths = FRAMEWORKS[framework]
-    g = gunicorn(["--worker-class", f"{PACKAGE}.{worker}"], app=app, workers=1)
+    g = gunicorn(["--worker-class", f"{PACKAGE}.{worker}"], app=app, workers=1,
+                 env=ENV.get(framework))
     rounds = 3
     for _ in range(rounds):
         for path, _route in paths:

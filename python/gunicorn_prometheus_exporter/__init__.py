@@ -12,7 +12,7 @@ missing package breaks only that class, with an ImportError naming it.
 
 from typing import Any
 
-from ._core import __version__
+from ._core import __version__, exclude_request
 from .gthread import PrometheusThreadWorker
 from .legacy import load_yaml_config
 from .sync import PrometheusWorker
@@ -25,7 +25,7 @@ _OPTIONAL = {
 }
 
 __all__ = ["PrometheusWorker", "PrometheusThreadWorker", *_OPTIONAL, "load_yaml_config",
-           "__version__"]
+           "exclude_request", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

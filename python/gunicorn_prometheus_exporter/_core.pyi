@@ -16,6 +16,7 @@ __all__ = [
     "WorkerMeter",
     "__version__",
     "close_inherited_metrics_sockets",
+    "exclude_request",
     "forget_inherited_files",
     "meter_handler",
     "directory_owner",
@@ -70,6 +71,9 @@ class UnmeteredHandler:
 def meter_handler(cls: type, name: str, handle: Any, req_index: int,
                   unlogged_errors: tuple[type[BaseException], ...] | None = None) -> None: ...
 
+def exclude_request(request: dict[str, Any]) -> None:
+    """Marks the request of a WSGI environ or ASGI scope as not counted."""
+
 def meter_requests_with(meter: WorkerMeter | None) -> None:
     """The metered handlers of this process count on `meter` from now on."""
 
@@ -112,6 +116,7 @@ class ArchiveCompactor:
     def __init__(self) -> None: ...
     def retire(self, directory: _Path, pid: int) -> str | None: ...
     def deferred(self) -> int: ...
+    def cap_label_values(self, settings: Settings) -> None: ...
 
 def start_exporter(
     settings: Settings,

@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from . import _core
+from .routes import django_route
 
 log = logging.getLogger("gunicorn.error")
 
@@ -75,9 +76,9 @@ def _django() -> None:
         try:
             # A WSGI request has its environ, an ASGI one its scope.
             mapping = getattr(request, "environ", None) or getattr(request, "scope", None)
-            match = getattr(request, "resolver_match", None)
+            route = django_route(getattr(request, "resolver_match", None))
             if mapping is not None:
-                meter.application_failed(mapping, exception, getattr(match, "route", None))
+                meter.application_failed(mapping, exception, route)
         except Exception:  # noqa: BLE001 - metrics never break a request
             pass
 

@@ -128,6 +128,7 @@ class MasterExporter:
             settings = _core.Settings.from_mapping(os.environ)
         except (ValueError, OSError) as exc:
             raise RuntimeError(str(exc)) from None
+        self.compactor.cap_label_values(settings)
         named = None if settings.directory is None else str(settings.directory)
         early, self.early_directory = self.early_directory, None
         if early is None or (named is not None and named != early):

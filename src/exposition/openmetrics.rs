@@ -1,10 +1,9 @@
 //! OpenMetrics 1.0 text, as prometheus_client's openmetrics exposition writes it.
 
 use super::names::push_metric_name;
-use super::text::{push_labels, LabelCache};
-use crate::model::{Family, Kind};
+use super::text::LineStarts;
+use crate::model::{Exemplars, Family, Kind};
 use crate::storage::float::push_go_float;
-use crate::worker::exemplar::Exemplars;
 use std::fmt::Write as _;
 
 /// Content-Type of an OpenMetrics body.
@@ -23,14 +22,17 @@ fn push_help(out: &mut String, s: &str) {
 
 /// Appends the families and `# EOF`, each sample's exemplar (if any) after
 /// its value. `created` (Unix seconds) is written as `_created` of every
-/// counter, histogram and summary series that started counting then.
+/// counter, histogram and summary series that started counting then. The
+/// samples are ranked in `generation`; line starts are kept in `starts`.
 pub fn encode_with_exemplars(
     families: &[Family],
+    generation: u64,
     created: Option<f64>,
     exemplars: Option<&Exemplars>,
-    labels: &mut LabelCache,
+    starts: &mut LineStarts,
     out: &mut String,
 ) {
+    starts.begin(generation);
     // The same for every series: formatted once.
     let created = created.map(|c| {
         let mut text = String::new();
@@ -38,7 +40,6 @@ pub fn encode_with_exemplars(
         text
     });
     for family in families {
-        let mut exemplars = exemplars.and_then(|e| e.family(&family.name));
         out.push_str("# HELP ");
         push_metric_name(out, &family.name);
         out.push(' ');
@@ -51,9 +52,9 @@ pub fn encode_with_exemplars(
         let created = created.as_deref().filter(|_| has_created(family));
         let samples = &family.samples;
         for (i, sample) in samples.iter().enumerate() {
-            labels.push_line_start(out, sample);
+            starts.push_line_start(out, sample);
             push_go_float(out, sample.value);
-            if let Some(e) = exemplars.as_mut().and_then(|e| e.get(sample)) {
+            if let Some(e) = exemplars.and_then(|e| e.get(sample)) {
                 out.push_str(" # {trace_id=\"");
                 out.push_str(e.trace_hex().as_str());
                 out.push_str("\",span_id=\"");
@@ -70,20 +71,7 @@ pub fn encode_with_exemplars(
                 .get(i + 1)
                 .is_none_or(|next| !next.same_series(sample));
             if let (Some(created), true) = (created, last_of_series) {
-                push_metric_name(out, &family.name);
-                out.push_str("_created");
-                // The series' labels: the sample's label set, rendered once,
-                // unless an `le` or another extra label is in the way.
-                let set_is_series = match &sample.extra {
-                    Some((k, _)) => *k == "le",
-                    None => sample.labels.iter().all(|(k, _)| k != "le"),
-                };
-                if set_is_series {
-                    labels.push_set(out, sample);
-                } else {
-                    push_labels(out, sample.series_labels());
-                }
-                out.push(' ');
+                starts.push_created_start(out, &family.name, sample);
                 out.push_str(created);
                 out.push('\n');
             }
@@ -139,7 +127,8 @@ fn has_created(family: &Family) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Sample;
+    use crate::exposition::text::tests::ranked_family;
+    use crate::model::{Sample, SampleId};
     use std::sync::Arc;
 
     #[test]
@@ -193,9 +182,10 @@ mod tests {
         let mut out = String::new();
         encode_with_exemplars(
             &[c, h],
+            0,
             Some(100.0),
             None,
-            &mut LabelCache::default(),
+            &mut LineStarts::default(),
             &mut out,
         );
         assert_eq!(
@@ -211,48 +201,61 @@ mod tests {
 
     #[test]
     fn text_and_openmetrics_scrapes_sharing_kept_lines_match_fresh_encodings() {
-        let name: Arc<str> = Arc::from("d_bucket");
-        let (sum, count): (Arc<str>, Arc<str>) = (Arc::from("d_sum"), Arc::from("d_count"));
-        let sets: Vec<Arc<crate::model::Labels>> = (0..3)
-            .map(|i| Arc::new(vec![("w".to_string(), i.to_string())]))
-            .collect();
-        let les: Vec<Arc<str>> = ["0.1", "+Inf"].into_iter().map(Arc::from).collect();
-        let family = |series: &[usize]| {
-            let mut f = Family::new("d", "h", Kind::Histogram);
-            for &s in series {
-                for le in &les {
-                    f.samples.push(Sample {
-                        name: Arc::clone(&name),
-                        labels: Arc::clone(&sets[s]),
-                        extra: Some(("le", Arc::clone(le))),
-                        value: 1.0,
-                    });
-                }
-                for n in [&count, &sum] {
-                    f.samples.push(Sample {
-                        name: Arc::clone(n),
-                        labels: Arc::clone(&sets[s]),
+        let mut kept = LineStarts::default();
+        let scrapes: [(u64, &[usize]); 4] =
+            [(1, &[0, 1]), (1, &[0, 1]), (2, &[1, 2]), (3, &[0, 2])];
+        for (i, (generation, series)) in scrapes.into_iter().enumerate() {
+            let mut family = ranked_family(series, generation, 1.0);
+            // A count and a sum after each series' buckets.
+            let mut samples = Vec::new();
+            for s in family.samples.chunks(3) {
+                samples.extend_from_slice(s);
+                let id = s[0].id.unwrap();
+                for (k, name) in ["d_count", "d_sum"].into_iter().enumerate() {
+                    samples.push(Sample {
+                        name: Arc::from(name),
                         extra: None,
                         value: 2.5,
+                        id: Some(SampleId {
+                            line: 100 + 2 * id.series + k as u32,
+                            series: id.series,
+                        }),
+                        ..s[0].clone()
                     });
                 }
             }
-            f
-        };
-        let mut kept = LabelCache::default();
-        for (i, series) in [&[0, 1][..], &[0, 1], &[1, 2], &[0, 2]].iter().enumerate() {
-            let families = [family(series)];
+            family.samples = samples;
+            let families = [family];
             let (mut om, mut om_fresh) = (String::new(), String::new());
-            encode_with_exemplars(&families, Some(1.7e9), None, &mut kept, &mut om);
-            kept.end_scrape();
-            let fresh = &mut LabelCache::default();
-            encode_with_exemplars(&families, Some(1.7e9), None, fresh, &mut om_fresh);
+            encode_with_exemplars(&families, generation, Some(1.7e9), None, &mut kept, &mut om);
+            let fresh = &mut LineStarts::default();
+            encode_with_exemplars(
+                &families,
+                generation,
+                Some(1.7e9),
+                None,
+                fresh,
+                &mut om_fresh,
+            );
             assert_eq!(om, om_fresh, "OpenMetrics scrape {i}");
             let (mut text, mut text_fresh) = (String::new(), String::new());
-            super::super::text::encode_with(&families, &mut kept, &mut text);
-            kept.end_scrape();
+            super::super::text::encode_with(&families, generation, &mut kept, &mut text);
             super::super::text::encode(&families, &mut text_fresh);
             assert_eq!(text, text_fresh, "text scrape {i}");
         }
+        // And without ranks, as a fresh rendering.
+        let mut plain = ranked_family(&[0], 1, 1.0);
+        plain.samples.iter_mut().for_each(|s| s.id = None);
+        let (mut om, mut om_kept) = (String::new(), String::new());
+        encode_with_exemplars(
+            &[plain.clone()],
+            1,
+            None,
+            None,
+            &mut LineStarts::default(),
+            &mut om,
+        );
+        encode_with_exemplars(&[plain], 1, None, None, &mut kept, &mut om_kept);
+        assert_eq!(om, om_kept);
     }
 }

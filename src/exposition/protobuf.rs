@@ -10,21 +10,16 @@
 //! Building the messages cost several allocations per metric at every scrape
 //! (a `String` per label pair and per exemplar label, a `Vec` per histogram),
 //! and prost computed each nested message's length once per enclosing
-//! message. What stays the same between scrapes is kept (`Kept`): the
-//! encoded label pairs of each label set, each bucket's bound.
-
-use std::sync::Arc;
+//! message. What stays the same between scrapes is kept by rank (`Kept`):
+//! the encoded label pairs of each line and series, each bucket's bound.
 
 use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as pb;
 use prost::Message;
-use rustc_hash::FxHashMap;
 
 use super::names::{push_label_name, push_metric_name};
 use super::wire;
-use crate::model::{Family, Kind, Labels, Sample};
-use crate::scrape::exemplar_index::FamilyExemplars;
-use crate::worker::exemplar::{Exemplar, Exemplars};
-use crate::worker::native_histogram::{NativeBuckets, NativeHistograms, ZERO_THRESHOLD};
+use crate::model::{Exemplar, Exemplars, Family, Kind, NativeHistograms, Sample};
+use crate::worker::native_histogram::ZERO_THRESHOLD;
 
 /// Content-Type of a protobuf body.
 pub const CONTENT_TYPE: &str =
@@ -36,9 +31,9 @@ pub struct Extras<'a> {
     /// When the directory's counters started (Unix seconds): every counter's,
     /// histogram's and summary's start timestamp.
     pub created: Option<f64>,
-    /// Native histogram buckets per series (only this format carries them).
+    /// Native histogram buckets by series rank (only this format carries them).
     pub native: Option<&'a NativeHistograms>,
-    /// The latest exemplar of each sample.
+    /// The latest exemplar of each sample, by line rank.
     pub exemplars: Option<&'a Exemplars>,
 }
 
@@ -49,12 +44,9 @@ impl<'a> Extras<'a> {
         self
     }
 
-    /// The exemplars of `family`'s samples.
-    fn exemplars_of<'f>(&self, family: &'f str) -> Option<FamilyExemplars<'f>>
-    where
-        'a: 'f,
-    {
-        self.exemplars?.family(family)
+    /// The exemplar of `sample`.
+    fn exemplar(&self, sample: &Sample) -> Option<Exemplar> {
+        self.exemplars?.get(sample)
     }
 
     /// The start timestamp of `family`'s metrics.
@@ -100,148 +92,80 @@ fn exemplar(out: &mut Vec<u8>, field: u32, e: &Exemplar) {
     wire::end(out, at);
 }
 
-/// The encoded label pairs (`Metric.label`, field 1) of each label set,
-/// kept across scrapes by the addresses of the set and of its extra label,
-/// whose `Arc`s are held so that no other set can take those addresses.
-#[derive(Default)]
-pub struct LabelBytes {
-    sets: FxHashMap<Key, KeptLabels>,
-    /// Label sets asked for since `end_scrape`.
-    asked: usize,
-    /// The last scrape's pairs in the order it asked for them, one after
-    /// the other: a scrape that asks in the same order (the steady state)
-    /// reads them front to back, without a lookup in `sets`.
-    sequence: Vec<(Key, usize)>,
-    bytes: Vec<u8>,
-    /// The next entry of `sequence` this scrape should ask for, if it
-    /// follows it; where it left it, and the keys it asked for since.
-    next: usize,
-    left_at: Option<usize>,
-    asked_since: Vec<Key>,
-}
-
-/// The addresses of a label set, of its extra label's name and of its value.
-type Key = [usize; 3];
-
-struct KeptLabels {
-    _labels: Arc<Labels>,
-    _extra: Option<Arc<str>>,
-    bytes: Box<[u8]>,
-}
-
-impl LabelBytes {
-    /// The label pairs of `sample`, its extra label last; without `le` if
-    /// `series_only` (a histogram's or summary's series).
-    fn of(&mut self, sample: &Sample, series_only: bool) -> &[u8] {
-        // A series' labels are all but `le` (a bucket's bound).
-        let extra = sample
-            .extra
-            .as_ref()
-            .filter(|(k, _)| !(series_only && *k == "le"));
-        let key = [
-            Arc::as_ptr(&sample.labels) as usize,
-            extra.map_or(0, |(k, _)| k.as_ptr() as usize),
-            extra.map_or(0, |(_, v)| Arc::as_ptr(v) as *const u8 as usize),
-        ];
-        self.asked += 1;
-        if self.left_at.is_none() {
-            let i = self.next;
-            match self.sequence.get(i) {
-                Some(&(next, end)) if next == key => {
-                    self.next += 1;
-                    let start = i.checked_sub(1).map_or(0, |p| self.sequence[p].1);
-                    return &self.bytes[start..end];
-                }
-                _ => self.left_at = Some(i),
-            }
-        }
-        self.asked_since.push(key);
-        &self
-            .sets
-            .entry(key)
-            .or_insert_with(|| {
-                let mut bytes = Vec::new();
-                if series_only {
-                    label_pairs(&mut bytes, 1, sample.series_labels());
-                } else {
-                    label_pairs(&mut bytes, 1, sample.label_pairs());
-                }
-                KeptLabels {
-                    _labels: Arc::clone(&sample.labels),
-                    _extra: extra.map(|(_, v)| Arc::clone(v)),
-                    bytes: bytes.into(),
-                }
-            })
-            .bytes
-    }
-
-    /// Ends a scrape: its order becomes the sequence, if it differed (what
-    /// it followed is kept, the rest rewritten); the sets of series gone are
-    /// forgotten once they are most.
-    fn end_scrape(&mut self) {
-        let kept = self.left_at.take().unwrap_or(self.next);
-        if self.sets.len() > 2 * self.asked + 1024 {
-            // The sequence's keys are addresses that only `sets` keeps taken.
-            self.sets.clear();
-            self.sequence.clear();
-            self.bytes.clear();
-        } else if kept < self.sequence.len() || !self.asked_since.is_empty() {
-            self.sequence.truncate(kept);
-            self.bytes
-                .truncate(kept.checked_sub(1).map_or(0, |i| self.sequence[i].1));
-            for key in &self.asked_since {
-                // Every key asked for was put in `sets` when it was asked.
-                if let Some(kept) = self.sets.get(key) {
-                    self.bytes.extend_from_slice(&kept.bytes);
-                    self.sequence.push((*key, self.bytes.len()));
-                }
-            }
-        }
-        self.asked_since.clear();
-        (self.asked, self.next) = (0, 0);
-    }
-}
-
-/// The bound of each bucket's `le` string, parsed once and kept across
-/// scrapes by the address of the string, whose `Arc` is held.
-#[derive(Default)]
-struct Bounds {
-    parsed: FxHashMap<usize, (Arc<str>, Option<f64>)>,
-    asked: usize,
-}
-
-impl Bounds {
-    /// The bound of a bucket sample (`le`).
-    fn of(&mut self, sample: &Sample) -> Option<f64> {
-        let (_, le) = sample.extra.as_ref().filter(|(k, _)| *k == "le")?;
-        self.asked += 1;
-        self.parsed
-            .entry(Arc::as_ptr(le) as *const u8 as usize)
-            .or_insert_with(|| (Arc::clone(le), le.parse::<f64>().ok()))
-            .1
-    }
-
-    fn end_scrape(&mut self) {
-        if self.parsed.len() > 2 * self.asked + 1024 {
-            self.parsed.clear();
-        }
-        self.asked = 0;
-    }
-}
-
-/// What stays the same from one scrape to the next: each label set's
-/// encoded pairs, each bucket's parsed bound.
+/// What stays the same from one scrape to the next, kept by rank for one
+/// generation of the registry's order (`model::SampleId`): the encoded label
+/// pairs (`Metric.label`, field 1) of each line and of each series, one
+/// after the other in one buffer, and each bucket's bound. Values are never
+/// kept.
 #[derive(Default)]
 pub struct Kept {
-    labels: LabelBytes,
-    bounds: Bounds,
+    generation: u64,
+    bytes: Vec<u8>,
+    /// Where each line's label pairs are in `bytes`, by line rank.
+    lines: Vec<Span>,
+    /// Where each series' label pairs (`le` left out) are, by series rank.
+    series: Vec<Span>,
+    /// Each bucket's bound (`None` inside: not a number), by line rank.
+    bounds: Vec<Option<Option<f64>>>,
 }
 
+/// A range of `Kept::bytes`; `NOT_YET` if not encoded.
+type Span = [u32; 2];
+const NOT_YET: Span = [u32::MAX; 2];
+
 impl Kept {
-    /// Ends a scrape: what the series gone used is forgotten once it is most.
-    pub fn end_scrape(&mut self) {
-        self.labels.end_scrape();
-        self.bounds.end_scrape();
+    /// Starts an encoding of samples ranked in `generation`: what was kept
+    /// for another generation is dropped.
+    fn begin(&mut self, generation: u64) {
+        if generation != self.generation {
+            *self = Kept {
+                generation,
+                ..Kept::default()
+            };
+        }
+    }
+
+    /// Appends the label pairs of `sample`, its extra label last; without
+    /// `le` if `series_only` (a histogram's or summary's series).
+    fn push_labels(&mut self, out: &mut Vec<u8>, sample: &Sample, series_only: bool) {
+        let encode = |bytes: &mut Vec<u8>| match series_only {
+            true => label_pairs(bytes, 1, sample.series_labels()),
+            false => label_pairs(bytes, 1, sample.label_pairs()),
+        };
+        let Some(id) = sample.id else {
+            return encode(out);
+        };
+        let (spans, rank) = match series_only {
+            true => (&mut self.series, id.series),
+            false => (&mut self.lines, id.line),
+        };
+        let at = rank as usize;
+        if spans.len() <= at {
+            spans.resize(at + 1, NOT_YET);
+        }
+        if spans[at] == NOT_YET {
+            let start = self.bytes.len();
+            encode(&mut self.bytes);
+            spans[at] = [start as u32, self.bytes.len() as u32];
+        }
+        let [start, end] = spans[at];
+        out.extend_from_slice(&self.bytes[start as usize..end as usize]);
+    }
+
+    /// The bound of a bucket sample (its `le`).
+    fn bound(&mut self, sample: &Sample) -> Option<f64> {
+        let parse = || {
+            let (_, le) = sample.extra.as_ref().filter(|(k, _)| *k == "le")?;
+            le.parse::<f64>().ok()
+        };
+        let Some(id) = sample.id else {
+            return parse();
+        };
+        let at = id.line as usize;
+        if self.bounds.len() <= at {
+            self.bounds.resize(at + 1, None);
+        }
+        *self.bounds[at].get_or_insert_with(parse)
     }
 }
 
@@ -269,7 +193,7 @@ impl Metrics<'_> {
     /// the caller writes before `end`.
     fn begin(&mut self, out: &mut Vec<u8>, sample: &Sample, series_only: bool, field: u32) -> Open {
         let metric = wire::begin(out, field::METRIC);
-        out.extend_from_slice(self.kept.labels.of(sample, series_only));
+        self.kept.push_labels(out, sample, series_only);
         self.count += 1;
         Open([metric, wire::begin(out, field)])
     }
@@ -283,12 +207,19 @@ impl Metrics<'_> {
 /// Appends the families, each as a length-delimited message.
 #[cfg(test)]
 pub fn encode(families: &[Family], extras: &Extras, out: &mut Vec<u8>) {
-    encode_with(families, extras, &mut Kept::default(), out)
+    encode_with(families, 0, extras, &mut Kept::default(), out)
 }
 
-/// Appends the families, with what earlier scrapes kept in `kept`.
-pub fn encode_with(families: &[Family], extras: &Extras, kept: &mut Kept, out: &mut Vec<u8>) {
-    let natives = NativeIndex::of(extras.native);
+/// Appends the families, whose samples are ranked in `generation`, with
+/// what earlier scrapes kept in `kept`.
+pub fn encode_with(
+    families: &[Family],
+    generation: u64,
+    extras: &Extras,
+    kept: &mut Kept,
+    out: &mut Vec<u8>,
+) {
+    kept.begin(generation);
     let mut scratch = Scratch::default();
     let mut metrics = Metrics { kept, count: 0 };
     for family in families {
@@ -313,7 +244,7 @@ pub fn encode_with(families: &[Family], extras: &Extras, kept: &mut Kept, out: &
         match family.kind {
             Kind::Counter => counter(family, &name, extras, &mut metrics, out),
             Kind::Gauge => gauge(family, &mut metrics, out),
-            Kind::Histogram => histogram(family, extras, &natives, &mut scratch, &mut metrics, out),
+            Kind::Histogram => histogram(family, extras, &mut scratch, &mut metrics, out),
             Kind::Summary => summary(family, extras, &mut metrics, out),
         }
         if metrics.count == 0 {
@@ -321,32 +252,6 @@ pub fn encode_with(families: &[Family], extras: &Extras, kept: &mut Kept, out: &
             continue;
         }
         wire::end(out, at);
-    }
-}
-
-/// A series named by borrowed name and labels.
-type SeriesRef<'a> = (&'a str, &'a [(String, String)]);
-
-/// The native buckets of each histogram series, found by borrowed name and labels.
-struct NativeIndex<'a>(FxHashMap<SeriesRef<'a>, &'a NativeBuckets>);
-
-impl<'a> NativeIndex<'a> {
-    fn of(native: Option<&'a NativeHistograms>) -> Self {
-        NativeIndex(
-            native
-                .into_iter()
-                .flatten()
-                .map(|((name, labels), buckets)| ((name.as_ref(), labels.as_slice()), buckets))
-                .collect(),
-        )
-    }
-
-    /// The buckets of the series of `sample` (whose extra label, if any, is `le`).
-    fn get(&self, name: &str, sample: &Sample) -> Option<&'a NativeBuckets> {
-        if self.0.is_empty() || sample.extra.as_ref().is_some_and(|(k, _)| *k != "le") {
-            return None;
-        }
-        self.0.get(&(name, sample.labels.as_slice())).copied()
     }
 }
 
@@ -358,11 +263,10 @@ fn counter(
     out: &mut Vec<u8>,
 ) {
     let start = extras.start(family);
-    let mut exemplars = extras.exemplars_of(&family.name);
     for s in family.samples.iter().filter(|s| *s.name == *total) {
         let m = metrics.begin(out, s, false, field::COUNTER);
         wire::double(out, 1, s.value);
-        if let Some(e) = exemplars.as_mut().and_then(|x| x.get(s)) {
+        if let Some(e) = extras.exemplar(s) {
             exemplar(out, 2, &e);
         }
         if let Some(t) = start {
@@ -414,7 +318,6 @@ struct Scratch {
 fn histogram(
     family: &Family,
     extras: &Extras,
-    natives: &NativeIndex,
     scratch: &mut Scratch,
     metrics: &mut Metrics,
     out: &mut Vec<u8>,
@@ -426,7 +329,6 @@ fn histogram(
         format!("{name}_sum"),
     );
     let start = extras.start(family);
-    let mut exemplars = extras.exemplars_of(name);
     for samples in series(family) {
         let (mut sample_count, mut sample_sum) = (0, 0.0);
         for s in samples {
@@ -436,7 +338,10 @@ fn histogram(
                 sample_sum = s.value;
             }
         }
-        let native = natives.get(name, &samples[0]).filter(|n| n.count() > 0.0);
+        let native = extras
+            .native
+            .and_then(|n| n.get(&samples[0]))
+            .filter(|n| n.count() > 0.0);
         if let Some(n) = native {
             // The native buckets' total: the count must not be below it.
             sample_count = n.count() as u64;
@@ -445,7 +350,7 @@ fn histogram(
         wire::uint64(out, 1, sample_count);
         wire::double(out, 2, sample_sum);
         for s in samples.iter().filter(|s| *s.name == *bucket) {
-            let Some(bound) = metrics.kept.bounds.of(s) else {
+            let Some(bound) = metrics.kept.bound(s) else {
                 continue;
             };
             // +Inf is implied by the count, as client_golang writes it.
@@ -455,7 +360,7 @@ fn histogram(
             let b = wire::begin(out, 3);
             wire::uint64(out, 1, s.value as u64);
             wire::double(out, 2, bound);
-            if let Some(e) = exemplars.as_mut().and_then(|x| x.get(s)) {
+            if let Some(e) = extras.exemplar(s) {
                 exemplar(out, 3, &e);
             }
             wire::end(out, b);
@@ -497,8 +402,8 @@ mod reference;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::exemplar::ExemplarKey;
-    use crate::worker::native_histogram::NativeBuckets;
+    use crate::model::ranked::{rank, sample};
+    use crate::model::{Labels, NativeBuckets, SampleId};
     use std::sync::Arc;
 
     #[test]
@@ -515,13 +420,19 @@ mod tests {
                 labels: Arc::new(m.clone()),
                 extra: Some(("le", le.into())),
                 value: v,
+                id: None,
             });
         }
         h.push("_count", m.clone(), 4.0);
         h.push("_sum", m.clone(), 0.9);
+        let mut families = [c, g, h];
+        rank(&mut families);
         let mut native = NativeHistograms::default();
-        native.insert(
-            ("dur".into(), Arc::new(m.clone())),
+        native.set(
+            sample(&families, "dur_count", &[("m", "GET")])
+                .id
+                .unwrap()
+                .series,
             NativeBuckets {
                 schema: 3,
                 zero_count: 1.0,
@@ -534,7 +445,6 @@ mod tests {
             ..Default::default()
         };
         let mut out = Vec::new();
-        let families = [c, g, h];
         encode(&families, &extras, &mut out);
         assert_eq!(out, reference::encode(&families, &extras));
         let families = decode(&out);
@@ -570,6 +480,7 @@ mod tests {
                 labels: Arc::clone(&set),
                 extra: Some(("le", le.into())),
                 value: v,
+                id: None,
             });
         }
         h.push("_count", m.clone(), counts[2]);
@@ -596,11 +507,16 @@ mod tests {
         histogram_samples(&mut h, &post, [0.0, 1.0, 1.0], 0.5);
         let mut p = Family::new("process_cpu_seconds", "C", Kind::Counter);
         p.push("_total", Vec::new(), 1.25);
+        let mut families = [c, g, s, empty, h, p];
+        rank(&mut families);
         // Native buckets: spans with gaps, a zero bucket, more than 127
         // bytes of deltas (a nested length of two bytes).
         let mut native = NativeHistograms::default();
-        native.insert(
-            ("dur".into(), Arc::new(get.clone())),
+        native.set(
+            sample(&families, "dur_sum", &[("m", "GET")])
+                .id
+                .unwrap()
+                .series,
             NativeBuckets {
                 schema: -2,
                 zero_count: 1.0,
@@ -610,27 +526,33 @@ mod tests {
                     .collect(),
             },
         );
-        let key = |family: &str, labels: &Labels, le: Option<&str>| ExemplarKey {
-            family: family.into(),
-            labels: labels
-                .iter()
-                .cloned()
-                .chain(le.map(|le| ("le".to_string(), le.to_string())))
-                .collect(),
-        };
         let e = |trace_id, value, timestamp| Exemplar {
             trace_id,
             span_id: 0x00f067aa0ba902b7,
             value,
             timestamp,
         };
-        let exemplars = Exemplars::of(vec![
-            (key("req", &get, None), e(7, 0.25, 1.7e9 + 0.5)),
-            (key("dur", &get, Some("0.1")), e(u128::MAX, 0.05, 1.7e9)),
-            (key("dur", &post, Some("1.0")), e(1 << 100, 0.0, 0.0)),
-            (key("dur", &post, Some("+Inf")), e(3, 9.0, 1.0)),
-        ]);
-        let families = [c, g, s, empty, h, p];
+        let mut exemplars = Exemplars::default();
+        for (name, labels, e) in [
+            ("req_total", &[("m", "GET")][..], e(7, 0.25, 1.7e9 + 0.5)),
+            (
+                "dur_bucket",
+                &[("m", "GET"), ("le", "0.1")],
+                e(u128::MAX, 0.05, 1.7e9),
+            ),
+            (
+                "dur_bucket",
+                &[("m", "POST"), ("le", "1.0")],
+                e(1 << 100, 0.0, 0.0),
+            ),
+            (
+                "dur_bucket",
+                &[("m", "POST"), ("le", "+Inf")],
+                e(3, 9.0, 1.0),
+            ),
+        ] {
+            exemplars.offer(sample(&families, name, labels).id.unwrap().line, e);
+        }
         for created in [None, Some(1000.5)] {
             for native in [None, Some(&native)] {
                 let extras = Extras {
@@ -655,43 +577,49 @@ mod tests {
 
     #[test]
     fn kept_label_bytes_give_the_same_body_as_a_fresh_encoding() {
-        // One interned label set for several series told apart by their
-        // extra label (a gauge of mode `all`: `pid`), and a histogram's
-        // buckets sharing theirs (`le`, not part of the series).
+        // Series told apart by their extra label (a gauge of mode `all`:
+        // `pid`), and a histogram's buckets sharing theirs (`le`, not part
+        // of the series). Ranks of one generation are not another's.
         let set = Arc::new(vec![("w".to_string(), "1".to_string())]);
-        let pids: Vec<Arc<str>> = ["10", "11", "12"].into_iter().map(Arc::from).collect();
-        let les: Vec<Arc<str>> = ["0.5", "+Inf"].into_iter().map(Arc::from).collect();
-        let families = |pids_now: &[usize], value: f64| {
+        let families = |pids_now: &[usize], generation: u64, value: f64| {
             let mut g = Family::new("g", "G", Kind::Gauge);
             for &p in pids_now {
+                let rank = if generation % 2 == 1 { p } else { 5 - p } as u32;
                 g.samples.push(Sample {
                     name: "g".into(),
                     labels: Arc::clone(&set),
-                    extra: Some(("pid", Arc::clone(&pids[p]))),
+                    extra: Some(("pid", Arc::from(format!("1{p}")))),
                     value,
+                    id: Some(SampleId {
+                        line: rank,
+                        series: rank,
+                    }),
                 });
             }
             let mut h = Family::new("d", "D", Kind::Histogram);
-            for le in &les {
+            for (k, le) in ["0.5", "+Inf"].into_iter().enumerate() {
                 h.samples.push(Sample {
                     name: "d_bucket".into(),
                     labels: Arc::clone(&set),
-                    extra: Some(("le", Arc::clone(le))),
+                    extra: Some(("le", Arc::from(le))),
                     value,
+                    id: Some(SampleId {
+                        line: 10 + k as u32,
+                        series: 10,
+                    }),
                 });
             }
             vec![g, h]
         };
         let mut kept = Kept::default();
-        for (i, pids_now) in [&[0, 1][..], &[0, 1], &[1, 2], &[0, 1, 2]]
-            .iter()
-            .enumerate()
-        {
-            let families = families(pids_now, i as f64);
+        let scrapes: [(u64, &[usize]); 4] =
+            [(1, &[0, 1]), (1, &[0, 1]), (2, &[1, 2]), (3, &[0, 1, 2])];
+        for (i, (generation, pids_now)) in scrapes.into_iter().enumerate() {
+            let families = families(pids_now, generation, i as f64);
             let (mut with_kept, mut fresh) = (Vec::new(), Vec::new());
-            encode_with(&families, &Extras::default(), &mut kept, &mut with_kept);
-            kept.end_scrape();
-            encode(&families, &Extras::default(), &mut fresh);
+            let extras = Extras::default();
+            encode_with(&families, generation, &extras, &mut kept, &mut with_kept);
+            encode(&families, &extras, &mut fresh);
             assert_eq!(with_kept, fresh, "scrape {i}");
             let decoded = decode(&with_kept);
             let pid_of = |m: &pb::Metric| {
@@ -703,7 +631,7 @@ mod tests {
                     .clone()
             };
             let got: Vec<String> = decoded[0].metric.iter().map(pid_of).collect();
-            let want: Vec<String> = pids_now.iter().map(|&p| pids[p].to_string()).collect();
+            let want: Vec<String> = pids_now.iter().map(|p| format!("1{p}")).collect();
             assert_eq!(got, want, "scrape {i}");
             assert_eq!(decoded[1].metric.len(), 1, "one histogram series");
         }

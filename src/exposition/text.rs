@@ -2,11 +2,8 @@
 //! `generate_latest` writes it.
 
 use super::names::{push_label_name, push_metric_name};
-use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
-
-use crate::model::{Family, Kind, Labels, Sample};
+use crate::model::{self, Family, Sample};
 use crate::storage::float::push_go_float;
 
 /// Content-Type of a text 0.0.4 body.
@@ -47,186 +44,99 @@ pub fn push_labels<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, 
     out.push('}');
 }
 
-/// Label sets rendered once (`k="v",...`, without braces) and kept across
-/// scrapes: most of a scrape's bytes are labels, and a series keeps its
-/// label set (the aggregator interns them) for as long as it lives.
+/// The beginnings of text lines (`name{labels} `: all a line holds but its
+/// value), rendered once and kept by the sample's line rank, one after the
+/// other in one buffer; OpenMetrics shares them (the two formats write the
+/// same samples) and keeps its `_created` lines' beginnings by series rank.
+/// Ranks hold for one generation of the registry's order: what was kept for
+/// another is dropped (`begin`). A scrape then costs, per sample, a copy and
+/// a number.
 #[derive(Default)]
-pub struct LabelCache {
-    /// By the address of the set; the `Arc` kept here keeps that address
-    /// from being reused by another set.
-    rendered: FxHashMap<usize, (Arc<Labels>, Box<str>)>,
-    /// Text lines' beginnings (`name{labels} `), by the addresses of the
-    /// sample's name, label set and extra label (the aggregator interns all
-    /// three, so they stay the same across scrapes).
-    lines: FxHashMap<[usize; 4], LineStart>,
-    /// Lines asked for since `end_scrape`.
-    asked_lines: usize,
-    /// The lines of the last scrape, in the order asked, one after the other:
-    /// a scrape that asks for the same lines in the same order (the steady
-    /// state) reads them front to back, without a lookup in `lines`.
-    sequence: LineSequence,
-    /// Label sets asked for since `end_scrape` (a set asked for by several
-    /// series is counted for each).
-    asked: usize,
-    last: usize,
-}
-
-impl LabelCache {
-    /// `{k="v",...}` of `sample`, its extra label last; nothing for no labels.
-    pub fn push(&mut self, out: &mut String, sample: &Sample) {
-        let rendered = self.rendered(sample);
-        if rendered.is_empty() && sample.extra.is_none() {
-            return;
-        }
-        out.push('{');
-        out.push_str(rendered);
-        if let Some((k, v)) = &sample.extra {
-            if !rendered.is_empty() {
-                out.push(',');
-            }
-            push_pairs(out, std::iter::once((*k, v.as_ref())));
-        }
-        out.push('}');
-    }
-
-    /// `{k="v",...}` of `sample`'s label set alone (its extra label left
-    /// out); nothing for no labels.
-    pub fn push_set(&mut self, out: &mut String, sample: &Sample) {
-        let rendered = self.rendered(sample);
-        if !rendered.is_empty() {
-            out.push('{');
-            out.push_str(rendered);
-            out.push('}');
-        }
-    }
-
-    /// `name{labels} ` of `sample`: what its text line holds before the value.
-    pub fn push_line_start(&mut self, out: &mut String, sample: &Sample) {
-        let extra = sample.extra.as_ref();
-        let key = [
-            Arc::as_ptr(&sample.name) as *const u8 as usize,
-            Arc::as_ptr(&sample.labels) as usize,
-            extra.map_or(0, |(k, _)| k.as_ptr() as usize),
-            extra.map_or(0, |(_, v)| Arc::as_ptr(v) as *const u8 as usize),
-        ];
-        self.asked_lines += 1;
-        if self.sequence.push_next(out, &key) {
-            return;
-        }
-        if let Some(line) = self.lines.get(&key) {
-            out.push_str(&line.text);
-            return;
-        }
-        let mut text = String::new();
-        push_metric_name(&mut text, &sample.name);
-        self.push(&mut text, sample);
-        text.push(' ');
-        out.push_str(&text);
-        let line = LineStart {
-            _name: Arc::clone(&sample.name),
-            _labels: Arc::clone(&sample.labels),
-            _extra: extra.map(|(k, v)| (*k, Arc::clone(v))),
-            text: text.into(),
-        };
-        self.lines.insert(key, line);
-    }
-
-    /// `k="v",...` of `sample`'s label set, rendered once.
-    fn rendered(&mut self, sample: &Sample) -> &str {
-        let key = Arc::as_ptr(&sample.labels) as usize;
-        if key != self.last {
-            self.asked += 1;
-            self.last = key;
-        }
-        &self
-            .rendered
-            .entry(key)
-            .or_insert_with(|| {
-                let mut text = String::new();
-                push_pairs(
-                    &mut text,
-                    sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                );
-                (Arc::clone(&sample.labels), text.into())
-            })
-            .1
-    }
-
-    /// Ends a scrape: the sets of series gone are forgotten once they are most.
-    pub fn end_scrape(&mut self) {
-        if self.rendered.len() > 2 * self.asked + 1024 {
-            self.rendered.clear();
-        }
-        self.sequence.end_scrape(&self.lines);
-        if self.lines.len() > 2 * self.asked_lines + 4096 {
-            // The sequence's keys are addresses that only `lines` keeps taken.
-            self.lines.clear();
-            self.sequence = LineSequence::default();
-        }
-        (self.asked, self.last, self.asked_lines) = (0, 0, 0);
-    }
-}
-
-/// Line starts in the order a scrape asked for them, in one buffer.
-#[derive(Default)]
-struct LineSequence {
-    /// Key and end (in `text`) of each line; a line starts where the one before ends.
-    keys: Vec<([usize; 4], usize)>,
+pub struct LineStarts {
+    generation: u64,
     text: String,
-    /// The next line this scrape should ask for, if it follows the sequence.
-    next: usize,
-    /// Where this scrape left the sequence, and the keys it asked for since.
-    left_at: Option<usize>,
-    asked_since: Vec<[usize; 4]>,
+    /// Where each line's beginning is in `text`, by line rank.
+    lines: Vec<Span>,
+    /// Where each `_created` line's beginning is, by series rank.
+    created: Vec<Span>,
 }
 
-impl LineSequence {
-    /// Pushes the next line if its key is `key`; else leaves the sequence
-    /// for this scrape (false: the caller looks the line up).
+/// A range of `LineStarts::text`; `NOT_YET` if not rendered.
+type Span = [u32; 2];
+const NOT_YET: Span = [u32::MAX; 2];
+
+impl LineStarts {
+    /// Starts an encoding of samples ranked in `generation`: what was kept
+    /// for another generation is dropped.
+    pub fn begin(&mut self, generation: u64) {
+        if generation != self.generation {
+            *self = LineStarts {
+                generation,
+                ..LineStarts::default()
+            };
+        }
+    }
+
+    /// `name{labels} ` of `sample`.
     #[inline]
-    fn push_next(&mut self, out: &mut String, key: &[usize; 4]) -> bool {
-        if self.left_at.is_none() {
-            if let Some((next_key, end)) = self.keys.get(self.next) {
-                if next_key == key {
-                    let start = self.next.checked_sub(1).map_or(0, |i| self.keys[i].1);
-                    out.push_str(&self.text[start..*end]);
-                    self.next += 1;
-                    return true;
-                }
-            }
-            self.left_at = Some(self.next);
+    pub fn push_line_start(&mut self, out: &mut String, sample: &Sample) {
+        let render = |text: &mut String| {
+            push_metric_name(text, &sample.name);
+            push_labels(text, sample.label_pairs());
+            text.push(' ');
+        };
+        match sample.id {
+            Some(id) => self.push_kept(out, Start::Line, id.line, render),
+            None => render(out),
         }
-        self.asked_since.push(*key);
-        false
     }
 
-    /// Makes this scrape's order the sequence, if it differed: what it
-    /// followed is kept, the rest rewritten.
-    fn end_scrape(&mut self, lines: &FxHashMap<[usize; 4], LineStart>) {
-        let kept = self.left_at.take().unwrap_or(self.next);
-        if kept < self.keys.len() || !self.asked_since.is_empty() {
-            self.keys.truncate(kept);
-            self.text
-                .truncate(kept.checked_sub(1).map_or(0, |i| self.keys[i].1));
-            for key in self.asked_since.drain(..) {
-                // Every key asked for was put in `lines` when it was asked.
-                if let Some(line) = lines.get(&key) {
-                    self.text.push_str(&line.text);
-                    self.keys.push((key, self.text.len()));
-                }
-            }
+    /// `<family>_created{labels} ` of `sample`'s series.
+    pub fn push_created_start(&mut self, out: &mut String, family: &str, sample: &Sample) {
+        let render = |text: &mut String| {
+            push_metric_name(text, family);
+            text.push_str("_created");
+            push_labels(text, sample.series_labels());
+            text.push(' ');
+        };
+        match sample.id {
+            Some(id) => self.push_kept(out, Start::Created, id.series, render),
+            None => render(out),
         }
-        self.next = 0;
+    }
+
+    /// Pushes what is kept at `rank` of `kind`, rendered first if it is not.
+    #[inline]
+    fn push_kept(
+        &mut self,
+        out: &mut String,
+        kind: Start,
+        rank: u32,
+        render: impl FnOnce(&mut String),
+    ) {
+        let spans = match kind {
+            Start::Line => &mut self.lines,
+            Start::Created => &mut self.created,
+        };
+        let at = rank as usize;
+        if spans.len() <= at {
+            spans.resize(at + 1, NOT_YET);
+        }
+        if spans[at] == NOT_YET {
+            let start = self.text.len();
+            render(&mut self.text);
+            spans[at] = [start as u32, self.text.len() as u32];
+        }
+        let [start, end] = spans[at];
+        out.push_str(&self.text[start as usize..end as usize]);
     }
 }
 
-/// A text line's beginning, with the `Arc`s whose addresses are its key
-/// kept, so that no other name or set can take those addresses.
-struct LineStart {
-    _name: Arc<str>,
-    _labels: Arc<Labels>,
-    _extra: Option<(&'static str, Arc<str>)>,
-    text: Box<str>,
+/// What `LineStarts` keeps by rank.
+#[derive(Clone, Copy)]
+enum Start {
+    Line,
+    Created,
 }
 
 /// `k="v",...`
@@ -245,14 +155,21 @@ fn push_pairs<'a>(out: &mut String, labels: impl Iterator<Item = (&'a str, &'a s
 /// Appends the families to `out`.
 #[cfg(test)]
 pub fn encode(families: &[Family], out: &mut String) {
-    encode_with(families, &mut LabelCache::default(), out)
+    encode_with(families, 0, &mut LineStarts::default(), out)
 }
 
-/// Appends the families to `out`, with label sets rendered before in `labels`.
-pub fn encode_with(families: &[Family], labels: &mut LabelCache, out: &mut String) {
+/// Appends the families to `out`, whose samples are ranked in `generation`,
+/// with the line starts kept in `starts`.
+pub fn encode_with(
+    families: &[Family],
+    generation: u64,
+    starts: &mut LineStarts,
+    out: &mut String,
+) {
+    starts.begin(generation);
     for family in families {
         let total;
-        let name = if family.kind == Kind::Counter {
+        let name = if family.kind == model::Kind::Counter {
             total = format!("{}_total", family.name);
             &total
         } else {
@@ -268,7 +185,7 @@ pub fn encode_with(families: &[Family], labels: &mut LabelCache, out: &mut Strin
         out.push_str(family.kind.as_str());
         out.push('\n');
         for sample in &family.samples {
-            labels.push_line_start(out, sample);
+            starts.push_line_start(out, sample);
             push_go_float(out, sample.value);
             out.push('\n');
         }
@@ -276,8 +193,10 @@ pub fn encode_with(families: &[Family], labels: &mut LabelCache, out: &mut Strin
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::model::Kind;
+    use std::sync::Arc;
 
     #[test]
     fn writes_counter_with_total_suffix_and_escapes() {
@@ -292,39 +211,52 @@ mod tests {
         );
     }
 
+    /// A histogram family `d` of the series `series` (label `w`), its
+    /// samples ranked as a registry of generation `generation` would rank
+    /// them: the ranks of one generation are not another's.
+    pub(crate) fn ranked_family(series: &[usize], generation: u64, value: f64) -> Family {
+        let mut f = Family::new("d", "h", Kind::Histogram);
+        for &s in series {
+            let rank = if generation % 2 == 1 { s } else { 9 - s };
+            let labels = Arc::new(vec![("w".to_string(), s.to_string())]);
+            for (k, le) in ["0.1", "1.0", "+Inf"].into_iter().enumerate() {
+                f.samples.push(Sample {
+                    name: Arc::from("d_bucket"),
+                    labels: Arc::clone(&labels),
+                    extra: Some(("le", Arc::from(le))),
+                    value,
+                    id: Some(model::SampleId {
+                        line: (rank * 3 + k) as u32,
+                        series: rank as u32,
+                    }),
+                });
+            }
+        }
+        f
+    }
+
     #[test]
     fn kept_line_starts_give_the_same_bytes_as_a_fresh_encoding() {
-        // Interned parts, as the aggregator hands them: the same Arcs each scrape.
-        let name: Arc<str> = Arc::from("d_bucket");
-        let label_sets: Vec<Arc<Labels>> = (0..4)
-            .map(|i| Arc::new(vec![("w".to_string(), i.to_string())]))
-            .collect();
-        let les: Vec<Arc<str>> = ["0.1", "1.0", "+Inf"].into_iter().map(Arc::from).collect();
-        let family = |series: &[usize], value: f64| {
-            let mut f = Family::new("d", "h", Kind::Histogram);
-            for &s in series {
-                for le in &les {
-                    f.samples.push(Sample {
-                        name: Arc::clone(&name),
-                        labels: Arc::clone(&label_sets[s]),
-                        extra: Some(("le", Arc::clone(le))),
-                        value,
-                    });
-                }
-            }
-            f
-        };
-        // Same order, a series gone, one added in the middle, a new family
-        // made fresh each time (process_*), then the first order again.
-        let scrapes: [&[usize]; 5] = [&[0, 1, 2], &[0, 1, 2], &[0, 2], &[0, 3, 2], &[0, 1, 2]];
-        let mut cache = LabelCache::default();
-        for (i, series) in scrapes.iter().enumerate() {
+        // Same order, a series gone, then a new generation with a series
+        // added (ranks mean other lines), a family made fresh each time
+        // (process_*), then the first order again.
+        let scrapes: [(u64, &[usize]); 5] = [
+            (1, &[0, 1, 2]),
+            (1, &[0, 1, 2]),
+            (1, &[0, 2]),
+            (2, &[0, 3, 2]),
+            (3, &[0, 1, 2]),
+        ];
+        let mut starts = LineStarts::default();
+        for (i, (generation, series)) in scrapes.into_iter().enumerate() {
             let mut fresh_family = Family::new("p", "h", Kind::Gauge);
             fresh_family.push("", vec![], i as f64);
-            let families = [family(series, i as f64 + 0.5), fresh_family];
+            let families = [
+                ranked_family(series, generation, i as f64 + 0.5),
+                fresh_family,
+            ];
             let (mut kept, mut fresh) = (String::new(), String::new());
-            encode_with(&families, &mut cache, &mut kept);
-            cache.end_scrape();
+            encode_with(&families, generation, &mut starts, &mut kept);
             encode(&families, &mut fresh);
             assert_eq!(kept, fresh, "scrape {i}");
         }

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use crate::clock::monotonic_seconds;
 use crate::failures;
 use crate::master::directory;
+use crate::master::label_cap::LabelCap;
 use crate::storage::lock::DirectoryLock;
 use crate::storage::names::{self, DbName, GaugeMode};
 use crate::storage::open::{open_read, remove_entry};
@@ -209,6 +210,9 @@ struct Folded {
 #[derive(Default)]
 struct Archives {
     open: HashMap<PathBuf, MmapWriter>,
+    /// The label cap of each directory's archives; `max_label_values` is its cap.
+    caps: HashMap<PathBuf, LabelCap>,
+    max_label_values: Option<usize>,
     /// Pids whose fold failed once: counted once, however often retried.
     failed: std::collections::HashSet<(PathBuf, u32)>,
 }
@@ -267,6 +271,14 @@ impl ArchiveCompactor {
             );
         }
         Ok(note)
+    }
+
+    /// Holds the values of each capped label (`route`, `error_type`) of a
+    /// worker slot in the archives to `max` (`master::label_cap`).
+    pub fn cap_label_values(&self, max: usize) {
+        let mut archives = self.archives.lock();
+        archives.max_label_values = Some(max);
+        archives.caps.clear();
     }
 
     /// Folds deferred pids now, waiting as long as it takes (tests, shutdown).
@@ -515,7 +527,12 @@ impl Archives {
                 continue;
             }
             let folded = if fate != Fate::Drop && read_used(&path, &mut buf).is_ok() {
-                self.fold_into(dir, &archive, &path, |w| fold_file(w, &fate, &buf))
+                let mut cap = self.take_cap(dir);
+                let folded = self.fold_into(dir, &archive, &path, |w| {
+                    fold_file(w, &fate, &buf, dir, &mut cap)
+                });
+                self.caps.insert(dir.to_owned(), cap);
+                folded
             } else {
                 remove_entry(&path)
             };
@@ -528,7 +545,7 @@ impl Archives {
             (
                 dir.join(names::native_file(pid)),
                 names::NATIVE_ARCHIVE,
-                native_histogram::fold_into as fn(&mut MmapWriter, &Path) -> io::Result<()>,
+                native_histogram::fold_into as FoldInto,
             ),
             (
                 dir.join(names::exemplar_file(pid)),
@@ -539,7 +556,11 @@ impl Archives {
             if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
                 continue;
             }
-            if let Err(e) = self.fold_into(dir, archive, &path, |w| fold_into(w, &path)) {
+            let mut cap = self.take_cap(dir);
+            let folded =
+                self.fold_into(dir, archive, &path, |w| fold_into(w, &path, dir, &mut cap));
+            self.caps.insert(dir.to_owned(), cap);
+            if let Err(e) = folded {
                 result = Err(e);
             }
         }
@@ -571,6 +592,15 @@ impl Archives {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// The label cap of `dir`'s archives, taken out while a fold uses it
+    /// (put back with `caps.insert`).
+    fn take_cap(&mut self, dir: &Path) -> LabelCap {
+        let max = self.max_label_values;
+        self.caps
+            .remove(dir)
+            .unwrap_or_else(|| max.map_or_else(LabelCap::default, LabelCap::new))
     }
 
     fn archive(&mut self, dir: &Path, name: &str) -> io::Result<&mut MmapWriter> {
@@ -607,16 +637,26 @@ impl Archives {
     }
 }
 
+/// How a `*.ndb` file is folded into its archive, its labels capped.
+type FoldInto = fn(&mut MmapWriter, &Path, &Path, &mut LabelCap) -> io::Result<()>;
+
 /// Folds the entries of one file (`data`, its used bytes). Every entry is
 /// created before any value moves, so a full disk leaves the archive's sums
 /// as they were and the file can be folded again later.
-fn fold_file(w: &mut MmapWriter, fate: &Fate, data: &[u8]) -> io::Result<()> {
+fn fold_file(
+    w: &mut MmapWriter,
+    fate: &Fate,
+    data: &[u8],
+    dir: &Path,
+    cap: &mut LabelCap,
+) -> io::Result<()> {
     let now = monotonic_seconds();
     let (entries, _) = read_entries(data);
     let mut slots = Vec::with_capacity(entries.len());
     for e in &entries {
-        let is_new = !w.contains(e.key);
-        slots.push((w.slot(e.key)?, is_new));
+        let key = cap.admit(dir, e.key);
+        let is_new = !w.contains(&key);
+        slots.push((w.slot(&key)?, is_new));
     }
     for (e, (slot, is_new)) in entries.iter().zip(slots) {
         let (value, ts) = (e.value, e.timestamp);

@@ -4,4 +4,5 @@
 
 pub mod archive;
 pub mod directory;
+pub mod label_cap;
 pub mod meter;

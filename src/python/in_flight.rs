@@ -38,6 +38,9 @@ pub(super) struct Answer {
     /// From the request's start to Gunicorn's log of it.
     pub seconds: f64,
     pub trace: Option<TraceParent>,
+    /// Not counted in request series (`PROMETHEUS_EXCLUDE_PATHS`, or the
+    /// request's own `EXCLUDE_KEY`).
+    pub excluded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +190,7 @@ pub(super) fn leave(req: &Bound<'_, PyAny>, ended: Ended) -> Left {
                     response_bytes: 0,
                     seconds: answer.map_or(seconds, |a| a.seconds),
                     trace: answer.and_then(|a| a.trace),
+                    excluded: answer.is_some_and(|a| a.excluded),
                 })
             }
             (Ended::ErrorPageLogged, _) => {

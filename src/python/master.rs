@@ -137,6 +137,12 @@ impl ArchiveCompactor {
     fn deferred(&self) -> usize {
         self.inner.deferred()
     }
+
+    /// Holds each worker slot's distinct `route` and `error_type` values in
+    /// the archives to the cap of `settings` (`PROMETHEUS_MAX_LABEL_VALUES`).
+    fn cap_label_values(&self, settings: &Settings) {
+        self.inner.cap_label_values(settings.0.max_label_values);
+    }
 }
 
 /// The directory is given to the workers' user and group (`--user`,

@@ -25,7 +25,9 @@ use master::{
 use metered_handler::{meter_handler, UnmeteredHandler};
 use process_meter::meter_requests_with;
 use settings::Settings;
-use worker::{close_inherited_metrics_sockets, forget_inherited_files, WorkerMeter};
+use worker::{
+    close_inherited_metrics_sockets, exclude_request, forget_inherited_files, WorkerMeter,
+};
 
 // The hot path relies on the GIL (`gil`): a worker's request series are
 // added to with plain loads and stores, one request at a time
@@ -40,6 +42,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<UnmeteredHandler>()?;
     m.add_function(wrap_pyfunction!(meter_requests_with, m)?)?;
     m.add_function(wrap_pyfunction!(meter_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(exclude_request, m)?)?;
     fast_methods::install(m.py())?;
     m.add_class::<Settings>()?;
     m.add_class::<Exporter>()?;

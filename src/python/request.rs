@@ -3,6 +3,7 @@
 //! allocating on the hot path.
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use pyo3::{ffi, intern};
 
@@ -141,31 +142,36 @@ pub(super) fn environ_route<'py>(
 }
 
 /// The route template of an ASGI request: the scope key, or the path of the
-/// Starlette / FastAPI route that matched (behind the mounts that led to it).
+/// Starlette / FastAPI route that matched; behind a mount, the template of the
+/// whole path (`routes.mounted_route`, in Python: it walks the application's
+/// mounts once), never the client's values of the mount's path parameters.
 pub(super) fn scope_route<'py>(scope: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
     let py = scope.py();
     let scope = scope.cast::<PyDict>().ok()?;
-    if let Ok(Some(route)) = scope.get_item(intern!(py, ROUTE_KEY)) {
+    if let Some(route) = item(scope, intern!(py, ROUTE_KEY)) {
         return Some(route);
     }
-    let route = scope.get_item(intern!(py, "route")).ok()??;
-    let path = route.getattr(intern!(py, "path")).ok()?;
-    let mounted = |key| {
-        scope
-            .get_item(key)
-            .ok()
-            .flatten()
-            .and_then(|v| v.extract::<String>().ok())
-    };
-    let root = mounted(intern!(py, "root_path")).unwrap_or_default();
-    let app_root = mounted(intern!(py, "app_root_path")).unwrap_or_default();
-    match root.strip_prefix(&app_root) {
-        Some(mount) if !mount.is_empty() => {
-            let path = path.extract::<String>().ok()?;
-            Some(PyString::new(py, &format!("{mount}{path}")).into_any())
-        }
-        _ => Some(path),
+    let route = item(scope, intern!(py, "route"))?;
+    let root = item(scope, intern!(py, "root_path"));
+    let app_root = item(scope, intern!(py, "app_root_path"));
+    let root = root.as_ref().and_then(utf8_of).unwrap_or_default();
+    let app_root = app_root.as_ref().and_then(utf8_of).unwrap_or_default();
+    let mounted = root
+        .strip_prefix(app_root)
+        .is_some_and(|mount| !mount.is_empty());
+    if !mounted {
+        return route.getattr(intern!(py, "path")).ok();
     }
+    static MOUNTED_ROUTE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let template = MOUNTED_ROUTE
+        .get_or_try_init(py, || {
+            py.import("gunicorn_prometheus_exporter.routes")?
+                .getattr("mounted_route")
+                .map(Bound::unbind)
+        })
+        .ok()?;
+    let found = template.bind(py).call1((scope,)).ok()?;
+    (!found.is_none()).then_some(found)
 }
 
 /// The WSGI environ of the request an exception left: a local of the

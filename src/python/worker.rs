@@ -19,6 +19,7 @@ use super::request::{
 use super::settings::Settings;
 use crate::failures;
 use crate::server;
+use crate::worker::exclude::ExcludePaths;
 use crate::worker::exemplar::TraceParent;
 use crate::worker::labels::Method;
 use crate::worker::meter::{MeterConfig, WorkerMeter as Meter};
@@ -45,6 +46,26 @@ pub(super) struct WorkerMeter {
     /// The application loaded Flask: look for its request's rule in the
     /// environ (off: one dictionary look-up less per request).
     flask: AtomicBool,
+    /// Requests not counted in request series.
+    exclude: ExcludePaths,
+}
+
+/// Key of the WSGI environ / ASGI scope where an application marks a request
+/// (true) as not to be counted in request series, as `PROMETHEUS_EXCLUDE_PATHS`
+/// does by path: through `exclude_request`, which also sets
+/// `EXCLUDE_KEY_USED`, so that an application that never marks one pays no
+/// look-up for it.
+const EXCLUDE_KEY: &str = "gunicorn_prometheus_exporter.exclude";
+
+/// An application of this process marked a request with `EXCLUDE_KEY`.
+static EXCLUDE_KEY_USED: AtomicBool = AtomicBool::new(false);
+
+/// `_core.exclude_request(request)`: marks the request of `request` (a WSGI
+/// environ or an ASGI scope) as not to be counted in request series.
+#[pyfunction]
+pub(super) fn exclude_request(request: &Bound<'_, PyDict>) -> PyResult<()> {
+    EXCLUDE_KEY_USED.store(true, Ordering::Relaxed);
+    request.set_item(intern!(request.py(), EXCLUDE_KEY), true)
 }
 
 impl WorkerMeter {
@@ -57,6 +78,9 @@ impl WorkerMeter {
     /// Counts a request Gunicorn answered as `answer` says.
     fn count(&self, answer: &Answer) {
         let a = answer;
+        if a.excluded {
+            return;
+        }
         self.meter.record(
             a.seconds,
             a.method,
@@ -92,10 +116,13 @@ impl WorkerMeter {
         let seconds = crate::clock::monotonic_ns().saturating_sub(started) as f64 / 1e9;
         // The header the caller sent wins over the span the application ran in.
         let trace = environ_traceparent(environ).or_else(|| self.captured_span(environ));
+        let route = self.environ_route(environ);
+        let excluded = self.excluded(environ, intern!(py, "PATH_INFO"), route.as_ref());
         Answer {
             method: wsgi_method(req, Some(environ)),
             status,
-            route: self.route_id(self.environ_route(environ)),
+            excluded,
+            route: self.route_id(route),
             request_bytes: content_length(environ),
             response_bytes,
             seconds,
@@ -110,6 +137,33 @@ impl WorkerMeter {
             return None;
         }
         captured_span(environ)
+    }
+
+    /// Whether a request is not counted in request series: its environ or
+    /// scope carries `EXCLUDE_KEY` (true), or its path (under `path_key`) or
+    /// route template is one of `PROMETHEUS_EXCLUDE_PATHS`.
+    fn excluded(
+        &self,
+        request: &Bound<'_, PyAny>,
+        path_key: &Bound<'_, PyString>,
+        route: Option<&Bound<'_, PyAny>>,
+    ) -> bool {
+        let Ok(request) = request.cast::<PyDict>() else {
+            return false;
+        };
+        let py = request.py();
+        if EXCLUDE_KEY_USED.load(Ordering::Relaxed)
+            && item(request, intern!(py, EXCLUDE_KEY))
+                .is_some_and(|v| v.is_truthy().unwrap_or(false))
+        {
+            return true;
+        }
+        if self.exclude.is_empty() {
+            return false;
+        }
+        let path = item(request, path_key);
+        let path = path.as_ref().and_then(utf8_of).unwrap_or_default();
+        self.exclude.excludes(path, route.and_then(utf8_of))
     }
 
     /// The route template of a WSGI request (`request::environ_route`).
@@ -127,14 +181,11 @@ impl WorkerMeter {
         if let Ok(Some(id)) = ids.get_item(&route) {
             return id.extract().unwrap_or(NO_ROUTE);
         }
-        let Some(name) = route
-            .cast::<PyString>()
-            .ok()
-            .and_then(|r| r.to_cow().ok().map(|n| n.into_owned()))
-        else {
+        // Borrowed from the str: a route past the cap allocates nothing.
+        let Some(name) = utf8_of(&route).and_then(|r| std::str::from_utf8(r).ok()) else {
             return NO_ROUTE;
         };
-        let (id, folded) = self.meter.route_id(&name);
+        let (id, folded) = self.meter.route_id(name);
         if !folded {
             let _ = ids.set_item(&route, id);
         }
@@ -213,6 +264,7 @@ impl WorkerMeter {
                 self.count(&Answer {
                     method,
                     route,
+                    excluded: answer.map_or(page.excluded, |a| a.excluded),
                     request_bytes: answer.map_or(page.request_bytes, |a| a.request_bytes),
                     trace: answer.and_then(|a| a.trace).or(page.trace),
                     ..page
@@ -241,6 +293,7 @@ impl WorkerMeter {
                     // is known (no status: `other`).
                     let seconds = crate::clock::monotonic_ns().saturating_sub(started) as f64 / 1e9;
                     this.count(&Answer {
+                        excluded: false,
                         method: wsgi_method(req, None),
                         status: 0,
                         route: NO_ROUTE,
@@ -297,6 +350,8 @@ impl WorkerMeter {
             duration_buckets: settings.duration_buckets.clone(),
             max_label_values: settings.max_label_values,
             native_histogram_schema: settings.native_histogram_schema,
+            worker_id_label: settings.worker_id_label,
+            otel_names: settings.otel_names,
         };
         // Never fails: a metrics problem must not keep the worker from booting.
         let meter = Arc::new(Meter::open(&config));
@@ -308,6 +363,7 @@ impl WorkerMeter {
             route_ids: PyDict::new(py).unbind(),
             spans: AtomicBool::new(false),
             flask: AtomicBool::new(false),
+            exclude: settings.exclude_paths.clone(),
         }
     }
 
@@ -336,10 +392,13 @@ impl WorkerMeter {
             }
         }
         let seconds = crate::clock::monotonic_ns().saturating_sub(started) as f64 / 1e9;
+        let route = scope_route(scope);
+        let excluded = self.excluded(scope, intern!(scope.py(), "path"), route.as_ref());
         self.count(&Answer {
             method: method_of(scope),
             status,
-            route: self.route_id(scope_route(scope)),
+            excluded,
+            route: self.route_id(route),
             request_bytes: length,
             response_bytes: sent,
             seconds,
@@ -411,13 +470,20 @@ impl WorkerMeter {
         let wsgi = request
             .cast::<PyDict>()
             .is_ok_and(|r| r.contains(intern!(py, "REQUEST_METHOD")).unwrap_or(false));
-        let (route, trace) = if wsgi {
+        let (route, trace, path_key) = if wsgi {
             let route = route.or_else(|| self.environ_route(request));
-            (route, environ_traceparent(request))
+            (
+                route,
+                environ_traceparent(request),
+                intern!(py, "PATH_INFO"),
+            )
         } else {
             let route = route.or_else(|| scope_route(request));
-            (route, request_traceparent(request))
+            (route, request_traceparent(request), intern!(py, "path"))
         };
+        if self.excluded(request, path_key, route.as_ref()) {
+            return;
+        }
         let route = self.route_id(route);
         let trace = trace.or_else(|| self.captured_span(request));
         self.fail(exc, wsgi_method(request, Some(request)), route, trace);
@@ -431,14 +497,28 @@ impl WorkerMeter {
         let Some(exc) = applications_own(exc) else {
             return;
         };
-        let (method, route, span) = if req.cast::<PyDict>().is_ok() {
-            (method_of(req), scope_route(req), self.captured_span(req))
+        let py = req.py();
+        let (method, route, span, excluded) = if req.cast::<PyDict>().is_ok() {
+            let route = scope_route(req);
+            let excluded = self.excluded(req, intern!(py, "path"), route.as_ref());
+            (method_of(req), route, self.captured_span(req), excluded)
         } else {
             let environ = environ_of_exception(&exc);
             let method = wsgi_method(req, environ.as_ref());
             let route = environ.as_ref().and_then(|e| self.environ_route(e));
-            (method, route, environ.and_then(|e| self.captured_span(&e)))
+            let excluded = environ
+                .as_ref()
+                .is_some_and(|e| self.excluded(e, intern!(py, "PATH_INFO"), route.as_ref()));
+            (
+                method,
+                route,
+                environ.and_then(|e| self.captured_span(&e)),
+                excluded,
+            )
         };
+        if excluded {
+            return;
+        }
         let route = self.route_id(route);
         if req.cast::<PyDict>().is_err() {
             in_flight::note_failure(req, method, route);

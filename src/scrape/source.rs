@@ -13,17 +13,15 @@ use parking_lot::Mutex;
 use crate::catalogue::{self, Series};
 use crate::clock::monotonic_seconds;
 use crate::exposition::negotiate::Format;
-use crate::exposition::text::LabelCache;
+use crate::exposition::text::LineStarts;
 use crate::exposition::{openmetrics, protobuf, text};
 use crate::failures;
 use crate::kernel::backlog;
 use crate::kernel::process_stats;
-use crate::model::{Family, Kind, Labels};
-use crate::scrape::aggregate::Aggregator;
+use crate::model::{Exemplars, Family, Kind, Labels, NativeHistograms};
+use crate::scrape::aggregate::{Aggregator, Extra};
 use crate::storage::lock::DirectoryLock;
 use crate::storage::names::LIVE_WORKER_GAUGES_PREFIX;
-use crate::worker::exemplar::{ExemplarAggregator, Exemplars};
-use crate::worker::native_histogram::{NativeAggregator, NativeHistograms};
 
 /// The longest a scrape waits for the directory lock (a compaction, or a
 /// foreign process holding it) before it serves the last families it read.
@@ -44,23 +42,28 @@ pub struct ScrapeSource {
     /// Listeners the master does not hold (--reuse-port): (name, address,
     /// configured backlog), read from the kernel's socket table.
     bound_listeners: Mutex<Vec<(String, SocketAddr, u32)>>,
-    aggregator: Mutex<Aggregator>,
-    /// The directory's families and file names at the last scrape that read
-    /// them, served again (counters never go down) if the lock cannot be had.
-    /// Refilled by `render` after encoding (moved, never copied).
-    last_read: Mutex<(Vec<Family>, usize)>,
+    /// What scrapes keep, one scrape at a time.
+    kept: Mutex<Kept>,
     read_errors: AtomicU64,
-    /// Label sets rendered by earlier scrapes.
-    labels: Mutex<LabelCache>,
-    /// The same for the protobuf format: label pairs encoded once, bucket
-    /// bounds parsed once.
-    protobuf_kept: Mutex<protobuf::Kept>,
     /// The size of the last body rendered, to size the next one.
     last_body: AtomicUsize,
-    /// Native histograms, read only for the protobuf format.
-    native: Mutex<NativeAggregator>,
-    /// Exemplars, read for OpenMetrics and protobuf.
-    exemplars: Mutex<ExemplarAggregator>,
+}
+
+/// What a source keeps from one scrape to the next: the directory's
+/// registry and readers, and what the encoders rendered by rank.
+#[derive(Default)]
+struct Kept {
+    aggregator: Aggregator,
+    /// The directory's families at the last scrape that read them (ranked
+    /// in the registry's current generation: only a read changes it), and
+    /// the number of live workers, served again (counters never go down) if
+    /// the lock cannot be had. Refilled by `render` after encoding (moved,
+    /// never copied).
+    last_read: (Vec<Family>, usize, u64),
+    /// Text and OpenMetrics line starts.
+    lines: LineStarts,
+    /// Protobuf label pairs and bucket bounds.
+    protobuf: protobuf::Kept,
 }
 
 impl ScrapeSource {
@@ -77,14 +80,9 @@ impl ScrapeSource {
             created,
             listeners: Mutex::new(Vec::new()),
             bound_listeners: Mutex::new(Vec::new()),
-            aggregator: Mutex::new(Aggregator::default()),
-            last_read: Mutex::new((Vec::new(), 0)),
+            kept: Mutex::new(Kept::default()),
             read_errors: AtomicU64::new(0),
-            labels: Mutex::new(LabelCache::default()),
-            protobuf_kept: Mutex::new(protobuf::Kept::default()),
             last_body: AtomicUsize::new(0),
-            native: Mutex::new(NativeAggregator::default()),
-            exemplars: Mutex::new(ExemplarAggregator::default()),
         }
     }
 
@@ -98,7 +96,7 @@ impl ScrapeSource {
 
     /// Every family, and what else `extra` asks for, read from the
     /// directory under one acquisition of its lock.
-    fn collect(&self, extra: Extra) -> Read {
+    fn collect(&self, kept: &mut Kept, extra: Extra) -> Read {
         let lock = DirectoryLock::shared(&self.directory, SCRAPE_LOCK_WAIT);
         let (mut native, mut exemplars) = (NativeHistograms::default(), Exemplars::default());
         let collected = match &lock {
@@ -112,38 +110,26 @@ impl ScrapeSource {
                         SCRAPE_LOCK_WAIT
                     ),
                 );
-                let (families, live_workers) = std::mem::take(&mut *self.last_read.lock());
-                (
-                    families,
-                    1 + extra.native as u64 + extra.exemplars as u64,
-                    live_workers,
-                )
+                let (families, live_workers, generation) = std::mem::take(&mut kept.last_read);
+                let errors = 1 + extra.native as u64 + extra.exemplars as u64;
+                (families, errors, live_workers, generation)
             }
             // Any other error (a read-only directory of a sidecar): read unlocked, as before.
             _ => {
-                let c = self
+                let c = kept
                     .aggregator
-                    .lock()
-                    .collect(&self.directory, monotonic_seconds());
+                    .collect(&self.directory, monotonic_seconds(), extra);
                 let live_workers = c
                     .files
                     .iter()
                     .filter(|n| n.starts_with(LIVE_WORKER_GAUGES_PREFIX))
                     .count();
-                let mut errors = c.read_errors;
-                if extra.native {
-                    let (read, e) = self.native.lock().collect(&self.directory);
-                    (native, errors) = (read, errors + e);
-                }
-                if extra.exemplars {
-                    let (read, e) = self.exemplars.lock().collect(&self.directory);
-                    (exemplars, errors) = (read, errors + e);
-                }
-                (c.families, errors, live_workers)
+                (native, exemplars) = (c.native, c.exemplars);
+                (c.families, c.read_errors, live_workers, c.generation)
             }
         };
         drop(lock);
-        let (mut families, new_errors, live_workers) = collected;
+        let (mut families, new_errors, live_workers, generation) = collected;
         let from_directory = families.len();
         let errors = self.read_errors.fetch_add(new_errors, Ordering::Relaxed) + new_errors;
         let p = &self.prefix;
@@ -158,6 +144,7 @@ impl ScrapeSource {
         families.extend(process_families());
         Read {
             families,
+            generation,
             from_directory,
             live_workers,
             native,
@@ -205,21 +192,23 @@ impl ScrapeSource {
             native: format == Format::Protobuf,
             exemplars: format != Format::Text,
         };
-        let read = self.collect(extra);
-        let mut labels = self.labels.lock();
+        let mut kept = self.kept.lock();
+        let kept = &mut *kept;
+        let read = self.collect(kept, extra);
         let bytes = match format {
             Format::Text => {
                 let mut out = String::with_capacity(self.body_capacity());
-                text::encode_with(&read.families, &mut labels, &mut out);
+                text::encode_with(&read.families, read.generation, &mut kept.lines, &mut out);
                 out.into_bytes()
             }
             Format::OpenMetrics => {
                 let mut out = String::with_capacity(self.body_capacity());
                 openmetrics::encode_with_exemplars(
                     &read.families,
+                    read.generation,
                     self.created,
                     Some(&read.exemplars),
-                    &mut labels,
+                    &mut kept.lines,
                     &mut out,
                 );
                 out.into_bytes()
@@ -232,33 +221,30 @@ impl ScrapeSource {
                 }
                 .with_exemplars(&read.exemplars);
                 let mut bytes = Vec::with_capacity(self.body_capacity());
-                let mut kept = self.protobuf_kept.lock();
-                protobuf::encode_with(&read.families, &extras, &mut kept, &mut bytes);
-                kept.end_scrape();
+                protobuf::encode_with(
+                    &read.families,
+                    read.generation,
+                    &extras,
+                    &mut kept.protobuf,
+                    &mut bytes,
+                );
                 bytes
             }
         };
-        labels.end_scrape();
-        drop(labels);
         self.last_body.store(bytes.len(), Ordering::Relaxed);
         // Kept for a scrape that cannot take the lock: served again, not copied.
         let mut families = read.families;
         families.truncate(read.from_directory);
-        *self.last_read.lock() = (families, read.live_workers);
+        kept.last_read = (families, read.live_workers, read.generation);
         bytes
     }
-}
-
-/// What a scrape reads besides the families.
-#[derive(Default, Clone, Copy)]
-struct Extra {
-    native: bool,
-    exemplars: bool,
 }
 
 /// What one scrape read.
 struct Read {
     families: Vec<Family>,
+    /// The generation the directory's samples are ranked in.
+    generation: u64,
     /// How many of the first families come from the directory.
     from_directory: usize,
     live_workers: usize,

@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
 use http_body_util::Full;
@@ -85,6 +85,36 @@ struct Shared {
     /// One render at a time: they serialize on the aggregator anyway, and
     /// waiting here holds no thread.
     renders: Arc<Semaphore>,
+    /// The last body rendered in each format (and gzip), with when its
+    /// render began: scrapes that waited for a render share its body.
+    bodies: parking_lot::Mutex<Bodies>,
+}
+
+/// The last body of each (format, gzip), shared by every response that
+/// serves it (one copy however many slow clients read it).
+#[derive(Default)]
+struct Bodies([Option<(Instant, Bytes)>; 6]);
+
+impl Bodies {
+    fn slot(format: Format, gzip: bool) -> usize {
+        let format = match format {
+            Format::Text => 0,
+            Format::OpenMetrics => 1,
+            Format::Protobuf => 2,
+        };
+        format * 2 + gzip as usize
+    }
+
+    /// The body of a render that began at or after `since`: the values of
+    /// the directory at least as new as a scrape that arrived then.
+    fn since(&self, format: Format, gzip: bool, since: Instant) -> Option<Bytes> {
+        let (began, body) = self.0[Self::slot(format, gzip)].as_ref()?;
+        (*began >= since).then(|| body.clone())
+    }
+
+    fn keep(&mut self, format: Format, gzip: bool, began: Instant, body: Bytes) {
+        self.0[Self::slot(format, gzip)] = Some((began, body));
+    }
 }
 
 /// Binds now (so that a taken port is an error at start-up) and serves on a new thread.
@@ -118,6 +148,7 @@ pub fn start_with_listener(
         verifications_admitted: Arc::new(Semaphore::new(MAX_PENDING_VERIFICATIONS)),
         verifications_running: Arc::new(Semaphore::new(bcrypt_threads)),
         renders: Arc::new(Semaphore::new(1)),
+        bodies: parking_lot::Mutex::new(Bodies::default()),
     });
     inherited::remember_port(local_addr.port());
     std::thread::Builder::new()
@@ -329,6 +360,7 @@ async fn respond(
 async fn metrics(headers: &HeaderMap, shared: &Shared) -> Response<Full<Bytes>> {
     let format = negotiate::format(header(headers, ACCEPT));
     let gzip = negotiate::gzip(header(headers, ACCEPT_ENCODING));
+    let arrived = Instant::now();
     let permit = Arc::clone(&shared.renders).acquire_owned();
     let Ok(Ok(permit)) = tokio::time::timeout(RENDER_WAIT_TIMEOUT, permit).await else {
         return plain(
@@ -336,7 +368,13 @@ async fn metrics(headers: &HeaderMap, shared: &Shared) -> Response<Full<Bytes>> 
             "An earlier scrape is still rendering\n",
         );
     };
+    // Scrapes that arrived while another rendered share the body of the
+    // render that followed: slow clients hold one copy, not one each.
+    if let Some(body) = shared.bodies.lock().since(format, gzip, arrived) {
+        return metrics_response(Ok(body), format, gzip);
+    }
     let source = Arc::clone(&shared.source);
+    let began = Instant::now();
     let body = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let body = source.render(format);
@@ -347,7 +385,11 @@ async fn metrics(headers: &HeaderMap, shared: &Shared) -> Response<Full<Bytes>> 
         }
     })
     .await
-    .unwrap_or_else(|_| Err(io::Error::other("the scrape panicked")));
+    .unwrap_or_else(|_| Err(io::Error::other("the scrape panicked")))
+    .map(Bytes::from);
+    if let Ok(body) = &body {
+        shared.bodies.lock().keep(format, gzip, began, body.clone());
+    }
     metrics_response(body, format, gzip)
 }
 
@@ -361,11 +403,7 @@ fn compress(body: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 /// 200 with the body, or 500 saying why there is none: never an empty 200.
-fn metrics_response(
-    body: io::Result<Vec<u8>>,
-    format: Format,
-    gzip: bool,
-) -> Response<Full<Bytes>> {
+fn metrics_response(body: io::Result<Bytes>, format: Format, gzip: bool) -> Response<Full<Bytes>> {
     let body = match body {
         Ok(body) => body,
         Err(e) => {
@@ -385,7 +423,7 @@ fn metrics_response(
         Format::OpenMetrics => openmetrics::CONTENT_TYPE,
         Format::Protobuf => protobuf::CONTENT_TYPE,
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Full::new(body));
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
@@ -407,7 +445,7 @@ mod tests {
         let body = resp.into_body();
         let bytes = futures_body(body);
         assert_eq!(bytes, "The metrics could not be rendered: deflate failed\n");
-        let ok = metrics_response(compress(b"x 1.0\n"), Format::Text, true);
+        let ok = metrics_response(compress(b"x 1.0\n").map(Bytes::from), Format::Text, true);
         assert_eq!(ok.status(), StatusCode::OK);
         assert_eq!(ok.headers()[CONTENT_ENCODING], "gzip");
     }

@@ -63,61 +63,136 @@ pub(crate) fn read_used_sized(
     expected: usize,
     buf: &mut Vec<u8>,
 ) -> Result<(), ReadError> {
-    let read = read_into(file, size, expected, buf);
-    if matches!(
-        read,
-        Err(ReadError::Io(_) | ReadError::TooLarge | ReadError::BadHeader)
-    ) {
-        // Nothing of another file's bytes may be taken for this one's.
-        buf.clear();
-    }
+    let (len, read) = read_into(file, size, expected, buf);
+    buf.truncate(len);
     read
 }
 
-/// As `read_used_sized`; on an error other than `Truncated`, `buf` holds
-/// anything.
-fn read_into(file: &File, size: u64, expected: usize, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+/// A buffer reused for every file of every scrape: its length is kept (it
+/// grows, zero-filled, when a file needs more room and never shrinks, so it
+/// is not zeroed again before each read), and its bytes start on a cache
+/// line. The kernel copies a file's (page-aligned) bytes fastest to a
+/// destination aligned as they are: 8.3 ms against 10.5 to 13 ms to read the
+/// 42.7 MB of 64 processes' histogram files at malloc's 16-byte offset, and
+/// 30 ms at an 8-byte one (this project's 2-core machine).
+#[derive(Default)]
+pub(crate) struct ReadBuffer {
+    bytes: Vec<u8>,
+    /// Where the aligned bytes begin in `bytes`.
+    start: usize,
+}
+
+/// The alignment of `ReadBuffer`'s bytes: a cache line.
+const ALIGN: usize = 64;
+
+impl ReadBuffer {
+    /// The first `len` bytes.
+    pub(crate) fn bytes(&self, len: usize) -> &[u8] {
+        &self.bytes[self.start..self.start + len]
+    }
+
+    /// The first `len` bytes, mutable.
+    pub(crate) fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + len]
+    }
+
+    /// How many bytes it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+}
+
+/// Room at the front of a buffer, for `read_into`.
+trait Room {
+    /// The first `len` bytes, made room for if need be (what they held is kept).
+    fn room(&mut self, len: usize) -> &mut [u8];
+}
+
+impl Room for Vec<u8> {
+    fn room(&mut self, len: usize) -> &mut [u8] {
+        if self.len() < len {
+            self.resize(len, 0);
+        }
+        &mut self[..len]
+    }
+}
+
+impl Room for ReadBuffer {
+    fn room(&mut self, len: usize) -> &mut [u8] {
+        if self.len() < len {
+            let kept = self.start..self.bytes.len();
+            self.bytes.resize(self.start + len + ALIGN, 0);
+            let misaligned = self.bytes.as_ptr() as usize % ALIGN;
+            let start = (ALIGN - misaligned) % ALIGN;
+            self.bytes.copy_within(kept, start);
+            self.start = start;
+        }
+        self.bytes_mut(len)
+    }
+}
+
+/// As `read_used_sized`, into the front of `buf`. Returns how many bytes at
+/// its front are the file's: its used bytes, or what could be read of them
+/// (`Truncated`); 0 on any other error (nothing of another file's bytes is
+/// taken for this one's).
+pub(crate) fn read_used_into(
+    file: &File,
+    size: u64,
+    expected: usize,
+    buf: &mut ReadBuffer,
+) -> (usize, Result<(), ReadError>) {
+    read_into(file, size, expected, buf)
+}
+
+fn read_into(
+    file: &File,
+    size: u64,
+    expected: usize,
+    buf: &mut impl Room,
+) -> (usize, Result<(), ReadError>) {
     // Never more than the cap is read, whatever the file's size.
     let size = size.min(MAX_FILE_BYTES as u64) as usize;
-    // One pread of the header and the bytes used last time, and what room
-    // the buffer (reused across files) has for more, up to `READ_AHEAD`:
-    // its old bytes are overwritten, or cut off below. Never more than fstat
-    // says the file holds.
-    let ahead = expected.saturating_add(READ_AHEAD).min(buf.capacity());
-    let first = expected.max(ahead).min(size).max(HEADER_BYTES);
-    buf.resize(first, 0);
-    let got = read_at_most(file, buf, 0)?;
-    buf.truncate(got);
-    let used = match buf.get(..4) {
-        Some(header) => i32::from_le_bytes(header.try_into().expect("four bytes")),
-        None => 0,
+    // One pread of the header and the bytes used last time, and up to
+    // `READ_AHEAD` more; never more than fstat says the file holds.
+    let first = expected
+        .saturating_add(READ_AHEAD)
+        .min(size)
+        .max(HEADER_BYTES);
+    let got = match read_at_most(file, buf.room(first), 0) {
+        Ok(got) => got,
+        Err(e) => return (0, Err(e)),
+    };
+    let header = buf.room(HEADER_BYTES);
+    let used = match got >= 4 {
+        true => i32::from_le_bytes([header[0], header[1], header[2], header[3]]),
+        false => 0,
     };
     // A file being created: no size yet, or no used length published yet.
     if got == 0 || (got >= HEADER_BYTES && used == 0) {
-        buf.clear();
-        buf.extend_from_slice(&[0; HEADER_BYTES]);
-        return Ok(());
+        header.fill(0);
+        return (HEADER_BYTES, Ok(()));
     }
     if got < HEADER_BYTES || used < HEADER_BYTES as i32 {
-        return Err(ReadError::BadHeader);
+        return (0, Err(ReadError::BadHeader));
     }
     let used = used as usize;
     if used > MAX_FILE_BYTES {
-        return Err(ReadError::TooLarge);
+        return (0, Err(ReadError::TooLarge));
     }
     // Whatever the header claims, never more than fstat says the file holds.
     let readable = used.min(size);
-    if readable <= got {
-        buf.truncate(readable);
+    let len = if readable <= got {
+        readable
     } else {
-        buf.resize(readable, 0);
-        let more = read_at_most(file, &mut buf[got..], got as u64)?;
-        buf.truncate(got + more);
+        match read_at_most(file, &mut buf.room(readable)[got..], got as u64) {
+            Ok(more) => got + more,
+            Err(e) => return (0, Err(e)),
+        }
+    };
+    if len < used {
+        return (len, Err(ReadError::Truncated));
     }
-    if buf.len() < used {
-        return Err(ReadError::Truncated);
-    }
-    Ok(())
+    (len, Ok(()))
 }
 
 /// How much past the used length last seen a read asks for, when its

@@ -7,22 +7,18 @@
 //! `exemplar_archive.ndb`, latest wins. Exemplars are best-effort: a write
 //! that meets another one in flight on the same slot is skipped.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
 
-pub use crate::scrape::exemplar_index::{Exemplar, ExemplarKey, Exemplars};
-use crate::scrape::exemplar_index::{KeyIndex, SampleIds};
+use crate::master::label_cap::LabelCap;
+use crate::model::{Exemplar, Labels};
 use crate::storage::float::go_float;
-use crate::storage::incremental::{FileCache, Visitor};
 use crate::storage::names;
 use crate::storage::reader::{read_entries, read_used};
-use crate::storage::ReadError;
 use crate::storage::{key, MmapWriter, ValueSlot};
 
 /// A W3C trace context (`traceparent`, version 00).
@@ -144,6 +140,16 @@ impl ExemplarSlot {
 const PART_VALUE: &str = "value";
 const PART_TRACE: &str = "trace";
 const PART_SPAN: &str = "span";
+
+/// Which part of an exemplar an entry is, from its key's help field (0, 1, 2).
+pub(crate) fn part_of(help: &str) -> Option<u8> {
+    match help {
+        PART_VALUE => Some(0),
+        PART_TRACE => Some(1),
+        PART_SPAN => Some(2),
+        _ => None,
+    }
+}
 /// A worker's exemplar file, shared by its series.
 pub struct ExemplarFile {
     pub(crate) writer: Mutex<MmapWriter>,
@@ -227,44 +233,41 @@ impl HistogramExemplars {
     }
 }
 
-/// A key read back: which sample (its id in `PartKeys`), which part.
-#[derive(Clone, Copy)]
-struct PartKey {
-    sample: u32,
-    part: u8,
-}
-
-fn parse_part(raw: &str) -> Option<(ExemplarKey, u8)> {
+/// The sample an exemplar belongs to, and which part the entry is.
+fn parse_part(raw: &str) -> Option<((String, Labels), u8)> {
     let parsed = key::parse(raw)?;
-    let part = match parsed.help.as_str() {
-        PART_VALUE => 0,
-        PART_TRACE => 1,
-        PART_SPAN => 2,
-        _ => return None,
-    };
+    let part = part_of(&parsed.help)?;
     let mut labels = parsed.labels;
     // Samples write `le` last.
     if let Some(i) = labels.iter().position(|(k, _)| k == "le") {
         let le = labels.remove(i);
         labels.push(le);
     }
-    let sample = ExemplarKey {
-        family: parsed.metric_name,
-        labels,
-    };
-    Some((sample, part))
+    Some(((parsed.metric_name, labels), part))
 }
 
-/// The three parts of one stored exemplar, as read.
+/// The three parts of one stored exemplar, as read (the three entries of
+/// one are written one after the other).
 #[derive(Default, Clone, Copy)]
-struct Parts {
+pub(crate) struct Parts {
     value: Option<(f64, f64)>,
     trace: Option<(u64, u64)>,
     span: Option<(u64, u64)>,
 }
 
 impl Parts {
-    fn exemplar(&self) -> Option<Exemplar> {
+    /// Takes the entry of part `part` (`part_of`).
+    pub(crate) fn set(&mut self, part: u8, value: f64, timestamp: f64) {
+        let bits = (value.to_bits(), timestamp.to_bits());
+        match part {
+            0 => self.value = Some((value, timestamp)),
+            1 => self.trace = Some(bits),
+            _ => self.span = Some(bits),
+        }
+    }
+
+    /// The exemplar, if its three parts were read and none is mid-write.
+    pub(crate) fn exemplar(&self) -> Option<Exemplar> {
         let ((value, timestamp), (hi, lo), (span, seq)) = (self.value?, self.trace?, self.span?);
         let trace_id = (hi as u128) << 64 | lo as u128;
         // Never written, or caught mid-write.
@@ -280,184 +283,48 @@ impl Parts {
     }
 }
 
-/// Reads the exemplar files of a directory again and again, remembering
-/// each file's entries (`FileCache`, whose tags hold the samples' ids: the
-/// two are dropped together) and the index of the samples' keys.
-#[derive(Default)]
-pub struct ExemplarAggregator {
-    files: FileCache<Option<PartKey>>,
-    keys: PartKeys,
-    index: Arc<KeyIndex>,
-    kept: Arc<Mutex<SampleIds>>,
-}
-
-/// Keys parsed before; the parts of one sample share its id.
-#[derive(Default)]
-struct PartKeys {
-    parsed: HashMap<Box<str>, Option<PartKey>>,
-    ids: FxHashMap<Arc<ExemplarKey>, u32>,
-    /// By id.
-    samples: Vec<Arc<ExemplarKey>>,
-}
-
-impl PartKeys {
-    fn get(&mut self, raw: &str) -> Option<PartKey> {
-        if let Some(k) = self.parsed.get(raw) {
-            return *k;
-        }
-        let k = parse_part(raw).map(|(sample, part)| {
-            let sample = match self.ids.get(&sample) {
-                Some(&id) => id,
-                None => {
-                    let id = self.samples.len() as u32;
-                    let sample = Arc::new(sample);
-                    self.samples.push(Arc::clone(&sample));
-                    self.ids.insert(sample, id);
-                    id
-                }
-            };
-            PartKey { sample, part }
-        });
-        self.parsed.insert(raw.into(), k);
-        k
-    }
-}
-
-const MAX_CACHED_KEYS: usize = 1 << 18;
-
-/// Puts together the parts of each exemplar of a file, in file order (the
-/// three parts of one are written one after the other), and hands each
-/// exemplar on with its sample's id.
-struct PartReader<'a, F: FnMut(u32, Parts)> {
-    keys: &'a mut PartKeys,
-    current: Option<(u32, Parts)>,
-    each: F,
-    errors: u64,
-}
-
-impl<F: FnMut(u32, Parts)> PartReader<'_, F> {
-    fn new(keys: &mut PartKeys, each: F) -> PartReader<'_, F> {
-        PartReader {
-            keys,
-            current: None,
-            each,
-            errors: 0,
-        }
-    }
-
-    /// Hands on the last exemplar of the file.
-    fn finish(&mut self) {
-        if let Some((s, parts)) = self.current.take() {
-            (self.each)(s, parts);
-        }
-    }
-}
-
-impl<F: FnMut(u32, Parts)> Visitor<Option<PartKey>> for PartReader<'_, F> {
-    fn tag(&mut self, raw: &str) -> Option<PartKey> {
-        self.keys.get(raw)
-    }
-
-    fn visit(&mut self, k: &Option<PartKey>, value: f64, timestamp: f64) {
-        let Some(k) = k else {
-            self.errors += 1;
-            return;
-        };
-        if self.current.as_ref().is_some_and(|(s, _)| *s != k.sample) {
-            self.finish();
-        }
-        let parts = &mut self.current.get_or_insert((k.sample, Parts::default())).1;
-        let bits = (value.to_bits(), timestamp.to_bits());
-        match k.part {
-            0 => parts.value = Some((value, timestamp)),
-            1 => parts.trace = Some(bits),
-            _ => parts.span = Some(bits),
-        }
-    }
-}
-
-impl ExemplarAggregator {
-    /// The latest exemplar of every sample, over every file of `dir`.
-    pub fn collect(&mut self, dir: &Path) -> (Exemplars, u64) {
-        let Ok(listing) = std::fs::read_dir(dir) else {
-            return (Exemplars::default(), 1);
-        };
-        // The files' tags hold ids of `keys`: both are forgotten together.
-        if self.keys.parsed.len() > MAX_CACHED_KEYS {
-            *self = ExemplarAggregator::default();
-        }
-        // Trimmed when no scrape is encoding with it (they only try it too).
-        if let Some(mut kept) = self.kept.try_lock() {
-            kept.end_scrape();
-        }
-        let mut latest = Exemplars {
-            index: Arc::clone(&self.index),
-            latest: Vec::new(),
-            kept: Arc::clone(&self.kept),
-        };
-        latest.latest.resize(self.keys.samples.len(), None);
-        let mut errors = 0;
-        self.files.begin_pass();
-        for entry in listing.flatten() {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if !names::is_exemplar_file(&name) {
-                continue;
-            }
-            let mut reader = PartReader::new(&mut self.keys, |sample, parts| {
-                if let Some(e) = parts.exemplar() {
-                    latest.offer(sample, e);
-                }
-            });
-            let error = self.files.read(dir, &name, &mut reader);
-            reader.finish();
-            errors += reader.errors;
-            match error {
-                None | Some(ReadError::Io(_)) => {}
-                Some(_) => errors += 1,
-            }
-        }
-        self.files.end_pass();
-        if self.index.keys.len() != self.keys.samples.len() {
-            self.index = Arc::new(KeyIndex::of(&self.keys.samples));
-            latest.index = Arc::clone(&self.index);
-        }
-        (latest, errors)
-    }
-}
-
 /// Keeps in `archive` the later of its exemplars and those of the file at `path`.
-pub fn fold_into(archive: &mut MmapWriter, path: &Path) -> io::Result<()> {
+pub fn fold_into(
+    archive: &mut MmapWriter,
+    path: &Path,
+    dir: &Path,
+    cap: &mut LabelCap,
+) -> io::Result<()> {
     let mut buf = Vec::new();
     if read_used(path, &mut buf).is_err() {
         return Ok(());
     }
-    let mut latest: Vec<(u32, Exemplar)> = Vec::new();
-    let mut keys = PartKeys::default();
-    let mut reader = PartReader::new(&mut keys, |sample, parts| {
-        if let Some(e) = parts.exemplar() {
-            latest.push((sample, e));
+    // The parts of each exemplar, in file order.
+    let mut latest: Vec<((String, Labels), Exemplar)> = Vec::new();
+    let mut current: Option<((String, Labels), Parts)> = None;
+    let mut finish = |current: Option<((String, Labels), Parts)>| {
+        if let Some((sample, parts)) = current {
+            latest.extend(parts.exemplar().map(|e| (sample, e)));
         }
-    });
+    };
     for entry in read_entries(&buf).0 {
-        let k = reader.tag(entry.key);
-        reader.visit(&k, entry.value, entry.timestamp);
+        let Some((sample, part)) = parse_part(entry.key) else {
+            continue;
+        };
+        if current.as_ref().is_some_and(|(s, _)| *s != sample) {
+            finish(current.take());
+        }
+        let parts = &mut current.get_or_insert((sample, Parts::default())).1;
+        parts.set(part, entry.value, entry.timestamp);
     }
-    reader.finish();
-    for (id, e) in latest {
-        let sample = &keys.samples[id as usize];
-        let labels: Vec<(&str, &str)> = sample
-            .labels
+    finish(current);
+    for ((family, mut labels), e) in latest {
+        cap.admit_labels(dir, &mut labels);
+        let labels: Vec<(&str, &str)> = labels
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let sample_name = if labels.iter().any(|(k, _)| *k == "le") {
-            format!("{}_bucket", sample.family)
+            format!("{family}_bucket")
         } else {
-            format!("{}_total", sample.family)
+            format!("{family}_total")
         };
-        let slot = ExemplarSlot::open(archive, &sample.family, &sample_name, &labels)?;
+        let slot = ExemplarSlot::open(archive, &family, &sample_name, &labels)?;
         if slot.value.get_timestamp() >= e.timestamp {
             continue;
         }
@@ -497,54 +364,5 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-    }
-
-    #[test]
-    fn the_latest_exemplar_wins_across_workers_and_the_archive() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let labels = [("method", "GET"), ("worker_id", "1")];
-        let bounds = [0.1, 1.0];
-        let t1 = TraceParent::parse(TRACE).unwrap();
-        let t2 = TraceParent {
-            trace_id: 7,
-            span_id: 9,
-        };
-        let a =
-            HistogramExemplars::new(&ExemplarFile::open(d, 1).unwrap(), "dur", &labels, &bounds);
-        let b =
-            HistogramExemplars::new(&ExemplarFile::open(d, 2).unwrap(), "dur", &labels, &bounds);
-        a.observe(&bounds, 0.05, &t1, 100.0);
-        b.observe(&bounds, 0.07, &t2, 200.0);
-        a.observe(&bounds, 0.5, &t1, 150.0);
-        let (got, errors) = ExemplarAggregator::default().collect(d);
-        assert_eq!(errors, 0);
-        let key = |le: &str| ExemplarKey {
-            family: "dur".into(),
-            labels: vec![
-                ("method".into(), "GET".into()),
-                ("worker_id".into(), "1".into()),
-                ("le".into(), le.into()),
-            ],
-        };
-        let low = got.get_key(&key("0.1")).unwrap();
-        assert_eq!((low.value, low.timestamp), (0.07, 200.0));
-        assert_eq!(low.trace_hex().as_str(), format!("{:032x}", 7));
-        assert_eq!(
-            got.get_key(&key("1.0")).unwrap().trace_hex().as_str(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        assert_eq!(
-            got.get_key(&key("1.0")).unwrap().span_hex().as_str(),
-            "00f067aa0ba902b7"
-        );
-        assert_eq!(got.len(), 2);
-        let mut archive = MmapWriter::open(&d.join(names::EXEMPLAR_ARCHIVE)).unwrap();
-        fold_into(&mut archive, &d.join(names::exemplar_file(2))).unwrap();
-        fold_into(&mut archive, &d.join(names::exemplar_file(1))).unwrap();
-        std::fs::remove_file(d.join(names::exemplar_file(1))).unwrap();
-        std::fs::remove_file(d.join(names::exemplar_file(2))).unwrap();
-        let (after, _) = ExemplarAggregator::default().collect(d);
-        assert_eq!(after.sorted(), got.sorted());
     }
 }

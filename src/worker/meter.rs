@@ -27,6 +27,7 @@ use crate::worker::labels::{status_label, status_slot, Method};
 use crate::worker::native_histogram::{NativeFile, NativeSeries};
 use crate::worker::queue_time::{self, QUEUE_BUCKETS};
 use crate::worker::route::{LabelValues, OVERFLOW_VALUE};
+use crate::worker::slot_history;
 use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
 
@@ -47,6 +48,12 @@ pub struct MeterConfig {
     pub max_label_values: usize,
     /// Resolution of the native duration histogram.
     pub native_histogram_schema: i8,
+    /// Whether request-level series carry `worker_id` (else they are summed
+    /// across workers in the files' keys).
+    pub worker_id_label: bool,
+    /// The duration and in-flight series under OpenTelemetry's names and
+    /// labels (`catalogue::OTEL_*`).
+    pub otel_names: bool,
 }
 
 struct Files {
@@ -89,6 +96,10 @@ pub struct WorkerMeter {
     pid: u32,
     prefix: String,
     worker_id: String,
+    /// Whether request-level series carry `worker_id`.
+    worker_id_label: bool,
+    /// The duration series under OpenTelemetry's names and labels.
+    otel_names: bool,
     duration_bounds: Box<[f64]>,
     files: Mutex<Files>,
     // Kept open for the life of the process: the slots point into it.
@@ -166,16 +177,26 @@ fn open_native(dir: &Path, pid: u32, schema: i8) -> Option<Arc<NativeFile>> {
 }
 
 /// Makes the series a worker has from the start: named `<prefix>_<name>`,
-/// labelled with its worker_id.
+/// labelled with its worker_id (request-level ones only if `worker_id_label`).
 struct FixedSeries<'a> {
     prefix: &'a str,
     labels: &'a [(&'a str, &'a str)],
+    worker_id_label: bool,
+    otel_names: bool,
 }
 
 impl FixedSeries<'_> {
+    fn labels_of(&self, series: &Series) -> &[(&str, &str)] {
+        if (series.per_request && !self.worker_id_label) || series.labels.is_empty() {
+            &[]
+        } else {
+            series.labelled(self.labels)
+        }
+    }
+
     /// The slot of a counter or gauge of the catalogue.
     fn value(&self, file: &mut SeriesFile, series: &Series) -> ValueSlot {
-        file.slot(&series.key(self.prefix, self.labels))
+        file.slot(&series.key(self.prefix, self.labels_of(series)))
     }
 
     fn histogram(
@@ -185,7 +206,7 @@ impl FixedSeries<'_> {
         bounds: &[f64],
     ) -> HistogramSlots {
         let name = series.family(self.prefix);
-        let labels = series.labelled(self.labels);
+        let labels = self.labels_of(series);
         HistogramSlots::open(histograms, &name, series.help, labels, bounds)
     }
 }
@@ -197,7 +218,10 @@ impl WorkerSeries {
         let histograms = &mut files.histograms;
         let busy = series.value(counters, &catalogue::BUSY);
         let cpu_seconds = series.value(counters, &catalogue::CPU_SECONDS);
-        let in_flight = series.value(gauges, &catalogue::IN_FLIGHT);
+        let in_flight = match series.otel_names {
+            true => series.value(gauges, &catalogue::OTEL_ACTIVE_REQUESTS),
+            false => series.value(gauges, &catalogue::IN_FLIGHT),
+        };
         let memory = series.value(gauges, &catalogue::MEMORY);
         let cpu_percent = series.value(gauges, &catalogue::CPU_PERCENT);
         let uptime = series.value(gauges, &catalogue::UPTIME);
@@ -259,14 +283,25 @@ impl WorkerMeter {
         let series = FixedSeries {
             prefix: &config.prefix,
             labels: &[("worker_id", &worker_id)],
+            worker_id_label: config.worker_id_label,
+            otel_names: config.otel_names,
         };
         let fixed = WorkerSeries::open(&series, &mut files, &mut gauges);
         let signals = Signals::open(&series, &mut files, &mut gauges, config.max_label_values);
+        // The slot's earlier values count against its cap: it holds across restarts.
+        let slot = config.worker_id_label.then_some(worker_id.as_str());
+        let (routes, error_types) = slot_history::archived_label_values(dir, slot);
+        signals.routes.seed(routes.iter().map(String::as_str));
+        signals
+            .error_types
+            .seed(error_types.iter().map(String::as_str));
         let meter = WorkerMeter {
             directory: dir.clone(),
             pid,
             prefix: config.prefix.clone(),
             worker_id,
+            worker_id_label: config.worker_id_label,
+            otel_names: config.otel_names,
             duration_bounds: config.duration_buckets.clone().into_boxed_slice(),
             files: Mutex::new(files),
             gauges: Mutex::new(gauges),
@@ -403,19 +438,36 @@ impl WorkerMeter {
     fn open_series_labelled(&self, method: &str, route: &str, status: &str) -> RequestSeries {
         let mut files = self.files.lock();
         let p = &self.prefix;
-        let labels: &[(&str, &str)] = &[
-            ("method", method),
-            ("route", route),
-            ("status", status),
-            ("worker_id", &self.worker_id),
+        let mut labels = vec![("method", method), ("route", route), ("status", status)];
+        self.label_worker(&catalogue::REQUESTS, &mut labels);
+        let total = files.counters.slot(&catalogue::REQUESTS.key(p, &labels));
+        // OpenTelemetry's names: the status as `error_type` of a 5xx, as its
+        // HTTP instrumentation sets it; no worker_id.
+        let error_type = match status.as_bytes().first() {
+            Some(b'5') if status.len() == 3 => status,
+            _ => "",
+        };
+        let otel_method = if method == OVERFLOW_VALUE {
+            "_OTHER"
+        } else {
+            method
+        };
+        let otel_labels = [
+            ("error_type", error_type),
+            ("http_request_method", otel_method),
+            ("http_response_status_code", status),
+            ("http_route", route),
         ];
-        let total = files.counters.slot(&catalogue::REQUESTS.key(p, labels));
-        let duration_name = catalogue::REQUEST_DURATION.family(p);
+        let (duration_family, labels) = match self.otel_names {
+            true => (&catalogue::OTEL_REQUEST_DURATION, &otel_labels[..]),
+            false => (&catalogue::REQUEST_DURATION, &labels[..]),
+        };
+        let duration_name = duration_family.family(p);
         let duration = HistogramSlots::open(
             &mut files.histograms,
             &duration_name,
-            catalogue::REQUEST_DURATION.help,
-            catalogue::REQUEST_DURATION.labelled(labels),
+            duration_family.help,
+            duration_family.labelled(labels),
             &self.duration_bounds,
         );
         let native = self
@@ -448,17 +500,17 @@ impl WorkerMeter {
                 let p = &self.prefix;
                 let error_type = self.signals.error_types.name(error_id);
                 let route_name = self.signals.routes.name(route);
-                let labels: &[(&str, &str)] = &[
-                    ("error_type", &error_type),
+                let mut labels = vec![
+                    ("error_type", error_type.as_str()),
                     ("method", method.as_str()),
                     ("route", &route_name),
-                    ("worker_id", &self.worker_id),
                 ];
+                self.label_worker(&catalogue::FAILED_REQUESTS, &mut labels);
                 let Ok(slot) = ExemplarSlot::open(
                     &mut file.writer.lock(),
                     &catalogue::FAILED_REQUESTS.family(p),
                     &catalogue::FAILED_REQUESTS.sample(p),
-                    labels,
+                    &labels,
                 ) else {
                     return;
                 };
@@ -565,6 +617,14 @@ impl WorkerMeter {
         .add(1.0);
     }
 
+    /// Adds `worker_id` to the labels of a series of `family`, unless it is
+    /// request-level and `PROMETHEUS_WORKER_ID_LABEL` is off.
+    fn label_worker<'a>(&'a self, family: &Series, labels: &mut Vec<(&'a str, &'a str)>) {
+        if self.worker_id_label || !family.per_request {
+            labels.push(("worker_id", &self.worker_id));
+        }
+    }
+
     /// The slot of the counter series `key` stands for in `series`, made
     /// (with `describe`'s name, help and labels, plus worker_id) the first time.
     #[cold]
@@ -583,7 +643,7 @@ impl WorkerMeter {
             labels,
         } = describe();
         let mut labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        labels.push(("worker_id", &self.worker_id));
+        self.label_worker(family, &mut labels);
         let p = &self.prefix;
         let entry = family.key(p, &labels);
         let slot = self.files.lock().counters.slot(&entry);
@@ -681,6 +741,8 @@ mod tests {
             duration_buckets: crate::worker::histogram::DEFAULT_DURATION_BUCKETS.to_vec(),
             max_label_values: 2,
             native_histogram_schema: crate::worker::native_histogram::DEFAULT_SCHEMA,
+            worker_id_label: true,
+            otel_names: false,
         })
     }
 

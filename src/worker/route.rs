@@ -66,6 +66,16 @@ impl LabelValues {
         (id, false)
     }
 
+    /// Takes `values` (a slot's earlier values: `slot_history`) as already
+    /// seen, up to the cap; `other` among them takes no room of its own.
+    pub fn seed<'a>(&self, values: impl IntoIterator<Item = &'a str>) {
+        for value in values {
+            if value != OVERFLOW_VALUE {
+                self.intern(value);
+            }
+        }
+    }
+
     /// The label value of `id`.
     pub fn name(&self, id: u16) -> String {
         if id == self.overflow_id() {

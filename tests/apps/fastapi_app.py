@@ -1,6 +1,8 @@
-"""A FastAPI application (with a mounted Starlette router) for the route tests."""
+"""A FastAPI application (with mounted Starlette routers, one under a path
+parameter) for the route tests."""
 
 from fastapi import FastAPI
+from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route, Router
 
@@ -11,6 +13,8 @@ async def report(request):
 
 app = FastAPI()
 app.mount("/admin", Router(routes=[Route("/reports/{rid}", report)]))
+# A mount with a path parameter of its own: the route is the whole template.
+app.mount("/org/{org}", Starlette(routes=[Route("/r/{rid}", report)]))
 
 
 @app.get("/users/{uid}")

@@ -4,7 +4,7 @@
 `propagating` is the same application with PROPAGATE_EXCEPTIONS on, so the
 exception also reaches the worker."""
 
-from flask import Flask
+from flask import Blueprint, Flask
 
 app = Flask(__name__)
 
@@ -22,6 +22,18 @@ def item(name):
 @app.route("/")
 def index():
     return "hello\n"
+
+
+# A blueprint under a path parameter: the rule is the whole template.
+org = Blueprint("org", __name__, url_prefix="/org/<org>")
+
+
+@org.route("/r/<int:rid>")
+def org_report(org, rid):
+    return f"report {rid}\n"
+
+
+app.register_blueprint(org)
 
 
 @app.route("/fail")

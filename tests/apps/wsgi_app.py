@@ -6,6 +6,7 @@ Paths: /           200 "hello"
        /sleep/S    sleeps S seconds, then 200
        /echo       200 with the request body
        ?route=R    leaves R as the route template (the environ key of the exporter)
+       ?exclude=1  marks the request as not counted (gunicorn_prometheus_exporter.exclude_request)
 """
 
 import time
@@ -20,6 +21,10 @@ def app(environ, start_response):
     query = environ.get("QUERY_STRING", "")
     if query.startswith("route="):
         environ["gunicorn_prometheus_exporter.route"] = query[len("route="):]
+    if query == "exclude=1":
+        from gunicorn_prometheus_exporter import exclude_request
+
+        exclude_request(environ)
     if path.startswith("/status/"):
         code = int(path.rsplit("/", 1)[1])
         start_response(f"{code} Status", [("Content-Type", "text/plain")])

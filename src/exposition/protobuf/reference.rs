@@ -23,8 +23,8 @@ fn timestamp(seconds: f64) -> prost_types::Timestamp {
     }
 }
 
-fn exemplar(extras: &Extras, name: &str, sample: &Sample) -> Option<pb::Exemplar> {
-    let e = extras.exemplars?.get(name, sample)?;
+fn exemplar(extras: &Extras, sample: &Sample) -> Option<pb::Exemplar> {
+    let e = extras.exemplar(sample)?;
     let (trace, span) = (e.trace_hex(), e.span_hex());
     Some(pb::Exemplar {
         label: label_pairs([("trace_id", trace.as_str()), ("span_id", span.as_str())].into_iter()),
@@ -46,7 +46,6 @@ fn metric(sample: &Sample, series_only: bool) -> pb::Metric {
 
 /// The families, each a length-delimited `MetricFamily`.
 pub fn encode(families: &[Family], extras: &Extras) -> Vec<u8> {
-    let natives = NativeIndex::of(extras.native);
     let mut out = Vec::new();
     for family in families {
         let start = extras.start(family).map(timestamp);
@@ -59,7 +58,7 @@ pub fn encode(families: &[Family], extras: &Extras) -> Vec<u8> {
                     metrics.push(pb::Metric {
                         counter: Some(pb::Counter {
                             value: s.value,
-                            exemplar: exemplar(extras, name, s),
+                            exemplar: exemplar(extras, s),
                             start_timestamp: start,
                         }),
                         ..metric(s, false)
@@ -116,7 +115,7 @@ pub fn encode(families: &[Family], extras: &Extras) -> Vec<u8> {
                             h.bucket.push(pb::Bucket {
                                 cumulative_count: s.value as u64,
                                 upper_bound: bound,
-                                exemplar: exemplar(extras, name, s),
+                                exemplar: exemplar(extras, s),
                                 ..Default::default()
                             });
                         } else if *s.name == *format!("{name}_count") {
@@ -125,7 +124,10 @@ pub fn encode(families: &[Family], extras: &Extras) -> Vec<u8> {
                             h.sample_sum = s.value;
                         }
                     }
-                    let native = natives.get(name, &samples[0]).filter(|n| n.count() > 0.0);
+                    let native = extras
+                        .native
+                        .and_then(|n| n.get(&samples[0]))
+                        .filter(|n| n.count() > 0.0);
                     if let Some(n) = native {
                         let (spans, deltas) = n.spans_and_deltas();
                         h.schema = n.schema as i32;
