@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for the benches (SPEC 6): builds this project's wheel, makes the
+# One command for the benches: builds this project's wheel, makes the
 # virtual environments to compare against (Gunicorn 23.0.0 in both, the newest
 # release that 0.2.4 runs on), and runs benches/suite.py: one table, plus
 # benches/results.json and benches/chart.png.

@@ -1,4 +1,4 @@
-"""Runs every bench of SPEC 6 in one go, prints one table, and writes
+"""Runs every bench in one go, prints one table, and writes
 benches/results.json and benches/chart.png. Started by benches/run.sh, which
 prepares the virtual environments it is given."""
 
@@ -168,7 +168,7 @@ def main() -> None:
          f"{sync['this']['rss_mib'] - sync['plain']['rss_mib']:.1f} MiB"),
     ]
     results["summary"] = summary
-    print("\nSPEC 6 targets")
+    print("\nTargets")
     width = max(len(figure) for figure, _, _ in summary) + 2
     print(f"{'figure':<{width}}{'target':<26}measured")
     for figure, target, measured in summary:

@@ -8,59 +8,25 @@
 //! standalone exporter) counts in a private counter.
 
 use std::fmt::Display;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::shared_cells::SharedCells;
 
 static PRIVATE_WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
-static SHARED_WRITE_ERRORS: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+static SHARED_WRITE_ERRORS: SharedCells<1> = SharedCells::new();
 /// The pid that already logged a write error: a forked child inherits the
 /// value but has another pid, so it logs its own first error too.
 static LOGGED_BY: AtomicU32 = AtomicU32::new(0);
 
-/// Maps the shared counter page (once; later calls keep the first page).
+/// Maps the shared counter (once; later calls keep the first mapping).
 pub fn share_with_children() {
-    if !SHARED_WRITE_ERRORS.load(Ordering::Acquire).is_null() {
-        return;
-    }
-    // SAFETY: an anonymous shared mapping of one page, never unmapped: the
-    // pointer stays valid for the life of this process and of every child
-    // forked after this call. mmap zero-fills it; AtomicU64 has no invalid
-    // bit patterns and the page is 8-byte aligned.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if page == libc::MAP_FAILED {
-        return; // counted privately instead
-    }
-    if SHARED_WRITE_ERRORS
-        .compare_exchange(
-            std::ptr::null_mut(),
-            page.cast(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        )
-        .is_err()
-    {
-        // SAFETY: the page was mapped just above and never published.
-        unsafe { libc::munmap(page, 4096) };
-    }
+    SHARED_WRITE_ERRORS.share();
 }
 
 fn counter() -> &'static AtomicU64 {
-    let shared = SHARED_WRITE_ERRORS.load(Ordering::Acquire);
-    if shared.is_null() {
-        &PRIVATE_WRITE_ERRORS
-    } else {
-        // SAFETY: a non-null pointer was published by `share_with_children`
-        // and points into a page that is never unmapped (see there).
-        unsafe { &*shared }
-    }
+    SHARED_WRITE_ERRORS
+        .get()
+        .map_or(&PRIVATE_WRITE_ERRORS, |cells| &cells[0])
 }
 
 /// Counts `n` values (entries, files) that could not be recorded, and logs

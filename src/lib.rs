@@ -22,6 +22,7 @@ mod master;
 mod model;
 mod scrape;
 mod server;
+mod shared_cells;
 mod storage;
 mod worker;
 

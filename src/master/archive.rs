@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use crate::clock::monotonic_seconds;
 use crate::failures;
 use crate::master::directory;
 use crate::master::label_cap::LabelCap;
+use crate::shared_cells::SharedCells;
 use crate::storage::lock::DirectoryLock;
 use crate::storage::names::{self, DbName, GaugeMode};
 use crate::storage::open::{open_read, remove_entry};
@@ -57,49 +58,11 @@ const NOTE_SLOTS: usize = 4096 / 8;
 /// forks (`share_exit_notes`), so that a worker leaves its note even where
 /// it cannot write in the directory (removed, read-only, full); the file
 /// `exit_<pid>.note` is the fallback (no page, a reason of its own).
-static NOTES: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+static NOTES: SharedCells<NOTE_SLOTS> = SharedCells::new();
 
 /// Maps the page of exit notes, in the master before it forks (once).
 pub fn share_exit_notes() {
-    if !NOTES.load(Ordering::Acquire).is_null() {
-        return;
-    }
-    // SAFETY: an anonymous shared mapping of one page, never unmapped: the
-    // pointer stays valid for the life of this process and of every child
-    // forked after this call. mmap zero-fills it; AtomicU64 has no invalid
-    // bit patterns and the page is 8-byte aligned.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            NOTE_SLOTS * 8,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if page == libc::MAP_FAILED {
-        return; // notes go to files instead
-    }
-    if NOTES
-        .compare_exchange(
-            std::ptr::null_mut(),
-            page.cast(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        )
-        .is_err()
-    {
-        // SAFETY: the page was mapped just above and never published.
-        unsafe { libc::munmap(page, NOTE_SLOTS * 8) };
-    }
-}
-
-fn note_slots() -> Option<&'static [AtomicU64]> {
-    let page = NOTES.load(Ordering::Acquire);
-    // SAFETY: a non-null pointer was published by `share_exit_notes` and
-    // points to NOTE_SLOTS cells in a page that is never unmapped.
-    (!page.is_null()).then(|| unsafe { std::slice::from_raw_parts(page, NOTE_SLOTS) })
+    NOTES.share();
 }
 
 /// Where a worker leaves the reason it exited, for the master to read.
@@ -113,7 +76,7 @@ pub fn exit_note_path(dir: &Path, pid: u32) -> PathBuf {
 pub fn write_exit_note(dir: &Path, pid: u32, reason: &str) -> io::Result<()> {
     use std::io::Write;
     let code = NOTE_REASONS.iter().position(|r| *r == reason);
-    if let (Some(slots), Some(code)) = (note_slots(), code) {
+    if let (Some(slots), Some(code)) = (NOTES.get(), code) {
         let note = (u64::from(pid) << 8) | (code as u64 + 1);
         // Its own slot if it left a note already, else a free one.
         let mine = slots
@@ -137,7 +100,7 @@ pub fn write_exit_note(dir: &Path, pid: u32, reason: &str) -> io::Result<()> {
 /// Takes the exit note of `pid`: from the shared page, else from a regular
 /// note file, which is removed either way.
 fn take_exit_note(dir: &Path, pid: u32) -> Option<String> {
-    let shared = note_slots().and_then(|slots| {
+    let shared = NOTES.get().and_then(|slots| {
         slots.iter().find_map(|slot| {
             let note = slot.load(Ordering::Acquire);
             if note == 0 || note >> 8 != u64::from(pid) {
