@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use super::registry::{Registry, NONE};
 use crate::model::{Family, Kind, Sample, SampleId};
-use crate::storage::float::go_float;
 use crate::storage::incremental::{EntryValue, FileCache, Keys, Visitor};
 use crate::storage::names::{DbName, GaugeMode};
 use crate::storage::running_clock;
@@ -250,30 +249,8 @@ impl Adder<'_> {
     /// The line the entry with key `key` of this file adds into (`NONE`:
     /// not a valid key).
     fn line(&mut self, key: u32) -> u32 {
-        let registry = &mut *self.registry;
-        let Some(parsed) = registry.parsed(key) else {
-            return NONE;
-        };
-        let (family, sample) = (Arc::clone(&parsed.family), Arc::clone(&parsed.sample));
-        let mut labels = parsed.labels.clone();
-        let le_at = labels.iter().position(|(k, _)| k == "le");
-        let family = registry.family(&family);
-        match (le_at, self.file.kind) {
-            (Some(i), Kind::Histogram) => {
-                let Ok(bound) = labels.remove(i).1.parse::<f64>() else {
-                    return NONE;
-                };
-                // -0.0 and 0.0 are one bucket.
-                let bound = bound + 0.0;
-                let le = registry.name(&go_float(bound));
-                let series = registry.series(family, labels, None);
-                registry.bucket_line(series, &sample, (bound, le))
-            }
-            _ => {
-                let series = registry.series(family, labels, self.pid.clone());
-                registry.line(series, &sample)
-            }
-        }
+        let histogram = self.file.kind == Kind::Histogram;
+        self.registry.line_of_key(key, histogram, self.pid.clone())
     }
 }
 

@@ -4,10 +4,8 @@
 //! each sample's line over every file.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use super::registry::{Registry, NONE};
-use crate::storage::float::go_float;
 use crate::storage::incremental::{EntryValue, FileCache, Keys, Visitor};
 use crate::storage::ReadError;
 use crate::worker::exemplar::{part_of, Parts};
@@ -107,25 +105,7 @@ impl PartReader<'_> {
         let Some(part) = part_of(&parsed.help) else {
             return NONE;
         };
-        let (family, sample) = (Arc::clone(&parsed.family), Arc::clone(&parsed.sample));
-        let mut labels = parsed.labels.clone();
-        let le_at = labels.iter().position(|(k, _)| k == "le");
-        let family = registry.family(&family);
-        let line = match le_at {
-            Some(i) => {
-                let Ok(bound) = labels.remove(i).1.parse::<f64>() else {
-                    return NONE;
-                };
-                let bound = bound + 0.0;
-                let le = registry.name(&go_float(bound));
-                let series = registry.series(family, labels, None);
-                registry.bucket_line(series, &sample, (bound, le))
-            }
-            None => {
-                let series = registry.series(family, labels, None);
-                registry.line(series, &sample)
-            }
-        };
+        let line = registry.line_of_key(key, true, None);
         if line >= MAX_LINES {
             return NONE;
         }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet, FxHasher};
 
 use crate::model::Labels;
+use crate::storage::float::go_float;
 use crate::storage::incremental::Keys;
 use crate::storage::key;
 
@@ -286,6 +287,36 @@ impl Registry {
         let count = Arc::clone(&self.families[self.series[series as usize].family as usize].count);
         self.line(series, &count);
         self.make_line(series, sample, Some(bucket))
+    }
+
+    /// The line the entry of key `key` adds into (`NONE`: not a valid key):
+    /// with `buckets`, a key with `le` is a bucket's line of its series
+    /// without `le`; any other key is a line of its series, which carries
+    /// `pid` (a gauge file of mode `all`).
+    pub fn line_of_key(&mut self, key: u32, buckets: bool, pid: Option<Arc<str>>) -> u32 {
+        let Some(parsed) = self.parsed(key) else {
+            return NONE;
+        };
+        let (family, sample) = (Arc::clone(&parsed.family), Arc::clone(&parsed.sample));
+        let mut labels = parsed.labels.clone();
+        let le_at = labels.iter().position(|(k, _)| k == "le");
+        let family = self.family(&family);
+        match le_at {
+            Some(i) if buckets => {
+                let Ok(bound) = labels.remove(i).1.parse::<f64>() else {
+                    return NONE;
+                };
+                // -0.0 and 0.0 are one bucket.
+                let bound = bound + 0.0;
+                let le = self.name(&go_float(bound));
+                let series = self.series(family, labels, None);
+                self.bucket_line(series, &sample, (bound, le))
+            }
+            _ => {
+                let series = self.series(family, labels, pid);
+                self.line(series, &sample)
+            }
+        }
     }
 
     /// Line `id`.
