@@ -68,6 +68,15 @@ pub fn warn(what: impl Display) {
     );
 }
 
+/// Logs one informational line on stderr: housekeeping an operator may
+/// want to read of, but need not act on.
+pub fn info(what: impl Display) {
+    eprintln!(
+        "[{}] [INFO] gunicorn_prometheus_exporter: {what}",
+        std::process::id()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -328,6 +328,9 @@ def test_a_new_master_removes_the_private_directories_of_dead_masters(
     assert len(own) == 1, own
     assert (own.pop() / ".private").is_file()
     assert request(second.port)[0] == 200
+    swept = [line for line in second.output().splitlines()
+             if "[INFO]" in line and "removed 1 private multiprocess directories" in line]
+    assert len(swept) == 1 and str(dead) in swept[0], swept
     assert second.stop() == 0
     assert set(tmp.iterdir()) == set(decoys.values())  # the second took its own away
 

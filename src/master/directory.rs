@@ -200,7 +200,7 @@ pub fn sweep_private_directories(own: &Path) -> usize {
         }
     }
     if !swept.is_empty() {
-        failures::warn(format_args!(
+        failures::info(format_args!(
             "removed {} private multiprocess directories of masters that died: {}",
             swept.len(),
             swept.join(", ")
