@@ -4,6 +4,8 @@
 # release that 0.2.4 runs on), and runs benches/suite.py: one table, plus
 # benches/results.json and benches/chart.png.
 #   ROUNDS=6 DURATION=1 bash benches/run.sh   # a quicker, noisier run
+#   ONLY=request_cost,gthread bash benches/run.sh   # these parts again, the
+#                                   # others kept from benches/results.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$PWD/benches
@@ -29,4 +31,5 @@ make_venv this --force-reinstall --no-deps "$wheel"
 make_venv pypi024 "gunicorn==$gunicorn_version" "gunicorn-prometheus-exporter==0.2.4"
 
 "$venvs/this/bin/python" "$here/suite.py" --this "$venvs/this/bin/python" \
-  --pypi024 "$venvs/pypi024/bin/python" --rounds "${ROUNDS:-30}" --duration "${DURATION:-1}"
+  --pypi024 "$venvs/pypi024/bin/python" --rounds "${ROUNDS:-30}" --duration "${DURATION:-1}" \
+  ${ONLY:+--only "$ONLY"}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
+#: What one run measures; `--only` runs some of them again.
+PARTS = ("request_cost", "sync", "gthread", "scrape")
 
 
 def results_of(output: str) -> list[dict]:
@@ -118,22 +120,36 @@ def main() -> None:
     ap.add_argument("--pypi024", required=True, help="python of the venv with 0.2.4")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--duration", type=int, default=1)
+    ap.add_argument("--only", default=",".join(PARTS),
+                    help="comma-separated parts to run again (of: " + ", ".join(PARTS) + "); "
+                    "the others are kept from benches/results.json")
     a = ap.parse_args()
+    only = set(a.only.split(","))
+    if not only <= set(PARTS):
+        ap.error(f"--only: unknown part {sorted(only - set(PARTS))}")
     results: dict = {"throughput": {}}
-    results["request_cost"] = request_cost(a.this, a.pypi024)
+    if only != set(PARTS):
+        results = json.loads((HERE / "results.json").read_text())
+    if "request_cost" in only:
+        results["request_cost"] = request_cost(a.this, a.pypi024)
     for wt in ("sync", "gthread"):
+        if wt not in only:
+            continue
         print()
         out = run([sys.executable, str(HERE / "throughput.py"), "--this", a.this, "--pypi024",
                    a.pypi024, "--rounds", str(a.rounds), "--duration", str(a.duration),
                    "--worker-type", wt])
         results["throughput"][wt] = results_of(out)[0]
-    print()
-    out = run(["cargo", "bench", "--quiet", "--bench", "scrape"], cwd=ROOT,
-              env={**os.environ, "PYTHON": a.this})
-    rows = results_of(out)
-    results["scrape"] = [r for r in rows if "deaths" in r]
-    results["scrape_formats"] = {r["format"]: r["ms"] for r in rows if "format" in r}
-    results["scrape_prometheus_client"] = next(r for r in rows if "prometheus_client_files" in r)
+    if "scrape" in only:
+        print()
+        out = run(["cargo", "bench", "--quiet", "--bench", "scrape"], cwd=ROOT,
+                  env={**os.environ, "PYTHON": a.this})
+        rows = results_of(out)
+        results["scrape"] = [r for r in rows if "deaths" in r]
+        results["scrape_formats"] = {r["format"]: r["ms"] for r in rows if "format" in r}
+        results["scrape_prometheus_client"] = next(
+            r for r in rows if "prometheus_client_files" in r)
+    results["parts_run"] = sorted(only, key=PARTS.index)
     sync = results["throughput"]["sync"]["variants"]
     after = {r["workers"]: r for r in results["scrape"] if r["deaths"] == 10_000}
     fresh = {r["workers"]: r for r in results["scrape"] if r["deaths"] == 0}
