@@ -2,7 +2,7 @@
 //! worker, so its metered handlers find the meter here, with no look-up.
 //! Set in the worker's `init_process` (`meter_requests_with`); a process
 //! forked from it inherits it, detached from the files
-//! (`storage::writer::detach_inherited`).
+//! (`storage::mappings::detach_inherited`).
 
 use pyo3::prelude::*;
 

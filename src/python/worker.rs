@@ -563,13 +563,13 @@ pub(super) fn close_inherited_metrics_sockets() -> usize {
 /// In a process just forked (a worker from the master, or any process an
 /// application forks): closes the files the parent's scrapes hold open
 /// (`storage::held`) and detaches the mappings it writes through
-/// (`storage::writer::detach_inherited`), so that the child neither keeps
+/// (`storage::mappings::detach_inherited`), so that the child neither keeps
 /// other processes' files nor writes into its parent's. Returns how many
 /// of each.
 #[pyfunction]
 pub(super) fn forget_inherited_files() -> (usize, usize) {
     (
         crate::storage::held::close_inherited(),
-        crate::storage::writer::detach_inherited(),
+        crate::storage::mappings::detach_inherited(),
     )
 }

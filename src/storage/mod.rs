@@ -5,6 +5,7 @@ pub mod held;
 pub mod incremental;
 pub mod key;
 pub mod lock;
+pub mod mappings;
 pub mod names;
 pub mod open;
 pub mod reader;

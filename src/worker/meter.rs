@@ -20,7 +20,7 @@ use crate::kernel::process_stats;
 use crate::master::archive::write_exit_note;
 use crate::model::Kind;
 use crate::storage::names;
-use crate::storage::{running_clock, writer, SeriesFile, ValueSlot};
+use crate::storage::{mappings, running_clock, SeriesFile, ValueSlot};
 use crate::worker::exemplar::{ExemplarFile, ExemplarSlot, HistogramExemplars, TraceParent};
 use crate::worker::histogram::{HistogramSlots, SIZE_BUCKETS};
 use crate::worker::labels::{status_label, status_slot, Method};
@@ -364,7 +364,7 @@ impl WorkerMeter {
                 busy.set(running_clock::resolve(busy.get(), anchor, now as f64 / 1e9));
                 busy.set_timestamp(running_clock::STOPPED);
             }
-            if writer::repair_wanted() {
+            if mappings::repair_wanted() {
                 self.repair_files();
             }
         }
@@ -676,10 +676,10 @@ impl WorkerMeter {
     /// truncated, grew or replaced them, or where they could not be made
     /// (`MmapWriter::repair`). Only with the GIL held, so that no request
     /// writes into them meanwhile: when the worker goes idle after the
-    /// sampler asked (`writer::check_mapped`), and as it exits.
+    /// sampler asked (`mappings::check_mapped`), and as it exits.
     #[cold]
     pub fn repair_files(&self) {
-        writer::take_repair_wanted();
+        mappings::take_repair_wanted();
         let mut files = self.files.lock();
         files.counters.repair();
         files.histograms.repair();
@@ -716,7 +716,7 @@ impl WorkerMeter {
             .spawn(move || loop {
                 std::thread::sleep(interval);
                 meter.sample_resources();
-                writer::check_mapped();
+                mappings::check_mapped();
             })?;
         Ok(())
     }
