@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import request, send_mix, wait_for
+from conftest import request, request_in_background, send_mix, wait_for
 from test_hardening_files import kill_workers_and_wait, warnings_per_process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changes owners and modes")
@@ -99,6 +99,38 @@ def test_a_removed_directory_is_made_again_and_every_count_is_kept(gunicorn, tmp
     assert not our_tracebacks(output), output
     made_again = [line for line in output.splitlines() if "multiprocess directory" in line]
     assert len(made_again) == 1 and f"[{g.pid}]" in made_again[0], made_again
+
+
+def test_a_worker_never_idle_writes_its_files_out_again(gunicorn, tmp_path):
+    # A thread worker with a request always in flight never goes idle: its
+    # files are written out again at the end of its next request all the same.
+    directory = tmp_path / "multiproc"
+    g = gunicorn(["--worker-class", "gunicorn_prometheus_exporter.PrometheusThreadWorker",
+                  "--threads", "4"], env={"PROMETHEUS_MULTIPROC_DIR": str(directory)},
+                 workers=1)
+    for _ in range(5):
+        assert request(g.port)[0] == 200
+    assert g.scrape_idle().get("gunicorn_worker_requests_total") == 5
+    slow = request_in_background(g.port, "/sleep/10")
+    try:
+        wait_for(lambda: g.scrape().get_or("gunicorn_worker_requests_in_flight", 0) == 1,
+                 what="the slow request in flight")
+        shutil.rmtree(directory)
+        sent = [5]
+
+        def counted_again():
+            assert request(g.port)[0] == 200
+            sent[0] += 1
+            m = g.scrape()
+            back = (m.get_or("gunicorn_worker_requests_total", 0) == sent[0]
+                    and m.get_or("gunicorn_worker_requests_in_flight", 0) >= 1)
+            return m if back else None
+
+        wait_for(counted_again, timeout=8, what="every request and the gauges back")
+        assert slow.poll() is None  # still in flight: the worker was never idle
+    finally:
+        slow.wait(timeout=30)
+    assert g.scrape_idle().get("gunicorn_worker_requests_total") == sent[0] + 1
 
 
 def test_a_directory_removed_under_workers_of_another_user_is_given_back_to_them(gunicorn):

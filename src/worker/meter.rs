@@ -364,9 +364,11 @@ impl WorkerMeter {
                 busy.set(running_clock::resolve(busy.get(), anchor, now as f64 / 1e9));
                 busy.set_timestamp(running_clock::STOPPED);
             }
-            if mappings::repair_wanted() {
-                self.repair_files();
-            }
+        }
+        // At the end of any request, so that a worker whose threads are
+        // never all idle at once is written out too.
+        if mappings::repair_wanted() {
+            self.repair_files();
         }
         self.fixed.in_flight.add_serialized(-1.0);
     }
@@ -675,8 +677,10 @@ impl WorkerMeter {
     /// Writes the worker's files out again where another process removed,
     /// truncated, grew or replaced them, or where they could not be made
     /// (`MmapWriter::repair`). Only with the GIL held, so that no request
-    /// writes into them meanwhile: when the worker goes idle after the
-    /// sampler asked (`mappings::check_mapped`), and as it exits.
+    /// writes into them meanwhile: at the end of a request after the sampler
+    /// asked (`mappings::check_mapped`), and as it exits. The sampler's own
+    /// values (uptime, memory, CPU) are set without the GIL: one set during
+    /// the copy may be lost, and is set afresh within a second.
     #[cold]
     pub fn repair_files(&self) {
         mappings::take_repair_wanted();
